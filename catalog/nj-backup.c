@@ -1,0 +1,341 @@
+/*
+ * nj-backup.c: the write side of the catalog.
+ *
+ * State machine of a backup:
+ *
+ *   begin --> STAGED --commit--> COMMITTED
+ *                \--abort / crash--> (gone; staging removed now or later)
+ *
+ * begin takes the domain lock (so one backup per domain at a time), clears
+ * what a dead writer of the same domain left in staging, and creates
+ * staging/<id>/ with an owner record.  Indexes are written straight into
+ * staging.  commit finishes each index, writes the manifest into staging,
+ * and publishes the whole directory in one rename (store-dir.c), after
+ * every chunk it references is durable.
+ */
+#include "nj-catalog.h"
+#include "nj-io.h"
+#include "nj-util.h"
+
+#include <errno.h>
+#include <json-c/json.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+struct nj_backup_disk {
+    struct nj_backup *b;
+    struct nj_manifest_disk md;
+    struct nj_index_writer *w;
+};
+
+struct nj_backup {
+    struct nj_store *store;
+    int lock_fd;
+    bool committed, staged;
+    struct nj_manifest m;
+    struct nj_backup_disk **disks;
+    size_t ndisks;
+};
+
+char *nj_backup_id_new(void)
+{
+    unsigned char r[4] = { 0 };
+    if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        uint32_t x = (uint32_t)ts.tv_nsec ^ (uint32_t)getpid();
+        memcpy(r, &x, sizeof r);
+    }
+    time_t now = time(NULL);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    char stamp[32];
+    strftime(stamp, sizeof stamp, "%Y%m%dT%H%M%SZ", &tm);
+    return nj_asprintf("%s-%02x%02x%02x%02x", stamp, r[0], r[1], r[2], r[3]);
+}
+
+static char *owner_json(const char *lock_key, const char *domain)
+{
+    struct json_object *o = json_object_new_object();
+    json_object_object_add(o, "lock", json_object_new_string(lock_key));
+    json_object_object_add(o, "domain", json_object_new_string(domain));
+    json_object_object_add(o, "pid", json_object_new_int64(getpid()));
+    json_object_object_add(o, "started", json_object_new_int64(time(NULL)));
+    char *s = nj_strdup(json_object_to_json_string(o));
+    json_object_put(o);
+    return s;
+}
+
+/* The lock key of a domain: its UUID, if it is a safe name, else a
+ * digest of it.  Names never go into paths. */
+static char *lock_key(const char *uuid)
+{
+    if (nj_store_name_valid(uuid) && strlen(uuid) <= 64)
+        return nj_strdup(uuid);
+    struct nj_digest d;
+    char hex[NJ_DIGEST_HEX_LEN + 1];
+    nj_sha256(uuid, strlen(uuid), &d);
+    nj_digest_to_hex(&d, hex);
+    return nj_strdup(hex);
+}
+
+static int check_parent(struct nj_store *s, const struct nj_backup_params *p)
+{
+    bool needs = p->level == NJ_LEVEL_INC || p->level == NJ_LEVEL_DIFF;
+    if (!needs) {
+        if (p->parent)
+            return nj_error("a %s backup cannot have a parent",
+                            nj_level_name(p->level));
+        return 0;
+    }
+    if (!p->parent)
+        return nj_error("a %s backup needs a parent", nj_level_name(p->level));
+    size_t len = 0;
+    NJ_CLEANUP_FREE char *text =
+        nj_store_backup_read(s, p->parent, NJ_MANIFEST_NAME,
+                             NJ_MANIFEST_MAX, &len);
+    if (!text)
+        return nj_error("parent backup '%s' not found in store '%s'",
+                        p->parent, nj_store_path(s));
+    struct nj_manifest *pm = nj_manifest_from_json(text, len);
+    if (!pm)
+        return nj_error_prefix("parent backup '%s'", p->parent);
+    int ret = 0;
+    if (strcmp(pm->domain_uuid, p->domain_uuid) != 0)
+        ret = nj_error("parent backup '%s' belongs to domain '%s', not '%s'",
+                       p->parent, pm->domain_name, p->domain_name);
+    else if (pm->level == NJ_LEVEL_COPY)
+        ret = nj_error("parent backup '%s' is a copy, outside the chain",
+                       p->parent);
+    nj_manifest_free(pm);
+    return ret;
+}
+
+struct nj_backup *nj_backup_begin(struct nj_store *s,
+                                  const struct nj_backup_params *p)
+{
+    if (!p->domain_name || !p->domain_uuid || !p->domain_uuid[0]) {
+        nj_error("a backup needs a domain name and UUID");
+        return NULL;
+    }
+    if (check_parent(s, p) < 0)
+        return NULL;
+    NJ_CLEANUP_FREE char *key = lock_key(p->domain_uuid);
+    int lock_fd = nj_store_lock_domain(s, key, p->domain_name);
+    if (lock_fd < 0)
+        return NULL;
+    /* We hold the lock: whatever staging this domain has is a dead run's. */
+    if (nj_store_staging_clean(s, key) < 0) {
+        nj_store_unlock_domain(lock_fd);
+        return NULL;
+    }
+    struct nj_backup *b = nj_calloc(1, sizeof *b);
+    b->store = s;
+    b->lock_fd = lock_fd;
+    b->m.id = nj_backup_id_new();
+    b->m.level = p->level;
+    b->m.parent = p->parent ? nj_strdup(p->parent) : NULL;
+    b->m.domain_name = nj_strdup(p->domain_name);
+    b->m.domain_uuid = nj_strdup(p->domain_uuid);
+    b->m.domain_xml = p->domain_xml ? nj_strdup(p->domain_xml) : NULL;
+    b->m.checkpoint_name =
+        p->checkpoint_name ? nj_strdup(p->checkpoint_name) : NULL;
+    b->m.checkpoint_xml =
+        p->checkpoint_xml ? nj_strdup(p->checkpoint_xml) : NULL;
+    b->m.started = (int64_t)time(NULL);
+    NJ_CLEANUP_FREE char *owner = owner_json(key, p->domain_name);
+    if (nj_store_staging_create(s, b->m.id, owner) < 0) {
+        nj_backup_free(b);
+        return NULL;
+    }
+    b->staged = true;
+    return b;
+}
+
+const char *nj_backup_id(const struct nj_backup *b)
+{
+    return b->m.id;
+}
+
+struct nj_backup_disk *nj_backup_disk_add(struct nj_backup *b,
+                                          const char *target,
+                                          const char *format, uint64_t size,
+                                          bool full)
+{
+    if (b->committed || !b->staged) {
+        nj_error("backup '%s' is not open for writing", b->m.id);
+        return NULL;
+    }
+    if (!target[0] || size == 0) {
+        nj_error("disk '%s': empty target or zero size", target);
+        return NULL;
+    }
+    if ((b->m.level == NJ_LEVEL_FULL || b->m.level == NJ_LEVEL_COPY) && !full) {
+        nj_error("disk '%s' of a %s backup must be full", target,
+                 nj_level_name(b->m.level));
+        return NULL;
+    }
+    for (size_t i = 0; i < b->ndisks; i++)
+        if (strcmp(b->disks[i]->md.target, target) == 0) {
+            nj_error("disk '%s' added twice", target);
+            return NULL;
+        }
+    char name[32];
+    snprintf(name, sizeof name, "disk%zu.idx", b->ndisks);
+    int fd = nj_store_staging_open(b->store, b->m.id, name);
+    if (fd < 0)
+        return NULL;
+    struct nj_index_writer *w = nj_index_writer_new(fd, size);
+    if (!w)
+        return NULL;
+    struct nj_backup_disk *d = nj_calloc(1, sizeof *d);
+    d->b = b;
+    d->w = w;
+    d->md.target = nj_strdup(target);
+    d->md.format = nj_strdup(format ? format : "raw");
+    d->md.size = size;
+    d->md.full = full;
+    d->md.index = nj_strdup(name);
+    b->disks = nj_realloc_array(b->disks, b->ndisks + 1, sizeof *b->disks);
+    b->disks[b->ndisks++] = d;
+    return d;
+}
+
+int nj_backup_disk_append(struct nj_backup_disk *d, const struct nj_extent *e)
+{
+    if (nj_index_writer_append(d->w, e) < 0)
+        return nj_error_prefix("disk '%s'", d->md.target);
+    return 0;
+}
+
+static void add_u64(uint64_t *p, uint64_t v)
+{
+    __atomic_fetch_add(p, v, __ATOMIC_RELAXED);
+}
+
+int nj_backup_put_chunk(struct nj_backup *b, struct nj_backup_disk *d,
+                        struct nj_codec *codec, const void *buf, size_t len,
+                        struct nj_digest *digest)
+{
+    if (nj_sha256(buf, len, digest) < 0)
+        return -1;
+    /* Cheap existence check first: a dedup hit skips compression. */
+    int r = nj_store_chunk_exists(b->store, digest);
+    if (r == 0) {
+        size_t flen = 0;
+        const void *frame = nj_codec_encode(codec, buf, len, &flen);
+        if (!frame)
+            return -1;
+        r = nj_store_chunk_put(b->store, digest, frame, flen);
+        if (r == 0) {
+            add_u64(&d->md.stats.bytes_new, len);
+            add_u64(&d->md.stats.bytes_stored, flen);
+            add_u64(&d->md.stats.chunks_new, 1);
+            return 0;
+        }
+    }
+    if (r < 0)
+        return nj_error_prefix("disk '%s'", d->md.target);
+    add_u64(&d->md.stats.bytes_dedup, len);
+    add_u64(&d->md.stats.chunks_dedup, 1);
+    return 0;
+}
+
+void nj_backup_disk_count(struct nj_backup_disk *d, uint64_t read,
+                          uint64_t zero)
+{
+    add_u64(&d->md.stats.bytes_read, read);
+    add_u64(&d->md.stats.bytes_zero, zero);
+}
+
+const struct nj_disk_stats *nj_backup_disk_stats(const struct nj_backup_disk *d)
+{
+    return &d->md.stats;
+}
+
+int nj_backup_commit(struct nj_backup *b)
+{
+    if (b->committed || !b->staged)
+        return nj_error("backup '%s' is not open for writing", b->m.id);
+    if (b->ndisks == 0)
+        return nj_error("backup '%s' has no disks", b->m.id);
+    b->m.disks = nj_calloc(b->ndisks, sizeof *b->m.disks);
+    b->m.ndisks = 0;
+    for (size_t i = 0; i < b->ndisks; i++) {
+        struct nj_backup_disk *d = b->disks[i];
+        if (nj_index_writer_finish(d->w, &d->md.index_digest, &d->md.entries,
+                                   &d->md.covered) < 0)
+            return nj_error_prefix("disk '%s'", d->md.target);
+        if (d->md.full && d->md.covered != d->md.size)
+            return nj_error("disk '%s': a full index must cover all %llu "
+                            "bytes, it covers %llu", d->md.target,
+                            (unsigned long long)d->md.size,
+                            (unsigned long long)d->md.covered);
+        nj_index_writer_free(d->w);
+        d->w = NULL;
+        /* The manifest borrows the disk's strings; see nj_backup_free. */
+        b->m.disks[b->m.ndisks++] = d->md;
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    b->m.finished = (int64_t)ts.tv_sec;
+    b->m.finished_us = (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+    NJ_CLEANUP_FREE char *text = nj_manifest_to_json(&b->m);
+    if (nj_store_staging_put(b->store, b->m.id, NJ_MANIFEST_NAME, text,
+                             strlen(text)) < 0)
+        return -1;
+    if (nj_store_backup_publish(b->store, b->m.id) < 0)
+        return -1;
+    b->committed = true;
+    b->staged = false;
+    return 0;
+}
+
+void nj_backup_abort(struct nj_backup *b)
+{
+    if (!b || b->committed || !b->staged)
+        return;
+    for (size_t i = 0; i < b->ndisks; i++) {
+        nj_index_writer_free(b->disks[i]->w);
+        b->disks[i]->w = NULL;
+    }
+    nj_store_staging_remove(b->store, b->m.id);
+    b->staged = false;
+}
+
+const struct nj_manifest *nj_backup_manifest(const struct nj_backup *b)
+{
+    return b->committed ? &b->m : NULL;
+}
+
+void nj_backup_free(struct nj_backup *b)
+{
+    if (!b)
+        return;
+    nj_backup_abort(b);
+    for (size_t i = 0; i < b->ndisks; i++) {
+        struct nj_backup_disk *d = b->disks[i];
+        nj_index_writer_free(d->w);
+        free(d->md.target);
+        free(d->md.format);
+        free(d->md.index);
+        free(d);
+    }
+    free(b->disks);
+    /* Disk strings were borrowed by b->m.disks: free only the array. */
+    free(b->m.disks);
+    b->m.disks = NULL;
+    b->m.ndisks = 0;
+    nj_store_unlock_domain(b->lock_fd);
+    free(b->m.id);
+    free(b->m.parent);
+    free(b->m.domain_name);
+    free(b->m.domain_uuid);
+    free(b->m.domain_xml);
+    free(b->m.checkpoint_name);
+    free(b->m.checkpoint_xml);
+    free(b);
+}

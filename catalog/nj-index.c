@@ -1,0 +1,463 @@
+/*
+ * nj-index.c: extent index writer and streaming reader.
+ *
+ * Header (64 bytes, little-endian):
+ *   0 magic "NJINDEX1"   8 version u32   12 entry size u32 (64)
+ *  16 disk size u64     24 entry count u64  32 bytes covered u64
+ *  40 reserved, zero
+ * Entry (64 bytes):
+ *   0 offset u64   8 length u64   16 chunk offset u64
+ *  24 chunk length u32   28 kind u8   29 reserved (3 bytes, zero)
+ *  32 digest (32 bytes; zero for ZERO entries)
+ * Trailer: SHA-256 of header and entries (32 bytes).
+ *
+ * Invariants checked by both writer and reader: length > 0; offset +
+ * length <= disk size without overflow; each entry starts at or after the
+ * previous end; DATA entries satisfy chunk_offset + length <= chunk_len
+ * <= NJ_CHUNK_MAX; ZERO entries carry no chunk fields.
+ */
+#include "nj-chunk.h"
+#include "nj-index.h"
+#include "nj-io.h"
+#include "nj-util.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define WINDOW_ENTRIES 1024
+
+static void encode_entry(unsigned char *p, const struct nj_extent *e)
+{
+    memset(p, 0, NJ_INDEX_ENTRY_LEN);
+    nj_put_le64(p, e->offset);
+    nj_put_le64(p + 8, e->length);
+    if (e->kind == NJ_EXTENT_DATA) {
+        nj_put_le64(p + 16, e->chunk_offset);
+        nj_put_le32(p + 24, e->chunk_len);
+        memcpy(p + 32, e->digest.b, NJ_DIGEST_LEN);
+    }
+    p[28] = (unsigned char)e->kind;
+}
+
+/* Check one entry against the disk size and the previous end. */
+static int check_entry(const struct nj_extent *e, uint64_t disk_size,
+                       uint64_t prev_end, uint64_t idx, const char *name)
+{
+    if (e->length == 0)
+        return nj_error("index '%s' entry %llu: empty range at %llu", name,
+                        (unsigned long long)idx,
+                        (unsigned long long)e->offset);
+    if (!nj_range_ok(e->offset, e->length, disk_size))
+        return nj_error("index '%s' entry %llu: range %llu+%llu is past the "
+                        "disk end %llu", name, (unsigned long long)idx,
+                        (unsigned long long)e->offset,
+                        (unsigned long long)e->length,
+                        (unsigned long long)disk_size);
+    if (e->offset < prev_end)
+        return nj_error("index '%s' entry %llu: range at %llu overlaps or is "
+                        "out of order (previous end %llu)", name,
+                        (unsigned long long)idx,
+                        (unsigned long long)e->offset,
+                        (unsigned long long)prev_end);
+    if (e->kind == NJ_EXTENT_DATA) {
+        if (e->chunk_len == 0 || e->chunk_len > NJ_CHUNK_MAX ||
+            !nj_range_ok(e->chunk_offset, e->length, e->chunk_len))
+            return nj_error("index '%s' entry %llu: chunk range %llu+%llu "
+                            "does not fit a chunk of %u bytes", name,
+                            (unsigned long long)idx,
+                            (unsigned long long)e->chunk_offset,
+                            (unsigned long long)e->length, e->chunk_len);
+    } else if (e->kind != NJ_EXTENT_ZERO) {
+        return nj_error("index '%s' entry %llu: unknown kind %d", name,
+                        (unsigned long long)idx, (int)e->kind);
+    }
+    return 0;
+}
+
+static int decode_entry(const unsigned char *p, struct nj_extent *e,
+                        uint64_t idx, const char *name)
+{
+    memset(e, 0, sizeof *e);
+    e->offset = nj_get_le64(p);
+    e->length = nj_get_le64(p + 8);
+    e->chunk_offset = nj_get_le64(p + 16);
+    e->chunk_len = nj_get_le32(p + 24);
+    if (p[29] || p[30] || p[31])
+        return nj_error("index '%s' entry %llu: reserved bytes are not zero",
+                        name, (unsigned long long)idx);
+    switch (p[28]) {
+    case NJ_EXTENT_ZERO:
+        e->kind = NJ_EXTENT_ZERO;
+        if (e->chunk_offset || e->chunk_len)
+            return nj_error("index '%s' entry %llu: zero entry with chunk "
+                            "fields", name, (unsigned long long)idx);
+        break;
+    case NJ_EXTENT_DATA:
+        e->kind = NJ_EXTENT_DATA;
+        memcpy(e->digest.b, p + 32, NJ_DIGEST_LEN);
+        break;
+    default:
+        return nj_error("index '%s' entry %llu: unknown kind %u", name,
+                        (unsigned long long)idx, p[28]);
+    }
+    return 0;
+}
+
+struct header {
+    uint64_t disk_size, count, covered;
+};
+
+static void encode_header(unsigned char *p, const struct header *h)
+{
+    memset(p, 0, NJ_INDEX_HEADER_LEN);
+    memcpy(p, NJ_INDEX_MAGIC, 8);
+    nj_put_le32(p + 8, NJ_INDEX_VERSION);
+    nj_put_le32(p + 12, NJ_INDEX_ENTRY_LEN);
+    nj_put_le64(p + 16, h->disk_size);
+    nj_put_le64(p + 24, h->count);
+    nj_put_le64(p + 32, h->covered);
+}
+
+static int decode_header(const unsigned char *p, uint64_t file_len,
+                         struct header *h, const char *name)
+{
+    if (file_len < NJ_INDEX_HEADER_LEN + NJ_DIGEST_LEN)
+        return nj_error("index '%s' is truncated (%llu bytes)", name,
+                        (unsigned long long)file_len);
+    if (memcmp(p, NJ_INDEX_MAGIC, 8) != 0)
+        return nj_error("index '%s' has a bad magic", name);
+    if (nj_get_le32(p + 8) != NJ_INDEX_VERSION)
+        return nj_error("index '%s' has unknown version %u", name,
+                        nj_get_le32(p + 8));
+    if (nj_get_le32(p + 12) != NJ_INDEX_ENTRY_LEN)
+        return nj_error("index '%s' has entry size %u, expected %d", name,
+                        nj_get_le32(p + 12), NJ_INDEX_ENTRY_LEN);
+    for (int i = 40; i < NJ_INDEX_HEADER_LEN; i++)
+        if (p[i])
+            return nj_error("index '%s': reserved header bytes are not zero",
+                            name);
+    h->disk_size = nj_get_le64(p + 16);
+    h->count = nj_get_le64(p + 24);
+    h->covered = nj_get_le64(p + 32);
+    uint64_t body = file_len - NJ_INDEX_HEADER_LEN - NJ_DIGEST_LEN;
+    if (body % NJ_INDEX_ENTRY_LEN || body / NJ_INDEX_ENTRY_LEN != h->count)
+        return nj_error("index '%s' claims %llu entries but holds %llu bytes "
+                        "of entries", name, (unsigned long long)h->count,
+                        (unsigned long long)body);
+    if (h->covered > h->disk_size)
+        return nj_error("index '%s' covers %llu bytes of a %llu-byte disk",
+                        name, (unsigned long long)h->covered,
+                        (unsigned long long)h->disk_size);
+    return 0;
+}
+
+/* ---- writer ---- */
+
+struct nj_index_writer {
+    int fd;
+    struct header h;
+    struct nj_sha256_ctx *sha;
+    struct nj_extent last; /* pending entry, for merging zeros */
+    bool have_last;
+    uint64_t end;
+    unsigned char *buf;
+    size_t buf_used;
+    bool failed;
+};
+
+struct nj_index_writer *nj_index_writer_new(int fd, uint64_t disk_size)
+{
+    struct nj_index_writer *w = nj_calloc(1, sizeof *w);
+    w->fd = fd;
+    w->h.disk_size = disk_size;
+    w->buf = nj_malloc(WINDOW_ENTRIES * NJ_INDEX_ENTRY_LEN);
+    w->sha = nj_sha256_new();
+    unsigned char zero[NJ_INDEX_HEADER_LEN] = { 0 };
+    /* The header is written last, once the counts are known. */
+    if (!w->sha || nj_full_write(fd, zero, sizeof zero) < 0) {
+        if (w->sha)
+            nj_error_errno(errno, "write index header");
+        nj_index_writer_free(w);
+        return NULL;
+    }
+    return w;
+}
+
+static int writer_flush(struct nj_index_writer *w)
+{
+    if (w->buf_used == 0)
+        return 0;
+    if (nj_full_write(w->fd, w->buf, w->buf_used) < 0)
+        return nj_error_errno(errno, "write index");
+    w->buf_used = 0;
+    return 0;
+}
+
+static int writer_emit(struct nj_index_writer *w, const struct nj_extent *e)
+{
+    if (w->buf_used == WINDOW_ENTRIES * NJ_INDEX_ENTRY_LEN &&
+        writer_flush(w) < 0)
+        return -1;
+    encode_entry(w->buf + w->buf_used, e);
+    w->buf_used += NJ_INDEX_ENTRY_LEN;
+    w->h.count++;
+    w->h.covered += e->length;
+    return 0;
+}
+
+int nj_index_writer_append(struct nj_index_writer *w, const struct nj_extent *e)
+{
+    if (w->failed)
+        return nj_error("index writer already failed");
+    if (check_entry(e, w->h.disk_size, w->end, w->h.count + w->have_last,
+                    "new") < 0)
+        return -1;
+    w->end = e->offset + e->length;
+    if (w->have_last && e->kind == NJ_EXTENT_ZERO &&
+        w->last.kind == NJ_EXTENT_ZERO &&
+        w->last.offset + w->last.length == e->offset) {
+        w->last.length += e->length;
+        return 0;
+    }
+    if (w->have_last && writer_emit(w, &w->last) < 0) {
+        w->failed = true;
+        return -1;
+    }
+    w->last = *e;
+    w->have_last = true;
+    return 0;
+}
+
+uint64_t nj_index_writer_end(const struct nj_index_writer *w)
+{
+    return w->end;
+}
+
+int nj_index_writer_finish(struct nj_index_writer *w, struct nj_digest *digest,
+                           uint64_t *entries, uint64_t *covered)
+{
+    if (w->failed)
+        return nj_error("index writer already failed");
+    if (w->have_last && writer_emit(w, &w->last) < 0)
+        return -1;
+    w->have_last = false;
+    if (writer_flush(w) < 0)
+        return -1;
+    unsigned char hdr[NJ_INDEX_HEADER_LEN];
+    encode_header(hdr, &w->h);
+    if (nj_full_pwrite(w->fd, hdr, sizeof hdr, 0) < 0)
+        return nj_error_errno(errno, "write index header");
+    /* Hash the file as written, from the start. */
+    if (lseek(w->fd, 0, SEEK_SET) < 0)
+        return nj_error_errno(errno, "seek index");
+    unsigned char *buf = w->buf;
+    size_t bufsz = WINDOW_ENTRIES * NJ_INDEX_ENTRY_LEN;
+    uint64_t left = NJ_INDEX_HEADER_LEN + w->h.count * NJ_INDEX_ENTRY_LEN;
+    while (left > 0) {
+        size_t n = (size_t)NJ_MIN(left, (uint64_t)bufsz);
+        if (nj_full_read(w->fd, buf, n) < 0)
+            return nj_error_errno(errno, "reread index");
+        if (nj_sha256_update(w->sha, buf, n) < 0)
+            return -1;
+        left -= n;
+    }
+    struct nj_digest d;
+    if (nj_sha256_final(w->sha, &d) < 0)
+        return -1;
+    if (nj_full_write(w->fd, d.b, NJ_DIGEST_LEN) < 0)
+        return nj_error_errno(errno, "write index trailer");
+    if (fsync(w->fd) < 0)
+        return nj_error_errno(errno, "fsync index");
+    if (digest)
+        *digest = d;
+    if (entries)
+        *entries = w->h.count;
+    if (covered)
+        *covered = w->h.covered;
+    return 0;
+}
+
+void nj_index_writer_free(struct nj_index_writer *w)
+{
+    if (!w)
+        return;
+    if (w->fd >= 0)
+        close(w->fd);
+    nj_sha256_free(w->sha);
+    free(w->buf);
+    free(w);
+}
+
+/* ---- reader ---- */
+
+struct nj_index_reader {
+    int fd;
+    char *name;
+    struct header h;
+    unsigned char *buf;
+    size_t buf_entries, buf_pos;
+    uint64_t next_idx; /* index of the next entry to return */
+    uint64_t prev_end;
+};
+
+static int hash_file(int fd, uint64_t len, struct nj_digest *out,
+                     unsigned char *buf, size_t bufsz)
+{
+    struct nj_sha256_ctx *sha = nj_sha256_new();
+    if (!sha)
+        return -1;
+    uint64_t off = 0;
+    int ret = 0;
+    while (off < len) {
+        size_t n = (size_t)NJ_MIN(len - off, (uint64_t)bufsz);
+        if (nj_full_pread(fd, buf, n, (off_t)off) < 0) {
+            ret = nj_error_errno(errno, "read");
+            break;
+        }
+        if (nj_sha256_update(sha, buf, n) < 0) {
+            ret = -1;
+            break;
+        }
+        off += n;
+    }
+    if (ret == 0)
+        ret = nj_sha256_final(sha, out);
+    nj_sha256_free(sha);
+    return ret;
+}
+
+static int reader_init(struct nj_index_reader *r, const struct nj_digest *expect,
+                       uint64_t disk_size)
+{
+    const char *name = r->name;
+    struct stat st;
+    unsigned char hdr[NJ_INDEX_HEADER_LEN];
+    if (fstat(r->fd, &st) < 0)
+        return nj_error_errno(errno, "stat index '%s'", name);
+    if ((uint64_t)st.st_size < NJ_INDEX_HEADER_LEN + NJ_DIGEST_LEN)
+        return nj_error("index '%s' is truncated (%lld bytes)", name,
+                        (long long)st.st_size);
+    if (nj_full_pread(r->fd, hdr, sizeof hdr, 0) < 0)
+        return nj_error_errno(errno, "read index '%s'", name);
+    if (decode_header(hdr, (uint64_t)st.st_size, &r->h, name) < 0)
+        return -1;
+    if (disk_size && r->h.disk_size != disk_size)
+        return nj_error("index '%s' is for a disk of %llu bytes, the "
+                        "manifest says %llu", name,
+                        (unsigned long long)r->h.disk_size,
+                        (unsigned long long)disk_size);
+    uint64_t body = (uint64_t)st.st_size - NJ_DIGEST_LEN;
+    struct nj_digest got, trailer;
+    if (nj_full_pread(r->fd, trailer.b, NJ_DIGEST_LEN, (off_t)body) < 0)
+        return nj_error_errno(errno, "read index '%s' trailer", name);
+    if (hash_file(r->fd, body, &got, r->buf,
+                  WINDOW_ENTRIES * NJ_INDEX_ENTRY_LEN) < 0)
+        return nj_error_prefix("index '%s'", name);
+    if (!nj_digest_eq(&got, &trailer))
+        return nj_error("index '%s' is damaged (checksum mismatch)", name);
+    if (expect && !nj_digest_eq(&got, expect))
+        return nj_error("index '%s' does not match the digest in its "
+                        "manifest", name);
+    return 0;
+}
+
+struct nj_index_reader *nj_index_reader_open(int fd, const char *name,
+                                             const struct nj_digest *expect,
+                                             uint64_t disk_size)
+{
+    struct nj_index_reader *r = nj_calloc(1, sizeof *r);
+    r->fd = fd;
+    r->name = nj_strdup(name);
+    r->buf = nj_malloc(WINDOW_ENTRIES * NJ_INDEX_ENTRY_LEN);
+    if (reader_init(r, expect, disk_size) < 0) {
+        nj_index_reader_free(r);
+        return NULL;
+    }
+    return r;
+}
+
+uint64_t nj_index_reader_disk_size(const struct nj_index_reader *r)
+{
+    return r->h.disk_size;
+}
+
+uint64_t nj_index_reader_count(const struct nj_index_reader *r)
+{
+    return r->h.count;
+}
+
+int nj_index_reader_rewind(struct nj_index_reader *r)
+{
+    r->buf_entries = r->buf_pos = 0;
+    r->next_idx = 0;
+    r->prev_end = 0;
+    return 0;
+}
+
+int nj_index_reader_next(struct nj_index_reader *r, struct nj_extent *e)
+{
+    if (r->next_idx >= r->h.count)
+        return 0;
+    if (r->buf_pos == r->buf_entries) {
+        uint64_t left = r->h.count - r->next_idx;
+        size_t n = (size_t)NJ_MIN(left, (uint64_t)WINDOW_ENTRIES);
+        off_t off = (off_t)(NJ_INDEX_HEADER_LEN +
+                            r->next_idx * NJ_INDEX_ENTRY_LEN);
+        if (nj_full_pread(r->fd, r->buf, n * NJ_INDEX_ENTRY_LEN, off) < 0)
+            return nj_error_errno(errno, "read index '%s'", r->name);
+        r->buf_entries = n;
+        r->buf_pos = 0;
+    }
+    const unsigned char *p = r->buf + r->buf_pos * NJ_INDEX_ENTRY_LEN;
+    if (decode_entry(p, e, r->next_idx, r->name) < 0 ||
+        check_entry(e, r->h.disk_size, r->prev_end, r->next_idx, r->name) < 0)
+        return -1;
+    r->buf_pos++;
+    r->next_idx++;
+    r->prev_end = e->offset + e->length;
+    return 1;
+}
+
+void nj_index_reader_free(struct nj_index_reader *r)
+{
+    if (!r)
+        return;
+    if (r->fd >= 0)
+        close(r->fd);
+    free(r->name);
+    free(r->buf);
+    free(r);
+}
+
+int nj_index_check_buffer(const void *buf, size_t len, uint64_t disk_size)
+{
+    const unsigned char *p = buf;
+    struct header h;
+    if (decode_header(p, len, &h, "buffer") < 0)
+        return -1;
+    if (disk_size && h.disk_size != disk_size)
+        return nj_error("index is for another disk size");
+    struct nj_digest got;
+    size_t body = len - NJ_DIGEST_LEN;
+    if (nj_sha256(p, body, &got) < 0)
+        return -1;
+    if (memcmp(got.b, p + body, NJ_DIGEST_LEN) != 0)
+        return nj_error("index is damaged (checksum mismatch)");
+    uint64_t prev_end = 0, covered = 0;
+    for (uint64_t i = 0; i < h.count; i++) {
+        struct nj_extent e;
+        const unsigned char *q = p + NJ_INDEX_HEADER_LEN + i * NJ_INDEX_ENTRY_LEN;
+        if (decode_entry(q, &e, i, "buffer") < 0 ||
+            check_entry(&e, h.disk_size, prev_end, i, "buffer") < 0)
+            return -1;
+        prev_end = e.offset + e.length;
+        covered += e.length;
+    }
+    if (covered != h.covered)
+        return nj_error("index covers %llu bytes, header says %llu",
+                        (unsigned long long)covered,
+                        (unsigned long long)h.covered);
+    return 0;
+}

@@ -1,0 +1,80 @@
+/*
+ * nj-index.h: the per-backup, per-disk extent index.
+ *
+ * An index lists what one backup captured of one disk: sorted,
+ * non-overlapping entries, each either a zero range or a range of bytes
+ * found in a chunk at an offset inside it.  A full backup's index covers
+ * [0, disk size) with no gap; an incremental's covers the ranges it read.
+ * The file layout is in docs/FORMAT.md; it ends with the SHA-256 of all
+ * bytes before it, which the manifest repeats.
+ *
+ * The reader streams: it holds a fixed window of entries, never the whole
+ * index, and validates each entry (order, overlap, bounds, chunk offsets)
+ * as it goes, so a damaged index fails with a message, never a crash.
+ */
+#ifndef NJ_INDEX_H
+#define NJ_INDEX_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "nj-digest.h"
+
+#define NJ_INDEX_MAGIC "NJINDEX1"
+#define NJ_INDEX_VERSION 1
+#define NJ_INDEX_HEADER_LEN 64
+#define NJ_INDEX_ENTRY_LEN 64
+
+enum nj_extent_kind {
+    NJ_EXTENT_ZERO = 0,
+    NJ_EXTENT_DATA = 1,
+};
+
+struct nj_extent {
+    uint64_t offset;       /* disk offset */
+    uint64_t length;       /* > 0 */
+    enum nj_extent_kind kind;
+    struct nj_digest digest; /* DATA: the chunk */
+    uint64_t chunk_offset; /* DATA: where the range starts inside it */
+    uint32_t chunk_len;    /* DATA: the chunk's plaintext length */
+};
+
+/* Writer: entries are appended in order and written through a buffer. */
+struct nj_index_writer;
+
+/* Takes ownership of fd (a new, empty file). */
+struct nj_index_writer *nj_index_writer_new(int fd, uint64_t disk_size);
+/* Append one entry; fails if it is out of order, overlaps, or is invalid.
+ * Adjacent zero entries are merged. */
+int nj_index_writer_append(struct nj_index_writer *w, const struct nj_extent *e);
+/* Flush, write header and trailer, fsync.  Fills the file digest, the
+ * entry count and the bytes covered. */
+int nj_index_writer_finish(struct nj_index_writer *w, struct nj_digest *digest,
+                           uint64_t *entries, uint64_t *covered);
+void nj_index_writer_free(struct nj_index_writer *w);
+/* Offset just past the last appended entry. */
+uint64_t nj_index_writer_end(const struct nj_index_writer *w);
+
+/* Reader. */
+struct nj_index_reader;
+
+/*
+ * Open an index from fd (ownership taken).  name is used in messages.
+ * When expect is not NULL the whole file is hashed first and must match.
+ * disk_size, when not 0, must equal the size the index records.
+ */
+struct nj_index_reader *nj_index_reader_open(int fd, const char *name,
+                                             const struct nj_digest *expect,
+                                             uint64_t disk_size);
+uint64_t nj_index_reader_disk_size(const struct nj_index_reader *r);
+uint64_t nj_index_reader_count(const struct nj_index_reader *r);
+/* 1 with *e filled, 0 at the end, -1 on a damaged entry. */
+int nj_index_reader_next(struct nj_index_reader *r, struct nj_extent *e);
+/* Start again from the first entry. */
+int nj_index_reader_rewind(struct nj_index_reader *r);
+void nj_index_reader_free(struct nj_index_reader *r);
+
+/* Validate a whole index held in memory (for the fuzzer and tests). */
+int nj_index_check_buffer(const void *buf, size_t len, uint64_t disk_size);
+
+#endif

@@ -1,0 +1,365 @@
+/*
+ * nj-manifest.c: manifest <-> JSON with json-c, validating on the way in.
+ */
+#include "nj-manifest.h"
+#include "nj-store.h"
+#include "nj-util.h"
+
+#include <json-c/json.h>
+#include <stdio.h>
+#include <string.h>
+
+static const char *const level_names[] = {
+    [NJ_LEVEL_FULL] = "full",
+    [NJ_LEVEL_INC] = "inc",
+    [NJ_LEVEL_DIFF] = "diff",
+    [NJ_LEVEL_COPY] = "copy",
+};
+
+const char *nj_level_name(enum nj_level l)
+{
+    return (unsigned)l < NJ_ARRAY_SIZE(level_names) ? level_names[l] : "?";
+}
+
+int nj_level_parse(const char *s, enum nj_level *out)
+{
+    for (size_t i = 0; i < NJ_ARRAY_SIZE(level_names); i++)
+        if (strcmp(s, level_names[i]) == 0) {
+            *out = (enum nj_level)i;
+            return 0;
+        }
+    return -1;
+}
+
+void nj_manifest_free(struct nj_manifest *m)
+{
+    if (!m)
+        return;
+    for (size_t i = 0; i < m->ndisks; i++) {
+        free(m->disks[i].target);
+        free(m->disks[i].format);
+        free(m->disks[i].index);
+    }
+    free(m->disks);
+    free(m->id);
+    free(m->parent);
+    free(m->domain_name);
+    free(m->domain_uuid);
+    free(m->domain_xml);
+    free(m->checkpoint_name);
+    free(m->checkpoint_xml);
+    free(m);
+}
+
+const struct nj_manifest_disk *nj_manifest_disk(const struct nj_manifest *m,
+                                                const char *target)
+{
+    for (size_t i = 0; i < m->ndisks; i++)
+        if (strcmp(m->disks[i].target, target) == 0)
+            return &m->disks[i];
+    return NULL;
+}
+
+/* ---- writing ---- */
+
+static struct json_object *str_or_null(const char *s)
+{
+    return s ? json_object_new_string(s) : NULL;
+}
+
+static struct json_object *u64(uint64_t v)
+{
+    return json_object_new_uint64(v);
+}
+
+char *nj_manifest_to_json(const struct nj_manifest *m)
+{
+    struct json_object *o = json_object_new_object();
+    json_object_object_add(o, "format", json_object_new_string("nightjar-manifest"));
+    json_object_object_add(o, "version", json_object_new_int(NJ_MANIFEST_VERSION));
+    json_object_object_add(o, "id", json_object_new_string(m->id));
+    json_object_object_add(o, "parent", str_or_null(m->parent));
+    json_object_object_add(o, "level", json_object_new_string(nj_level_name(m->level)));
+    struct json_object *dom = json_object_new_object();
+    json_object_object_add(dom, "name", json_object_new_string(m->domain_name));
+    json_object_object_add(dom, "uuid", json_object_new_string(m->domain_uuid));
+    json_object_object_add(dom, "xml", str_or_null(m->domain_xml));
+    json_object_object_add(o, "domain", dom);
+    struct json_object *cp = NULL;
+    if (m->checkpoint_name) {
+        cp = json_object_new_object();
+        json_object_object_add(cp, "name", json_object_new_string(m->checkpoint_name));
+        json_object_object_add(cp, "xml", str_or_null(m->checkpoint_xml));
+    }
+    json_object_object_add(o, "checkpoint", cp);
+    json_object_object_add(o, "started", json_object_new_int64(m->started));
+    json_object_object_add(o, "finished", json_object_new_int64(m->finished));
+    json_object_object_add(o, "finished_us", json_object_new_int64(m->finished_us));
+    struct json_object *disks = json_object_new_array();
+    for (size_t i = 0; i < m->ndisks; i++) {
+        const struct nj_manifest_disk *d = &m->disks[i];
+        struct json_object *jd = json_object_new_object();
+        char hex[NJ_DIGEST_HEX_LEN + 1];
+        nj_digest_to_hex(&d->index_digest, hex);
+        json_object_object_add(jd, "target", json_object_new_string(d->target));
+        json_object_object_add(jd, "format", json_object_new_string(d->format));
+        json_object_object_add(jd, "size", u64(d->size));
+        json_object_object_add(jd, "level", json_object_new_string(d->full ? "full" : "inc"));
+        json_object_object_add(jd, "index", json_object_new_string(d->index));
+        json_object_object_add(jd, "index_sha256", json_object_new_string(hex));
+        json_object_object_add(jd, "entries", u64(d->entries));
+        json_object_object_add(jd, "covered", u64(d->covered));
+        struct json_object *st = json_object_new_object();
+        json_object_object_add(st, "bytes_read", u64(d->stats.bytes_read));
+        json_object_object_add(st, "bytes_zero", u64(d->stats.bytes_zero));
+        json_object_object_add(st, "bytes_new", u64(d->stats.bytes_new));
+        json_object_object_add(st, "bytes_stored", u64(d->stats.bytes_stored));
+        json_object_object_add(st, "bytes_dedup", u64(d->stats.bytes_dedup));
+        json_object_object_add(st, "chunks_new", u64(d->stats.chunks_new));
+        json_object_object_add(st, "chunks_dedup", u64(d->stats.chunks_dedup));
+        json_object_object_add(jd, "stats", st);
+        json_object_array_add(disks, jd);
+    }
+    json_object_object_add(o, "disks", disks);
+    char *text = nj_asprintf("%s\n", json_object_to_json_string_ext(
+                                         o, JSON_C_TO_STRING_PRETTY |
+                                                JSON_C_TO_STRING_NOSLASHESCAPE));
+    json_object_put(o);
+    return text;
+}
+
+/* ---- parsing ---- */
+
+static struct json_object *field(struct json_object *o, const char *key,
+                                 json_type type, const char *ctx)
+{
+    struct json_object *v = NULL;
+    if (!json_object_object_get_ex(o, key, &v)) {
+        nj_error("manifest%s: missing field '%s'", ctx, key);
+        return NULL;
+    }
+    if (!json_object_is_type(v, type)) {
+        nj_error("manifest%s: field '%s' has the wrong type", ctx, key);
+        return NULL;
+    }
+    return v;
+}
+
+static int get_str(struct json_object *o, const char *key, bool nullable,
+                   char **out, const char *ctx)
+{
+    struct json_object *v = NULL;
+    if (!json_object_object_get_ex(o, key, &v))
+        return nj_error("manifest%s: missing field '%s'", ctx, key);
+    if (!v) {
+        if (!nullable)
+            return nj_error("manifest%s: field '%s' is null", ctx, key);
+        *out = NULL;
+        return 0;
+    }
+    if (!json_object_is_type(v, json_type_string))
+        return nj_error("manifest%s: field '%s' is not a string", ctx, key);
+    *out = nj_strdup(json_object_get_string(v));
+    return 0;
+}
+
+static int get_u64(struct json_object *o, const char *key, uint64_t *out,
+                   const char *ctx)
+{
+    struct json_object *v = field(o, key, json_type_int, ctx);
+    if (!v)
+        return -1;
+    /* json-c keeps the sign: negative numbers are rejected here. */
+    if (json_object_get_int64(v) < 0)
+        return nj_error("manifest%s: field '%s' is negative", ctx, key);
+    *out = json_object_get_uint64(v);
+    return 0;
+}
+
+static int get_i64(struct json_object *o, const char *key, int64_t *out,
+                   const char *ctx)
+{
+    struct json_object *v = field(o, key, json_type_int, ctx);
+    if (!v)
+        return -1;
+    *out = json_object_get_int64(v);
+    return 0;
+}
+
+static int parse_disk(struct json_object *jd, struct nj_manifest_disk *d,
+                      size_t i)
+{
+    char ctx[48];
+    snprintf(ctx, sizeof ctx, " disk %zu", i);
+    if (!json_object_is_type(jd, json_type_object))
+        return nj_error("manifest%s: not an object", ctx);
+    NJ_CLEANUP_FREE char *level = NULL, *hex = NULL;
+    if (get_str(jd, "target", false, &d->target, ctx) < 0 ||
+        get_str(jd, "format", false, &d->format, ctx) < 0 ||
+        get_u64(jd, "size", &d->size, ctx) < 0 ||
+        get_str(jd, "level", false, &level, ctx) < 0 ||
+        get_str(jd, "index", false, &d->index, ctx) < 0 ||
+        get_str(jd, "index_sha256", false, &hex, ctx) < 0 ||
+        get_u64(jd, "entries", &d->entries, ctx) < 0 ||
+        get_u64(jd, "covered", &d->covered, ctx) < 0)
+        return -1;
+    if (d->target[0] == '\0')
+        return nj_error("manifest%s: empty target", ctx);
+    if (strcmp(level, "full") == 0)
+        d->full = true;
+    else if (strcmp(level, "inc") == 0)
+        d->full = false;
+    else
+        return nj_error("manifest%s: unknown level '%s'", ctx, level);
+    if (!nj_store_name_valid(d->index))
+        return nj_error("manifest%s: invalid index file name '%s'", ctx,
+                        d->index);
+    if (nj_digest_from_hex(hex, &d->index_digest) < 0)
+        return nj_error("manifest%s: invalid index_sha256", ctx);
+    if (d->covered > d->size)
+        return nj_error("manifest%s: covers %llu bytes of a %llu-byte disk",
+                        ctx, (unsigned long long)d->covered,
+                        (unsigned long long)d->size);
+    if (d->full && d->covered != d->size)
+        return nj_error("manifest%s: full disk index covers %llu of %llu "
+                        "bytes", ctx, (unsigned long long)d->covered,
+                        (unsigned long long)d->size);
+    struct json_object *st = NULL;
+    if (json_object_object_get_ex(jd, "stats", &st) &&
+        json_object_is_type(st, json_type_object)) {
+        struct { const char *k; uint64_t *v; } s[] = {
+            { "bytes_read", &d->stats.bytes_read },
+            { "bytes_zero", &d->stats.bytes_zero },
+            { "bytes_new", &d->stats.bytes_new },
+            { "bytes_stored", &d->stats.bytes_stored },
+            { "bytes_dedup", &d->stats.bytes_dedup },
+            { "chunks_new", &d->stats.chunks_new },
+            { "chunks_dedup", &d->stats.chunks_dedup },
+        };
+        for (size_t k = 0; k < NJ_ARRAY_SIZE(s); k++) {
+            struct json_object *v = NULL;
+            if (json_object_object_get_ex(st, s[k].k, &v) &&
+                json_object_is_type(v, json_type_int) &&
+                json_object_get_int64(v) >= 0)
+                *s[k].v = json_object_get_uint64(v);
+        }
+    }
+    return 0;
+}
+
+static int parse_into(struct nj_manifest *m, struct json_object *o)
+{
+    NJ_CLEANUP_FREE char *fmt = NULL, *level = NULL;
+    struct json_object *dom = NULL, *cp = NULL, *disks = NULL, *ver = NULL;
+    const char *ctx = "";
+
+    if (!json_object_is_type(o, json_type_object))
+        return nj_error("manifest is not a JSON object");
+    if (get_str(o, "format", false, &fmt, ctx) < 0)
+        return -1;
+    if (strcmp(fmt, "nightjar-manifest") != 0)
+        return nj_error("manifest: format is '%s', not 'nightjar-manifest'", fmt);
+    if (!(ver = field(o, "version", json_type_int, ctx)))
+        return -1;
+    if (json_object_get_int64(ver) != NJ_MANIFEST_VERSION)
+        return nj_error("manifest: unknown version %lld",
+                 (long long)json_object_get_int64(ver));
+    if (get_str(o, "id", false, &m->id, ctx) < 0 ||
+        get_str(o, "parent", true, &m->parent, ctx) < 0 ||
+        get_str(o, "level", false, &level, ctx) < 0 ||
+        get_i64(o, "started", &m->started, ctx) < 0 ||
+        get_i64(o, "finished", &m->finished, ctx) < 0 ||
+        get_i64(o, "finished_us", &m->finished_us, ctx) < 0)
+        return -1;
+    if (!nj_store_name_valid(m->id))
+        return nj_error("manifest: invalid id '%s'", m->id);
+    if (m->parent && !nj_store_name_valid(m->parent))
+        return nj_error("manifest: invalid parent id '%s'", m->parent);
+    if (nj_level_parse(level, &m->level) < 0)
+        return nj_error("manifest: unknown level '%s'", level);
+    bool needs_parent = m->level == NJ_LEVEL_INC || m->level == NJ_LEVEL_DIFF;
+    if (needs_parent != (m->parent != NULL))
+        return nj_error("manifest: a %s backup %s a parent", level,
+                 needs_parent ? "needs" : "cannot have");
+    if (!(dom = field(o, "domain", json_type_object, ctx)))
+        return -1;
+    if (get_str(dom, "name", false, &m->domain_name, " domain") < 0 ||
+        get_str(dom, "uuid", false, &m->domain_uuid, " domain") < 0 ||
+        get_str(dom, "xml", true, &m->domain_xml, " domain") < 0)
+        return -1;
+    if (!json_object_object_get_ex(o, "checkpoint", &cp))
+        return nj_error("manifest: missing field 'checkpoint'");
+    if (cp) {
+        if (!json_object_is_type(cp, json_type_object))
+            return nj_error("manifest: field 'checkpoint' is not an object");
+        if (get_str(cp, "name", false, &m->checkpoint_name, " checkpoint") < 0 ||
+            get_str(cp, "xml", true, &m->checkpoint_xml, " checkpoint") < 0)
+            return -1;
+    }
+    if (!(disks = field(o, "disks", json_type_array, ctx)))
+        return -1;
+    size_t n = json_object_array_length(disks);
+    if (n == 0 || n > 4096)
+        return nj_error("manifest: %zu disks is out of range", n);
+    m->disks = nj_calloc(n, sizeof *m->disks);
+    for (size_t i = 0; i < n; i++) {
+        m->ndisks = i + 1;
+        if (parse_disk(json_object_array_get_idx(disks, i), &m->disks[i], i) < 0)
+            return -1;
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(m->disks[j].target, m->disks[i].target) == 0 ||
+                strcmp(m->disks[j].index, m->disks[i].index) == 0)
+                return nj_error("manifest: disk '%s' appears twice",
+                         m->disks[i].target);
+        if ((m->level == NJ_LEVEL_FULL || m->level == NJ_LEVEL_COPY) &&
+            !m->disks[i].full)
+            return nj_error("manifest: disk '%s' of a %s backup is not full",
+                     m->disks[i].target, level);
+    }
+    return 0;
+}
+
+static struct nj_manifest *parse(struct json_object *o)
+{
+    struct nj_manifest *m = nj_calloc(1, sizeof *m);
+    if (parse_into(m, o) < 0) {
+        nj_manifest_free(m);
+        return NULL;
+    }
+    return m;
+}
+
+struct nj_manifest *nj_manifest_from_json(const char *text, size_t len)
+{
+    if (len > NJ_MANIFEST_MAX || len > INT32_MAX) {
+        nj_error("manifest is too large (%zu bytes)", len);
+        return NULL;
+    }
+    struct json_tokener *tok = json_tokener_new_ex(64);
+    if (!tok) {
+        nj_error("cannot allocate a JSON parser");
+        return NULL;
+    }
+    struct json_object *o = json_tokener_parse_ex(tok, text, (int)len);
+    enum json_tokener_error err = json_tokener_get_error(tok);
+    size_t used = json_tokener_get_parse_end(tok);
+    json_tokener_free(tok);
+    if (!o || err != json_tokener_success) {
+        nj_error("manifest is not valid JSON (%s)",
+                 json_tokener_error_desc(err == json_tokener_success
+                                             ? json_tokener_error_parse_eof
+                                             : err));
+        json_object_put(o);
+        return NULL;
+    }
+    for (size_t i = used; i < len; i++)
+        if (text[i] != ' ' && text[i] != '\n' && text[i] != '\t' &&
+            text[i] != '\r') {
+            nj_error("manifest has trailing data after the JSON object");
+            json_object_put(o);
+            return NULL;
+        }
+    struct nj_manifest *m = parse(o);
+    json_object_put(o);
+    return m;
+}

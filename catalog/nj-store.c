@@ -1,0 +1,154 @@
+/*
+ * nj-store.c: the store front end: argument checks, then the backend.
+ */
+#include "nj-store.h"
+#include "nj-util.h"
+#include "store-backend.h"
+
+#include <string.h>
+#include <sys/file.h>
+
+bool nj_store_name_valid(const char *name)
+{
+    size_t n = strlen(name);
+    if (n == 0 || n > 128 || name[0] == '.')
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = name[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+              (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.'))
+            return false;
+    }
+    return true;
+}
+
+#define CHECK_NAME(what, n)                                                 \
+    do {                                                                    \
+        if (!nj_store_name_valid(n)) {                                      \
+            nj_error("invalid %s '%s'", what, n);                           \
+            return -1;                                                      \
+        }                                                                   \
+    } while (0)
+
+struct nj_store *nj_store_open(const char *path, unsigned flags)
+{
+    return nj_store_dir_open(path, flags);
+}
+
+void nj_store_close(struct nj_store *s)
+{
+    if (s)
+        s->ops->close(s);
+}
+
+const char *nj_store_path(const struct nj_store *s)
+{
+    return s->path;
+}
+
+int nj_store_chunk_put(struct nj_store *s, const struct nj_digest *d,
+                       const void *frame, size_t frame_len)
+{
+    return s->ops->chunk_put(s, d, frame, frame_len);
+}
+
+int nj_store_chunk_exists(struct nj_store *s, const struct nj_digest *d)
+{
+    return s->ops->chunk_exists(s, d);
+}
+
+ssize_t nj_store_chunk_get(struct nj_store *s, const struct nj_digest *d,
+                           void **buf, size_t *cap)
+{
+    return s->ops->chunk_get(s, d, buf, cap);
+}
+
+int nj_store_sync(struct nj_store *s)
+{
+    return s->ops->sync(s);
+}
+
+int nj_store_staging_create(struct nj_store *s, const char *id,
+                            const char *owner_json)
+{
+    CHECK_NAME("backup id", id);
+    return s->ops->staging_create(s, id, owner_json);
+}
+
+int nj_store_staging_open(struct nj_store *s, const char *id, const char *name)
+{
+    CHECK_NAME("backup id", id);
+    CHECK_NAME("file name", name);
+    return s->ops->staging_open(s, id, name);
+}
+
+int nj_store_staging_put(struct nj_store *s, const char *id, const char *name,
+                         const void *buf, size_t len)
+{
+    CHECK_NAME("backup id", id);
+    CHECK_NAME("file name", name);
+    return s->ops->staging_put(s, id, name, buf, len);
+}
+
+int nj_store_backup_publish(struct nj_store *s, const char *id)
+{
+    CHECK_NAME("backup id", id);
+    return s->ops->backup_publish(s, id);
+}
+
+int nj_store_staging_remove(struct nj_store *s, const char *id)
+{
+    CHECK_NAME("backup id", id);
+    return s->ops->staging_remove(s, id);
+}
+
+int nj_store_staging_clean(struct nj_store *s, const char *owner_key)
+{
+    return s->ops->staging_clean(s, owner_key);
+}
+
+char **nj_store_backup_list(struct nj_store *s)
+{
+    return s->ops->backup_list(s);
+}
+
+char *nj_store_backup_read(struct nj_store *s, const char *id,
+                           const char *name, size_t max, size_t *len)
+{
+    if (!nj_store_name_valid(id) || !nj_store_name_valid(name)) {
+        nj_error("invalid backup id or file name '%s/%s'", id, name);
+        return NULL;
+    }
+    return s->ops->backup_read(s, id, name, max, len);
+}
+
+int nj_store_backup_open(struct nj_store *s, const char *id, const char *name)
+{
+    CHECK_NAME("backup id", id);
+    CHECK_NAME("file name", name);
+    return s->ops->backup_open(s, id, name);
+}
+
+int nj_store_lock_domain(struct nj_store *s, const char *key,
+                         const char *display_name)
+{
+    CHECK_NAME("lock key", key);
+    return s->ops->lock_domain(s, key, display_name);
+}
+
+void nj_store_unlock_domain(int fd)
+{
+    if (fd >= 0) {
+        flock(fd, LOCK_UN);
+        close(fd);
+    }
+}
+
+void nj_strv_free(char **v)
+{
+    if (!v)
+        return;
+    for (char **p = v; *p; p++)
+        free(*p);
+    free(v);
+}

@@ -1,0 +1,102 @@
+/*
+ * nj-store.h: a nightjar store, the place backups land in.
+ *
+ * The store is reached only through these calls; a backend ops table
+ * behind them (catalog/store-dir.c today) keeps the callers unchanged when
+ * an object-storage backend follows.  The layout, the version file and the
+ * publication rules are in docs/FORMAT.md.
+ *
+ * Thread safety: after nj_store_open() every call may be made from several
+ * threads at once, except nj_store_close().
+ */
+#ifndef NJ_STORE_H
+#define NJ_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "nj-digest.h"
+
+#define NJ_STORE_FORMAT_VERSION 1
+
+struct nj_store;
+
+enum nj_store_open_flags {
+    NJ_STORE_CREATE = 1 << 0, /* create the store when path is absent or
+                                 an empty directory */
+};
+
+/* Open the store at path.  Fails with a clear message when path is not a
+ * store or has an unknown format version. */
+struct nj_store *nj_store_open(const char *path, unsigned flags);
+void nj_store_close(struct nj_store *s);
+/* Borrowed: the path the store was opened with. */
+const char *nj_store_path(const struct nj_store *s);
+
+/*
+ * Chunks.  put stores a frame under its digest and is idempotent: when the
+ * digest already exists it returns 1 and stores nothing.  It returns 0
+ * when the frame was written.  A written chunk becomes durable and visible
+ * by its name no later than the next nj_store_sync(); the writer keeps a
+ * set of pending digests so that a second put of the same digest before
+ * then is also recognised.
+ */
+int nj_store_chunk_put(struct nj_store *s, const struct nj_digest *d,
+                       const void *frame, size_t frame_len);
+/* 1 when present (or pending), 0 when absent, -1 on error. */
+int nj_store_chunk_exists(struct nj_store *s, const struct nj_digest *d);
+/* Read a frame into *buf (grown with realloc as needed; *cap is its size).
+ * Returns the frame length, or -1 with the last error (ENOENT: missing). */
+ssize_t nj_store_chunk_get(struct nj_store *s, const struct nj_digest *d,
+                           void **buf, size_t *cap);
+/* Make every chunk put so far durable and visible. */
+int nj_store_sync(struct nj_store *s);
+
+/*
+ * Backup metadata.  A backup is staged (files written under its id while
+ * it runs) and published atomically by nj_store_backup_publish(), which
+ * makes every staged file appear together.  A staged backup that is never
+ * published is invisible and removed by nj_store_staging_clean().
+ */
+int nj_store_staging_create(struct nj_store *s, const char *id,
+                            const char *owner_json);
+/* Open a new file in a staged backup for writing; returns an fd. */
+int nj_store_staging_open(struct nj_store *s, const char *id,
+                          const char *name);
+/* Publish a buffer as a staged file (durably). */
+int nj_store_staging_put(struct nj_store *s, const char *id, const char *name,
+                         const void *buf, size_t len);
+/* Atomically publish the staged backup id (every chunk is synced first). */
+int nj_store_backup_publish(struct nj_store *s, const char *id);
+/* Drop a staged backup. */
+int nj_store_staging_remove(struct nj_store *s, const char *id);
+/* Remove staged backups whose owner matches owner_key (a domain lock is
+ * held by the caller), and those with no readable owner older than a day. */
+int nj_store_staging_clean(struct nj_store *s, const char *owner_key);
+
+/* Published backups: list ids (a NULL-terminated array to free with
+ * nj_strv_free), read a file of one, open one for reading. */
+char **nj_store_backup_list(struct nj_store *s);
+char *nj_store_backup_read(struct nj_store *s, const char *id,
+                           const char *name, size_t max, size_t *len);
+int nj_store_backup_open(struct nj_store *s, const char *id, const char *name);
+
+/*
+ * Domain locks: one backup per domain at a time.  The lock is an flock on
+ * a file in the store, so the kernel drops it when its holder dies and a
+ * crashed writer never blocks the next one.  Returns a lock fd, or -1 with
+ * "domain 'NAME' is already being backed up (pid N)".
+ */
+int nj_store_lock_domain(struct nj_store *s, const char *key,
+                         const char *display_name);
+void nj_store_unlock_domain(int fd);
+
+void nj_strv_free(char **v);
+
+/* Names that may appear as ids, file names and lock keys in a store:
+ * [A-Za-z0-9._-], not starting with '.', at most 128 bytes. */
+bool nj_store_name_valid(const char *name);
+
+#endif

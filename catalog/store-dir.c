@@ -1,0 +1,563 @@
+/*
+ * store-dir.c: the directory store backend.
+ *
+ * Layout (docs/FORMAT.md):
+ *   nightjar-store.json      format name and version: what makes a store
+ *   chunks/XX/<64 hex>       chunk frames, XX = first two hex digits
+ *   staging/<id>/            backups being written, owner.json first
+ *   backups/<id>/            published backups: manifest.json + indexes
+ *   locks/<key>.lock         per-domain flock files
+ *
+ * Durability.  Chunk frames are written to a temporary name in their
+ * final directory and not fsync'ed one by one, which would cost a disk
+ * flush per chunk.  They are kept in a pending set; nj_store_sync() makes
+ * them durable with one syncfs(2) of the store's file system and only then
+ * links each to its final name.  A name is therefore never visible before
+ * its data is on disk, which matters because a later backup that finds
+ * the name dedups against it without reading it.  Publishing a backup
+ * syncs pending chunks, syncs the file system again (covering the new
+ * chunk directory entries and the staged indexes), then renames
+ * staging/<id> to backups/<id> with RENAME_NOREPLACE and fsyncs backups/.
+ * That rename is the commit point: the manifest and every index appear
+ * together or not at all.  A writer killed at any instant leaves at most
+ * temporary files and a staging directory, both invisible to readers and
+ * removed by later runs.
+ */
+#include "nj-chunk.h"
+#include "nj-io.h"
+#include "nj-store.h"
+#include "nj-util.h"
+#include "store-backend.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <json-c/json.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define STORE_MARKER "nightjar-store.json"
+#define STORE_FORMAT_NAME "nightjar-store"
+#define PENDING_MAX_COUNT 4096
+#define PENDING_MAX_BYTES (1ull << 30)
+#define STAGING_ORPHAN_AGE (24 * 3600)
+
+struct pending {
+    struct nj_digest d;
+    char tmp[48];
+};
+NJ_VECTOR(pending_vec, struct pending);
+
+struct dir_store {
+    struct nj_store base;
+    int rootfd;
+    int chunkfd[256];
+    pthread_mutex_t lock; /* protects pending and pending_bytes */
+    struct pending_vec pending;
+    uint64_t pending_bytes;
+};
+
+static struct dir_store *to_dir(struct nj_store *s)
+{
+    return (struct dir_store *)s;
+}
+
+static void chunk_name(const struct nj_digest *d, char *out)
+{
+    nj_digest_to_hex(d, out);
+}
+
+/* Caller holds the lock. */
+static bool pending_has(struct dir_store *ds, const struct nj_digest *d)
+{
+    for (size_t i = 0; i < ds->pending.len; i++)
+        if (nj_digest_eq(&ds->pending.ptr[i].d, d))
+            return true;
+    return false;
+}
+
+static int pending_flush_locked(struct dir_store *ds)
+{
+    if (ds->pending.len == 0)
+        return 0;
+    if (syncfs(ds->rootfd) < 0)
+        return nj_error_errno(errno, "syncfs '%s'", ds->base.path);
+    int ret = 0;
+    for (size_t i = 0; i < ds->pending.len; i++) {
+        struct pending *p = &ds->pending.ptr[i];
+        char name[NJ_DIGEST_HEX_LEN + 1];
+        chunk_name(&p->d, name);
+        int dfd = ds->chunkfd[p->d.b[0]];
+        if (linkat(dfd, p->tmp, dfd, name, 0) < 0 && errno != EEXIST && !ret)
+            ret = nj_error_errno(errno, "link chunk '%s'", name);
+        unlinkat(dfd, p->tmp, 0);
+    }
+    ds->pending.len = 0;
+    ds->pending_bytes = 0;
+    return ret;
+}
+
+static int dir_sync(struct nj_store *s)
+{
+    struct dir_store *ds = to_dir(s);
+    pthread_mutex_lock(&ds->lock);
+    int r = pending_flush_locked(ds);
+    pthread_mutex_unlock(&ds->lock);
+    return r;
+}
+
+static int dir_chunk_exists(struct nj_store *s, const struct nj_digest *d)
+{
+    struct dir_store *ds = to_dir(s);
+    char name[NJ_DIGEST_HEX_LEN + 1];
+    chunk_name(d, name);
+    struct stat st;
+    if (fstatat(ds->chunkfd[d->b[0]], name, &st, 0) == 0)
+        return 1;
+    if (errno != ENOENT)
+        return nj_error_errno(errno, "stat chunk '%s'", name);
+    pthread_mutex_lock(&ds->lock);
+    bool pend = pending_has(ds, d);
+    pthread_mutex_unlock(&ds->lock);
+    return pend;
+}
+
+static int dir_chunk_put(struct nj_store *s, const struct nj_digest *d,
+                         const void *frame, size_t len)
+{
+    struct dir_store *ds = to_dir(s);
+    int r = dir_chunk_exists(s, d);
+    if (r != 0)
+        return r;
+    int dfd = ds->chunkfd[d->b[0]];
+    struct pending p = { .d = *d };
+    NJ_CLEANUP_CLOSE int fd = nj_tmpfile_open(dfd, "chunk", p.tmp,
+                                              sizeof p.tmp);
+    if (fd < 0)
+        return -1;
+    if (nj_full_write(fd, frame, len) < 0) {
+        int e = errno;
+        unlinkat(dfd, p.tmp, 0);
+        return nj_error_errno(e, "write chunk to '%s'", ds->base.path);
+    }
+    pthread_mutex_lock(&ds->lock);
+    int ret = 0;
+    if (pending_has(ds, d)) {
+        /* Another thread wrote the same chunk meanwhile. */
+        unlinkat(dfd, p.tmp, 0);
+        ret = 1;
+    } else {
+        pending_vec_append(&ds->pending, p);
+        ds->pending_bytes += len;
+        if (ds->pending.len >= PENDING_MAX_COUNT ||
+            ds->pending_bytes >= PENDING_MAX_BYTES)
+            ret = pending_flush_locked(ds);
+    }
+    pthread_mutex_unlock(&ds->lock);
+    return ret;
+}
+
+static ssize_t dir_chunk_get(struct nj_store *s, const struct nj_digest *d,
+                             void **buf, size_t *cap)
+{
+    struct dir_store *ds = to_dir(s);
+    char name[NJ_DIGEST_HEX_LEN + 1];
+    chunk_name(d, name);
+    NJ_CLEANUP_CLOSE int fd =
+        openat(ds->chunkfd[d->b[0]], name, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        int e = errno;
+        nj_error_errno(e, "chunk %.16s", name);
+        errno = e;
+        return -1;
+    }
+    struct stat st;
+    if (fstat(fd, &st) < 0)
+        return nj_error_errno(errno, "stat chunk %.16s", name);
+    /* Never trust a size read from the store: cap it first. */
+    if (st.st_size > (off_t)(NJ_CHUNK_HEADER_LEN + 2 * (size_t)NJ_CHUNK_MAX))
+        return nj_error("chunk %.16s: file of %lld bytes is too large", name,
+                        (long long)st.st_size);
+    size_t len = (size_t)st.st_size;
+    if (*cap < len) {
+        free(*buf);
+        *buf = nj_malloc(len);
+        *cap = len;
+    }
+    if (nj_full_read(fd, *buf, len) < 0)
+        return nj_error_errno(errno, "read chunk %.16s", name);
+    return (ssize_t)len;
+}
+
+static int dir_staging_create(struct nj_store *s, const char *id,
+                              const char *owner_json)
+{
+    struct dir_store *ds = to_dir(s);
+    NJ_CLEANUP_FREE char *path = nj_asprintf("staging/%s", id);
+    if (mkdirat(ds->rootfd, path, 0755) < 0)
+        return nj_error_errno(errno, "create '%s' in store", path);
+    NJ_CLEANUP_CLOSE int fd =
+        openat(ds->rootfd, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return nj_error_errno(errno, "open '%s'", path);
+    return nj_publish_buffer(fd, "owner.json", owner_json,
+                             strlen(owner_json));
+}
+
+static int dir_staging_open(struct nj_store *s, const char *id,
+                            const char *name)
+{
+    struct dir_store *ds = to_dir(s);
+    NJ_CLEANUP_FREE char *path = nj_asprintf("staging/%s/%s", id, name);
+    int fd = openat(ds->rootfd, path,
+                    O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return nj_error_errno(errno, "create '%s' in store", path);
+    return fd;
+}
+
+static int dir_staging_put(struct nj_store *s, const char *id,
+                           const char *name, const void *buf, size_t len)
+{
+    struct dir_store *ds = to_dir(s);
+    NJ_CLEANUP_FREE char *path = nj_asprintf("staging/%s", id);
+    NJ_CLEANUP_CLOSE int fd =
+        openat(ds->rootfd, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return nj_error_errno(errno, "open '%s'", path);
+    return nj_publish_buffer(fd, name, buf, len);
+}
+
+static int dir_backup_publish(struct nj_store *s, const char *id)
+{
+    struct dir_store *ds = to_dir(s);
+    if (dir_sync(s) < 0)
+        return -1;
+    /* Covers the staged files and the chunk links made by dir_sync. */
+    if (syncfs(ds->rootfd) < 0)
+        return nj_error_errno(errno, "syncfs '%s'", s->path);
+    NJ_CLEANUP_FREE char *from = nj_asprintf("staging/%s", id);
+    NJ_CLEANUP_FREE char *to = nj_asprintf("backups/%s", id);
+    if (renameat2(ds->rootfd, from, ds->rootfd, to, RENAME_NOREPLACE) < 0)
+        return nj_error_errno(errno, "publish backup '%s'", id);
+    if (nj_fsync_dir(ds->rootfd, "backups") < 0 ||
+        nj_fsync_dir(ds->rootfd, "staging") < 0)
+        return -1;
+    return 0;
+}
+
+static int dir_staging_remove(struct nj_store *s, const char *id)
+{
+    struct dir_store *ds = to_dir(s);
+    NJ_CLEANUP_FREE char *path = nj_asprintf("staging/%s", id);
+    return nj_remove_tree(ds->rootfd, path);
+}
+
+/* The owner key recorded in staging/<id>/owner.json, or NULL. */
+static char *staging_owner(struct dir_store *ds, const char *id)
+{
+    NJ_CLEANUP_FREE char *path = nj_asprintf("staging/%s/owner.json", id);
+    NJ_CLEANUP_FREE char *text = nj_read_file(ds->rootfd, path, 65536, NULL);
+    if (!text)
+        return NULL;
+    struct json_object *o = json_tokener_parse(text);
+    struct json_object *k = NULL;
+    char *key = NULL;
+    if (o && json_object_object_get_ex(o, "lock", &k) &&
+        json_object_is_type(k, json_type_string))
+        key = nj_strdup(json_object_get_string(k));
+    json_object_put(o);
+    return key;
+}
+
+static int dir_staging_clean(struct nj_store *s, const char *owner_key)
+{
+    struct dir_store *ds = to_dir(s);
+    int fd = openat(ds->rootfd, "staging", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return nj_error_errno(errno, "open 'staging'");
+    DIR *d = fdopendir(fd);
+    if (!d) {
+        close(fd);
+        return nj_error_errno(errno, "open 'staging'");
+    }
+    int ret = 0;
+    time_t now = time(NULL);
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        if (de->d_name[0] == '.')
+            continue;
+        NJ_CLEANUP_FREE char *owner = staging_owner(ds, de->d_name);
+        bool remove = false;
+        if (owner) {
+            remove = owner_key && strcmp(owner, owner_key) == 0;
+        } else {
+            struct stat st;
+            remove = fstatat(dirfd(d), de->d_name, &st, 0) == 0 &&
+                     now - st.st_mtime > STAGING_ORPHAN_AGE;
+        }
+        if (remove && nj_remove_tree(dirfd(d), de->d_name) < 0)
+            ret = -1;
+    }
+    closedir(d);
+    return ret;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static char **dir_backup_list(struct nj_store *s)
+{
+    struct dir_store *ds = to_dir(s);
+    int fd = openat(ds->rootfd, "backups", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) {
+        nj_error_errno(errno, "open 'backups' in '%s'", s->path);
+        return NULL;
+    }
+    DIR *d = fdopendir(fd);
+    if (!d) {
+        close(fd);
+        nj_error_errno(errno, "open 'backups' in '%s'", s->path);
+        return NULL;
+    }
+    size_t n = 0, cap = 16;
+    char **v = nj_calloc(cap, sizeof *v);
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        if (!nj_store_name_valid(de->d_name))
+            continue;
+        if (n + 2 > cap) {
+            cap *= 2;
+            v = nj_realloc_array(v, cap, sizeof *v);
+        }
+        v[n++] = nj_strdup(de->d_name);
+    }
+    v[n] = NULL;
+    closedir(d);
+    qsort(v, n, sizeof *v, cmp_str);
+    return v;
+}
+
+static char *dir_backup_read(struct nj_store *s, const char *id,
+                             const char *name, size_t max, size_t *len)
+{
+    struct dir_store *ds = to_dir(s);
+    NJ_CLEANUP_FREE char *path = nj_asprintf("backups/%s/%s", id, name);
+    return nj_read_file(ds->rootfd, path, max, len);
+}
+
+static int dir_backup_open(struct nj_store *s, const char *id,
+                           const char *name)
+{
+    struct dir_store *ds = to_dir(s);
+    NJ_CLEANUP_FREE char *path = nj_asprintf("backups/%s/%s", id, name);
+    int fd = openat(ds->rootfd, path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return nj_error_errno(errno, "open '%s'", path);
+    return fd;
+}
+
+static int dir_lock_domain(struct nj_store *s, const char *key,
+                           const char *display_name)
+{
+    struct dir_store *ds = to_dir(s);
+    NJ_CLEANUP_FREE char *path = nj_asprintf("locks/%s.lock", key);
+    NJ_CLEANUP_CLOSE int fd =
+        openat(ds->rootfd, path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return nj_error_errno(errno, "open lock '%s'", path);
+    if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+        if (errno != EWOULDBLOCK)
+            return nj_error_errno(errno, "lock '%s'", path);
+        char buf[32] = "";
+        ssize_t r = pread(fd, buf, sizeof buf - 1, 0);
+        buf[r > 0 ? r : 0] = '\0';
+        buf[strcspn(buf, "\n")] = '\0';
+        return nj_error("domain '%s' is already being backed up (pid %s)",
+                        display_name, buf[0] ? buf : "unknown");
+    }
+    char pid[32];
+    int n = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) < 0 || nj_full_pwrite(fd, pid, (size_t)n, 0) < 0)
+        return nj_error_errno(errno, "write lock '%s'", path);
+    return NJ_STEAL_FD(&fd);
+}
+
+static void dir_close(struct nj_store *s)
+{
+    struct dir_store *ds = to_dir(s);
+    pthread_mutex_lock(&ds->lock);
+    /* Unsynced chunks are dropped: nothing references them. */
+    for (size_t i = 0; i < ds->pending.len; i++)
+        unlinkat(ds->chunkfd[ds->pending.ptr[i].d.b[0]],
+                 ds->pending.ptr[i].tmp, 0);
+    pending_vec_reset(&ds->pending);
+    pthread_mutex_unlock(&ds->lock);
+    for (int i = 0; i < 256; i++)
+        if (ds->chunkfd[i] >= 0)
+            close(ds->chunkfd[i]);
+    if (ds->rootfd >= 0)
+        close(ds->rootfd);
+    pthread_mutex_destroy(&ds->lock);
+    free(ds->base.path);
+    free(ds);
+}
+
+static const struct nj_store_ops dir_ops = {
+    .name = "dir",
+    .close = dir_close,
+    .chunk_put = dir_chunk_put,
+    .chunk_exists = dir_chunk_exists,
+    .chunk_get = dir_chunk_get,
+    .sync = dir_sync,
+    .staging_create = dir_staging_create,
+    .staging_open = dir_staging_open,
+    .staging_put = dir_staging_put,
+    .backup_publish = dir_backup_publish,
+    .staging_remove = dir_staging_remove,
+    .staging_clean = dir_staging_clean,
+    .backup_list = dir_backup_list,
+    .backup_read = dir_backup_read,
+    .backup_open = dir_backup_open,
+    .lock_domain = dir_lock_domain,
+};
+
+static bool dir_is_empty(int fd)
+{
+    int dup_fd = dup(fd);
+    if (dup_fd < 0)
+        return false;
+    DIR *d = fdopendir(dup_fd);
+    if (!d) {
+        close(dup_fd);
+        return false;
+    }
+    bool empty = true;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL)
+        if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) {
+            empty = false;
+            break;
+        }
+    closedir(d);
+    return empty;
+}
+
+static int store_init(int rootfd, const char *path)
+{
+    static const char *dirs[] = { "chunks", "staging", "backups", "locks" };
+    for (size_t i = 0; i < NJ_ARRAY_SIZE(dirs); i++)
+        if (nj_mkdir_exist_ok(rootfd, dirs[i], 0755) < 0)
+            return -1;
+    for (int i = 0; i < 256; i++) {
+        char sub[16];
+        snprintf(sub, sizeof sub, "chunks/%02x", i);
+        if (nj_mkdir_exist_ok(rootfd, sub, 0755) < 0)
+            return -1;
+    }
+    if (nj_fsync_dir(rootfd, "chunks") < 0)
+        return -1;
+    struct json_object *o = json_object_new_object();
+    json_object_object_add(o, "format", json_object_new_string(STORE_FORMAT_NAME));
+    json_object_object_add(o, "version", json_object_new_int(NJ_STORE_FORMAT_VERSION));
+    json_object_object_add(o, "chunk_id", json_object_new_string("sha256"));
+    json_object_object_add(o, "created", json_object_new_int64((int64_t)time(NULL)));
+    const char *text = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY);
+    NJ_CLEANUP_FREE char *body = nj_asprintf("%s\n", text);
+    json_object_put(o);
+    /* The marker goes last: a store half created is not yet a store. */
+    if (nj_publish_buffer(rootfd, STORE_MARKER, body, strlen(body)) < 0)
+        return nj_error_prefix("initialise store '%s'", path);
+    return 0;
+}
+
+static int store_check_marker(int rootfd, const char *path)
+{
+    size_t len = 0;
+    NJ_CLEANUP_FREE char *text =
+        nj_read_file(rootfd, STORE_MARKER, 65536, &len);
+    if (!text) {
+        if (errno == ENOENT || faccessat(rootfd, STORE_MARKER, F_OK, 0) < 0)
+            return nj_error("'%s' is not a nightjar store (no %s)", path,
+                            STORE_MARKER);
+        return nj_error_prefix("open store '%s'", path);
+    }
+    struct json_tokener *tok = json_tokener_new();
+    struct json_object *o = json_tokener_parse_ex(tok, text, (int)len);
+    bool complete = json_tokener_get_error(tok) == json_tokener_success;
+    json_tokener_free(tok);
+    struct json_object *f = NULL, *v = NULL;
+    int ret = 0;
+    if (!o || !complete || !json_object_is_type(o, json_type_object) ||
+        !json_object_object_get_ex(o, "format", &f) ||
+        !json_object_is_type(f, json_type_string) ||
+        strcmp(json_object_get_string(f), STORE_FORMAT_NAME) != 0) {
+        ret = nj_error("'%s' is not a nightjar store (%s is not a store "
+                       "marker)", path, STORE_MARKER);
+    } else if (!json_object_object_get_ex(o, "version", &v) ||
+               !json_object_is_type(v, json_type_int)) {
+        ret = nj_error("store '%s' has no format version", path);
+    } else if (json_object_get_int64(v) != NJ_STORE_FORMAT_VERSION) {
+        ret = nj_error("store '%s' has format version %lld; this nightjar "
+                       "reads version %d", path,
+                       (long long)json_object_get_int64(v),
+                       NJ_STORE_FORMAT_VERSION);
+    }
+    json_object_put(o);
+    return ret;
+}
+
+struct nj_store *nj_store_dir_open(const char *path, unsigned flags)
+{
+    if ((flags & NJ_STORE_CREATE) && mkdir(path, 0755) < 0 &&
+        errno != EEXIST) {
+        nj_error_errno(errno, "create store '%s'", path);
+        return NULL;
+    }
+    NJ_CLEANUP_CLOSE int rootfd =
+        open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (rootfd < 0) {
+        nj_error_errno(errno, "open store '%s'", path);
+        return NULL;
+    }
+    if ((flags & NJ_STORE_CREATE) &&
+        faccessat(rootfd, STORE_MARKER, F_OK, 0) < 0 && errno == ENOENT) {
+        if (!dir_is_empty(rootfd)) {
+            nj_error("'%s' is not a nightjar store and not empty; refusing "
+                     "to create a store there", path);
+            return NULL;
+        }
+        if (store_init(rootfd, path) < 0)
+            return NULL;
+    }
+    if (store_check_marker(rootfd, path) < 0)
+        return NULL;
+
+    struct dir_store *ds = nj_calloc(1, sizeof *ds);
+    ds->base.ops = &dir_ops;
+    ds->base.path = nj_strdup(path);
+    pthread_mutex_init(&ds->lock, NULL);
+    for (int i = 0; i < 256; i++)
+        ds->chunkfd[i] = -1;
+    ds->rootfd = NJ_STEAL_FD(&rootfd);
+    for (int i = 0; i < 256; i++) {
+        char sub[16];
+        snprintf(sub, sizeof sub, "chunks/%02x", i);
+        ds->chunkfd[i] =
+            openat(ds->rootfd, sub, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (ds->chunkfd[i] < 0) {
+            nj_error_errno(errno, "store '%s' is damaged: open '%s'", path,
+                           sub);
+            dir_close(&ds->base);
+            return NULL;
+        }
+    }
+    return &ds->base;
+}

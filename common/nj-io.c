@@ -1,0 +1,241 @@
+/*
+ * nj-io.c: full I/O helpers and durable publication.  See nj-io.h.
+ */
+#include "nj-io.h"
+#include "nj-util.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+int nj_full_read(int fd, void *buf, size_t len)
+{
+    char *p = buf;
+    while (len > 0) {
+        ssize_t r = read(fd, p, len);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        if (r == 0) {
+            errno = ENODATA;
+            return -1;
+        }
+        p += r;
+        len -= (size_t)r;
+    }
+    return 0;
+}
+
+int nj_full_write(int fd, const void *buf, size_t len)
+{
+    const char *p = buf;
+    while (len > 0) {
+        ssize_t r = write(fd, p, len);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        p += r;
+        len -= (size_t)r;
+    }
+    return 0;
+}
+
+int nj_full_pread(int fd, void *buf, size_t len, off_t off)
+{
+    char *p = buf;
+    while (len > 0) {
+        ssize_t r = pread(fd, p, len, off);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        if (r == 0) {
+            errno = ENODATA;
+            return -1;
+        }
+        p += r;
+        off += r;
+        len -= (size_t)r;
+    }
+    return 0;
+}
+
+int nj_full_pwrite(int fd, const void *buf, size_t len, off_t off)
+{
+    const char *p = buf;
+    while (len > 0) {
+        ssize_t r = pwrite(fd, p, len, off);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        p += r;
+        off += r;
+        len -= (size_t)r;
+    }
+    return 0;
+}
+
+char *nj_read_file(int dirfd, const char *path, size_t max, size_t *len_out)
+{
+    NJ_CLEANUP_CLOSE int fd = openat(dirfd, path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        nj_error_errno(errno, "open '%s'", path);
+        return NULL;
+    }
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        nj_error_errno(errno, "stat '%s'", path);
+        return NULL;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        nj_error("'%s' is not a regular file", path);
+        return NULL;
+    }
+    if ((uint64_t)st.st_size > max) {
+        nj_error("'%s' is too large (%lld bytes, limit %zu)", path,
+                 (long long)st.st_size, max);
+        return NULL;
+    }
+    size_t len = (size_t)st.st_size;
+    NJ_CLEANUP_FREE char *buf = nj_malloc(len + 1);
+    if (nj_full_read(fd, buf, len) < 0) {
+        nj_error_errno(errno, "read '%s'", path);
+        return NULL;
+    }
+    buf[len] = '\0';
+    if (len_out)
+        *len_out = len;
+    return NJ_STEAL(&buf);
+}
+
+int nj_tmpfile_open(int dirfd, const char *prefix, char *tmpname, size_t size)
+{
+    static const char alphabet[] = "abcdefghijklmnopqrstuvwxyz0123456789";
+    for (int attempt = 0; attempt < 100; attempt++) {
+        char rnd[9];
+        unsigned char raw[8];
+        if (getrandom(raw, sizeof raw, 0) != (ssize_t)sizeof raw)
+            return nj_error_errno(errno, "getrandom");
+        for (int i = 0; i < 8; i++)
+            rnd[i] = alphabet[raw[i] % (sizeof alphabet - 1)];
+        rnd[8] = '\0';
+        snprintf(tmpname, size, ".tmp-%s-%s", prefix, rnd);
+        int fd = openat(dirfd, tmpname,
+                        O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        if (fd >= 0)
+            return fd;
+        if (errno != EEXIST)
+            return nj_error_errno(errno, "create temporary file '%s'", tmpname);
+    }
+    return nj_error("create temporary file for '%s': too many collisions",
+                    prefix);
+}
+
+int nj_publish_tmpfile(int fd, int dirfd, const char *tmpname, const char *name)
+{
+    if (fsync(fd) < 0) {
+        int e = errno;
+        unlinkat(dirfd, tmpname, 0);
+        return nj_error_errno(e, "fsync '%s'", tmpname);
+    }
+    int ret = 0;
+    if (linkat(dirfd, tmpname, dirfd, name, 0) < 0) {
+        if (errno != EEXIST) {
+            int e = errno;
+            unlinkat(dirfd, tmpname, 0);
+            return nj_error_errno(e, "link '%s'", name);
+        }
+        ret = 1;
+    }
+    if (unlinkat(dirfd, tmpname, 0) < 0)
+        return nj_error_errno(errno, "unlink '%s'", tmpname);
+    return ret;
+}
+
+int nj_publish_buffer(int dirfd, const char *name, const void *buf, size_t len)
+{
+    char tmp[128];
+    NJ_CLEANUP_CLOSE int fd = nj_tmpfile_open(dirfd, "pub", tmp, sizeof tmp);
+    if (fd < 0)
+        return -1;
+    if (nj_full_write(fd, buf, len) < 0) {
+        int e = errno;
+        unlinkat(dirfd, tmp, 0);
+        return nj_error_errno(e, "write '%s'", name);
+    }
+    int r = nj_publish_tmpfile(fd, dirfd, tmp, name);
+    if (r < 0)
+        return -1;
+    if (r == 1) {
+        errno = EEXIST;
+        return nj_error("publish '%s': file exists", name);
+    }
+    return nj_fsync_dir(dirfd, ".");
+}
+
+int nj_fsync_dir(int dirfd, const char *path)
+{
+    NJ_CLEANUP_CLOSE int fd =
+        openat(dirfd, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return nj_error_errno(errno, "open directory '%s'", path);
+    if (fsync(fd) < 0)
+        return nj_error_errno(errno, "fsync directory '%s'", path);
+    return 0;
+}
+
+int nj_mkdir_exist_ok(int dirfd, const char *path, mode_t mode)
+{
+    if (mkdirat(dirfd, path, mode) < 0 && errno != EEXIST)
+        return nj_error_errno(errno, "create directory '%s'", path);
+    return 0;
+}
+
+int nj_remove_tree(int atfd, const char *path)
+{
+    int fd = openat(atfd, path,
+                    O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno == ENOENT)
+            return 0;
+        if (errno == ENOTDIR || errno == ELOOP) {
+            if (unlinkat(atfd, path, 0) < 0 && errno != ENOENT)
+                return nj_error_errno(errno, "remove '%s'", path);
+            return 0;
+        }
+        return nj_error_errno(errno, "open '%s'", path);
+    }
+    DIR *d = fdopendir(fd);
+    if (!d) {
+        close(fd);
+        return nj_error_errno(errno, "open directory '%s'", path);
+    }
+    int ret = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+            continue;
+        if (de->d_type == DT_DIR) {
+            if (nj_remove_tree(dirfd(d), de->d_name) < 0)
+                ret = -1;
+        } else if (unlinkat(dirfd(d), de->d_name, 0) < 0 && errno != ENOENT) {
+            ret = nj_error_errno(errno, "remove '%s/%s'", path, de->d_name);
+        }
+    }
+    closedir(d);
+    if (unlinkat(atfd, path, AT_REMOVEDIR) < 0 && errno != ENOENT)
+        ret = nj_error_errno(errno, "remove directory '%s'", path);
+    return ret;
+}

@@ -1,0 +1,156 @@
+/*
+ * nj-util.c: thread-local last error, checked allocation, small parsers.
+ */
+#include "nj-util.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#define NJ_ERROR_MAX 1024
+
+static _Thread_local char last_error[NJ_ERROR_MAX];
+
+int nj_error(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(last_error, sizeof last_error, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+int nj_error_errno(int errnum, const char *fmt, ...)
+{
+    char msg[NJ_ERROR_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    snprintf(last_error, sizeof last_error, "%s: %s", msg, strerror(errnum));
+    return -1;
+}
+
+int nj_error_prefix(const char *fmt, ...)
+{
+    char ctx[NJ_ERROR_MAX], old[NJ_ERROR_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(ctx, sizeof ctx, fmt, ap);
+    va_end(ap);
+    memcpy(old, last_error, sizeof old);
+    snprintf(last_error, sizeof last_error, "%s: %s", ctx, old);
+    return -1;
+}
+
+const char *nj_error_get(void)
+{
+    return last_error;
+}
+
+void nj_error_print(const char *prog)
+{
+    fprintf(stderr, "%s: %s\n", prog,
+            last_error[0] ? last_error : "unknown error");
+}
+
+static void nj_oom(size_t n)
+{
+    fprintf(stderr, "nightjar: out of memory allocating %zu bytes\n", n);
+    abort();
+}
+
+void *nj_malloc(size_t n)
+{
+    void *p = malloc(n ? n : 1);
+    if (!p)
+        nj_oom(n);
+    return p;
+}
+
+void *nj_calloc(size_t n, size_t size)
+{
+    void *p = calloc(n ? n : 1, size ? size : 1);
+    if (!p)
+        nj_oom(n * size);
+    return p;
+}
+
+void *nj_realloc_array(void *p, size_t n, size_t size)
+{
+    if (size && n > SIZE_MAX / size)
+        nj_oom(SIZE_MAX);
+    size_t bytes = n * size;
+    void *q = realloc(p, bytes ? bytes : 1);
+    if (!q)
+        nj_oom(bytes);
+    return q;
+}
+
+char *nj_strdup(const char *s)
+{
+    char *p = strdup(s);
+    if (!p)
+        nj_oom(strlen(s) + 1);
+    return p;
+}
+
+char *nj_asprintf(const char *fmt, ...)
+{
+    char *s = NULL;
+    va_list ap;
+    va_start(ap, fmt);
+    int r = vasprintf(&s, fmt, ap);
+    va_end(ap);
+    if (r < 0)
+        nj_oom(0);
+    return s;
+}
+
+unsigned nj_ncpus(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (unsigned)n : 1;
+}
+
+int nj_parse_u64(const char *s, uint64_t *out)
+{
+    if (!s || *s < '0' || *s > '9')
+        return -1;
+    errno = 0;
+    char *end = NULL;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || *end)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+const char *nj_human_bytes(uint64_t n, char *buf, size_t buflen)
+{
+    static const char *units[] = { "B", "KiB", "MiB", "GiB", "TiB", "PiB" };
+    double v = (double)n;
+    size_t u = 0;
+    while (v >= 1024 && u + 1 < NJ_ARRAY_SIZE(units)) {
+        v /= 1024;
+        u++;
+    }
+    if (u == 0)
+        snprintf(buf, buflen, "%" PRIu64 " B", n);
+    else
+        snprintf(buf, buflen, "%.1f %s", v, units[u]);
+    return buf;
+}
+
+bool nj_is_zero(const void *buf, size_t len)
+{
+    const unsigned char *p = buf;
+    /* Check a short prefix byte by byte, then compare the buffer with
+     * itself shifted by that prefix: memcmp is vectorised. */
+    size_t head = NJ_MIN(len, (size_t)16);
+    for (size_t i = 0; i < head; i++)
+        if (p[i])
+            return false;
+    return len <= 16 || memcmp(p, p + 16, len - 16) == 0;
+}

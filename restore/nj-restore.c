@@ -1,0 +1,265 @@
+/*
+ * nj-restore.c: the restore pipeline.
+ *
+ * The main thread walks the merged view and batches consecutive segments
+ * that come from the same chunk into one job.  Worker threads (one per
+ * core by default) each own a zstd context and buffers: they read the
+ * chunk frame, check its CRC, decompress it, check its SHA-256 against the
+ * address, and only then write the job's ranges.  A damaged chunk stops
+ * the pipeline with an error naming the chunk and the disk range; nothing
+ * from it is written.  The job queue is bounded, so memory is a few chunk
+ * buffers per worker regardless of the disk size.
+ */
+#include "nj-restore.h"
+#include "nj-util.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define JOB_PIECES 64
+#define QUEUE_PER_WORKER 2
+
+struct piece {
+    uint64_t disk_off, len, chunk_off;
+};
+
+struct job {
+    struct nj_digest digest;
+    uint32_t chunk_len;
+    size_t npieces;
+    struct piece pieces[JOB_PIECES];
+};
+
+struct pipeline {
+    struct nj_store *store;
+    struct nj_output *out;
+    const char *target;
+    pthread_mutex_t lock;
+    pthread_cond_t can_put, can_get;
+    struct job *ring;
+    size_t cap, head, count;
+    bool closed;
+    bool failed;
+    char error[1024];
+    uint64_t bytes_data, chunks_read;
+};
+
+static void pipe_fail(struct pipeline *p, const char *msg)
+{
+    pthread_mutex_lock(&p->lock);
+    if (!p->failed) {
+        p->failed = true;
+        snprintf(p->error, sizeof p->error, "%s", msg);
+    }
+    pthread_cond_broadcast(&p->can_put);
+    pthread_cond_broadcast(&p->can_get);
+    pthread_mutex_unlock(&p->lock);
+}
+
+static int job_run(struct pipeline *p, const struct job *j,
+                   struct nj_codec *codec, void **frame, size_t *frame_cap,
+                   void **raw, size_t *raw_cap)
+{
+    ssize_t flen = nj_store_chunk_get(p->store, &j->digest, frame, frame_cap);
+    ssize_t n = -1;
+    if (flen >= 0) {
+        if (*raw_cap < j->chunk_len) {
+            free(*raw);
+            *raw = nj_malloc(j->chunk_len);
+            *raw_cap = j->chunk_len;
+        }
+        n = nj_chunk_decode(codec, *frame, (size_t)flen, &j->digest, *raw,
+                            j->chunk_len);
+        if (n >= 0 && (uint64_t)n != j->chunk_len) {
+            nj_error("chunk is %zd bytes, the index says %u", n,
+                     j->chunk_len);
+            n = -1;
+        }
+    }
+    if (n < 0) {
+        char hex[NJ_DIGEST_HEX_LEN + 1];
+        nj_digest_to_hex(&j->digest, hex);
+        const struct piece *first = &j->pieces[0];
+        const struct piece *last = &j->pieces[j->npieces - 1];
+        uint64_t end = last->disk_off + last->len;
+        return nj_error_prefix("disk '%s' range %llu-%llu (%llu bytes): "
+                               "chunk %s", p->target,
+                               (unsigned long long)first->disk_off,
+                               (unsigned long long)end,
+                               (unsigned long long)(end - first->disk_off),
+                               hex);
+    }
+    for (size_t i = 0; i < j->npieces; i++) {
+        const struct piece *pc = &j->pieces[i];
+        if (p->out->ops->pwrite(p->out, (char *)*raw + pc->chunk_off,
+                                (size_t)pc->len, pc->disk_off) < 0)
+            return -1;
+        __atomic_fetch_add(&p->bytes_data, pc->len, __ATOMIC_RELAXED);
+    }
+    __atomic_fetch_add(&p->chunks_read, 1, __ATOMIC_RELAXED);
+    return 0;
+}
+
+static void *worker(void *arg)
+{
+    struct pipeline *p = arg;
+    struct nj_codec *codec = nj_codec_new(1);
+    void *frame = NULL, *raw = NULL;
+    size_t frame_cap = 0, raw_cap = 0;
+    struct job j;
+    if (!codec) {
+        pipe_fail(p, nj_error_get());
+        return NULL;
+    }
+    for (;;) {
+        pthread_mutex_lock(&p->lock);
+        while (p->count == 0 && !p->closed && !p->failed)
+            pthread_cond_wait(&p->can_get, &p->lock);
+        if (p->failed || (p->count == 0 && p->closed)) {
+            pthread_mutex_unlock(&p->lock);
+            break;
+        }
+        j = p->ring[p->head];
+        p->head = (p->head + 1) % p->cap;
+        p->count--;
+        pthread_cond_signal(&p->can_put);
+        pthread_mutex_unlock(&p->lock);
+        if (job_run(p, &j, codec, &frame, &frame_cap, &raw, &raw_cap) < 0) {
+            pipe_fail(p, nj_error_get());
+            break;
+        }
+    }
+    nj_codec_free(codec);
+    free(frame);
+    free(raw);
+    return NULL;
+}
+
+static int pipe_put(struct pipeline *p, const struct job *j)
+{
+    pthread_mutex_lock(&p->lock);
+    while (p->count == p->cap && !p->failed)
+        pthread_cond_wait(&p->can_put, &p->lock);
+    if (p->failed) {
+        pthread_mutex_unlock(&p->lock);
+        return -1;
+    }
+    p->ring[(p->head + p->count) % p->cap] = *j;
+    p->count++;
+    pthread_cond_signal(&p->can_get);
+    pthread_mutex_unlock(&p->lock);
+    return 0;
+}
+
+static double now_sec(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static void progress(const char *target, uint64_t done, uint64_t total,
+                     double start, bool final)
+{
+    double el = now_sec() - start;
+    double rate = el > 0 ? (double)done / el : 0;
+    char a[32], b[32], r[32];
+    fprintf(stderr, "\rrestore '%s': %s of %s, %s/s%s", target,
+            nj_human_bytes(done, a, sizeof a),
+            nj_human_bytes(total, b, sizeof b),
+            nj_human_bytes((uint64_t)rate, r, sizeof r), final ? "\n" : "  ");
+}
+
+int nj_restore_disk(struct nj_store *s, const struct nj_catalog *c,
+                    const struct nj_manifest *m, const char *target,
+                    struct nj_output *out, const struct nj_restore_opts *opts,
+                    struct nj_restore_stats *stats)
+{
+    if (!nj_manifest_disk(m, target))
+        return nj_error("backup '%s' has no disk '%s'", m->id, target);
+    struct nj_view *v = nj_view_open(s, c, m, target);
+    if (!v)
+        return -1;
+    unsigned nthreads = opts && opts->threads ? opts->threads : nj_ncpus();
+    struct pipeline p = { .store = s, .out = out, .target = target };
+    pthread_mutex_init(&p.lock, NULL);
+    pthread_cond_init(&p.can_put, NULL);
+    pthread_cond_init(&p.can_get, NULL);
+    p.cap = (size_t)nthreads * QUEUE_PER_WORKER;
+    p.ring = nj_calloc(p.cap, sizeof *p.ring);
+    pthread_t *tids = nj_calloc(nthreads, sizeof *tids);
+    unsigned started = 0;
+    int ret = 0;
+    for (; started < nthreads; started++)
+        if (pthread_create(&tids[started], NULL, worker, &p) != 0) {
+            ret = nj_error("cannot start restore threads");
+            pipe_fail(&p, nj_error_get());
+            break;
+        }
+
+    struct job j = { .npieces = 0 };
+    struct nj_extent e;
+    uint64_t zero_bytes = 0, done = 0;
+    double start = now_sec(), last = start;
+    int r = 0;
+    while (ret == 0 && (r = nj_view_next(v, &e)) == 1) {
+        if (e.kind == NJ_EXTENT_ZERO) {
+            zero_bytes += e.length;
+            if (out->needs_zero && out->ops->zero(out, e.offset, e.length) < 0)
+                ret = -1;
+        } else {
+            bool same = j.npieces > 0 && j.npieces < JOB_PIECES &&
+                        nj_digest_eq(&j.digest, &e.digest);
+            if (!same && j.npieces > 0) {
+                if (pipe_put(&p, &j) < 0)
+                    break;
+                j.npieces = 0;
+            }
+            if (j.npieces == 0) {
+                j.digest = e.digest;
+                j.chunk_len = e.chunk_len;
+            }
+            j.pieces[j.npieces++] = (struct piece){ e.offset, e.length,
+                                                    e.chunk_offset };
+        }
+        done = e.offset + e.length;
+        if (opts && opts->progress && now_sec() - last > 0.5) {
+            last = now_sec();
+            progress(target, done, nj_view_size(v), start,
+                     false);
+        }
+    }
+    if (r < 0)
+        ret = -1;
+    if (ret < 0)
+        pipe_fail(&p, nj_error_get());
+    else if (j.npieces > 0)
+        pipe_put(&p, &j);
+    pthread_mutex_lock(&p.lock);
+    p.closed = true;
+    pthread_cond_broadcast(&p.can_get);
+    pthread_mutex_unlock(&p.lock);
+    for (unsigned i = 0; i < started; i++)
+        pthread_join(tids[i], NULL);
+    if (p.failed) {
+        nj_error("%s", p.error);
+        ret = -1;
+    }
+    if (ret == 0 && opts && opts->progress)
+        progress(target, nj_view_size(v), nj_view_size(v), start, true);
+    if (stats) {
+        stats->bytes_data = p.bytes_data;
+        stats->bytes_zero = zero_bytes;
+        stats->chunks_read = p.chunks_read;
+    }
+    free(tids);
+    free(p.ring);
+    pthread_mutex_destroy(&p.lock);
+    pthread_cond_destroy(&p.can_put);
+    pthread_cond_destroy(&p.can_get);
+    nj_view_free(v);
+    return ret;
+}

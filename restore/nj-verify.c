@@ -1,0 +1,384 @@
+/*
+ * nj-verify.c: check that what the selected backups reference is sound.
+ *
+ * Pass 1 opens every index of the selected backups (which checks its
+ * digest against the manifest and each entry's order and bounds) and
+ * collects the chunk addresses they reference.  The addresses are sorted
+ * and deduplicated, so each chunk is read once however many backups share
+ * it.  Pass 2 reads and fully decodes every chunk on all cores.  Pass 3,
+ * only when something is damaged, walks the indexes again to name every
+ * backup, disk and range that references a damaged chunk, and every
+ * restore point whose chain goes through such a backup.
+ *
+ * Memory is one digest per distinct chunk plus one chunk buffer per
+ * thread: it grows with the data stored, never with the disk sizes.
+ */
+#include "nj-restore.h"
+#include "nj-util.h"
+
+#include <errno.h>
+#include <json-c/json.h>
+#include <pthread.h>
+#include <string.h>
+
+struct ref {
+    struct nj_digest d;
+    uint32_t len;
+};
+NJ_VECTOR(ref_vec, struct ref);
+
+struct damage {
+    struct nj_digest d;
+    char *error;
+    bool missing;
+};
+NJ_VECTOR(damage_vec, struct damage);
+
+struct problem {
+    char *backup;
+    char *disk;
+    char *error;
+};
+NJ_VECTOR(problem_vec, struct problem);
+
+NJ_VECTOR(manifest_vec, const struct nj_manifest *);
+
+static int cmp_ref(const void *a, const void *b)
+{
+    return nj_digest_cmp(&((const struct ref *)a)->d,
+                         &((const struct ref *)b)->d);
+}
+
+static int cmp_damage(const void *a, const void *b)
+{
+    return nj_digest_cmp(&((const struct damage *)a)->d,
+                         &((const struct damage *)b)->d);
+}
+
+static void add_problem(struct problem_vec *v, const char *backup,
+                        const char *disk, const char *error)
+{
+    struct problem p = { nj_strdup(backup), disk ? nj_strdup(disk) : NULL,
+                         nj_strdup(error) };
+    problem_vec_append(v, p);
+}
+
+static bool selected_has(const struct manifest_vec *v,
+                         const struct nj_manifest *m)
+{
+    for (size_t i = 0; i < v->len; i++)
+        if (v->ptr[i] == m)
+            return true;
+    return false;
+}
+
+/* Open an index of (m, disk); NULL with the last error. */
+static struct nj_index_reader *open_index(struct nj_store *s,
+                                          const struct nj_manifest *m,
+                                          const struct nj_manifest_disk *d)
+{
+    NJ_CLEANUP_FREE char *name = nj_asprintf("%s/%s", m->id, d->index);
+    int fd = nj_store_backup_open(s, m->id, d->index);
+    if (fd < 0)
+        return NULL;
+    return nj_index_reader_open(fd, name, &d->index_digest, d->size);
+}
+
+struct checker {
+    struct nj_store *store;
+    struct ref_vec *refs;
+    size_t next;
+    pthread_mutex_t lock;
+    struct damage_vec *damaged;
+    uint64_t bytes;
+};
+
+static void *check_worker(void *arg)
+{
+    struct checker *ck = arg;
+    struct nj_codec *codec = nj_codec_new(1);
+    void *frame = NULL, *raw = NULL;
+    size_t frame_cap = 0, raw_cap = 0;
+    for (;;) {
+        size_t i = __atomic_fetch_add(&ck->next, 1, __ATOMIC_RELAXED);
+        if (i >= ck->refs->len)
+            break;
+        const struct ref *r = &ck->refs->ptr[i];
+        if (raw_cap < r->len) {
+            free(raw);
+            raw = nj_malloc(r->len);
+            raw_cap = r->len;
+        }
+        bool missing = false;
+        ssize_t flen = nj_store_chunk_get(ck->store, &r->d, &frame, &frame_cap);
+        if (flen < 0)
+            missing = errno == ENOENT;
+        ssize_t n = -1;
+        if (flen >= 0 && codec)
+            n = nj_chunk_decode(codec, frame, (size_t)flen, &r->d, raw, r->len);
+        if (n >= 0 && (uint32_t)n != r->len) {
+            nj_error("chunk holds %zd bytes, indexes say %u", n, r->len);
+            n = -1;
+        }
+        if (!codec)
+            nj_error("cannot create a zstd context");
+        pthread_mutex_lock(&ck->lock);
+        if (n < 0) {
+            struct damage dm = { r->d, nj_strdup(missing ? "missing"
+                                                         : nj_error_get()),
+                                 missing };
+            damage_vec_append(ck->damaged, dm);
+        } else {
+            ck->bytes += r->len;
+        }
+        pthread_mutex_unlock(&ck->lock);
+    }
+    nj_codec_free(codec);
+    free(frame);
+    free(raw);
+    return NULL;
+}
+
+static void select_backups(const struct nj_catalog *c,
+                           const struct nj_verify_opts *o,
+                           const struct nj_manifest *point,
+                           struct manifest_vec *sel,
+                           struct problem_vec *problems)
+{
+    if (point) {
+        for (size_t k = 0; k < point->ndisks; k++) {
+            const struct nj_manifest **chain = NULL;
+            int n = nj_catalog_chain(c, point, point->disks[k].target, &chain);
+            if (n < 0) {
+                add_problem(problems, point->id, point->disks[k].target,
+                            nj_error_get());
+                continue;
+            }
+            for (int i = 0; i < n; i++)
+                if (!selected_has(sel, chain[i]))
+                    manifest_vec_append(sel, chain[i]);
+            free(chain);
+        }
+        return;
+    }
+    for (size_t i = 0; i < nj_catalog_count(c); i++) {
+        const struct nj_manifest *m = nj_catalog_get(c, i);
+        if (o->domain && !nj_manifest_matches_domain(m, o->domain))
+            continue;
+        manifest_vec_append(sel, m);
+        for (size_t k = 0; k < m->ndisks; k++) {
+            const struct nj_manifest **chain = NULL;
+            if (nj_catalog_chain(c, m, m->disks[k].target, &chain) < 0)
+                add_problem(problems, m->id, m->disks[k].target,
+                            nj_error_get());
+            free(chain);
+        }
+    }
+    for (size_t i = 0; !o->domain && i < nj_catalog_broken_count(c); i++)
+        add_problem(problems, nj_catalog_broken_id(c, i), NULL,
+                    nj_catalog_broken_error(c, i));
+}
+
+struct damage_ref {
+    const struct nj_manifest *m;
+    const char *disk;
+    uint64_t off, len;
+};
+NJ_VECTOR(dref_vec, struct damage_ref);
+
+int nj_verify(struct nj_store *s, const struct nj_catalog *c,
+              const struct nj_verify_opts *o)
+{
+    const struct nj_manifest *point = NULL;
+    if (o->backup) {
+        point = nj_catalog_resolve(c, o->domain, o->backup);
+        if (!point)
+            return -1;
+    }
+    struct manifest_vec sel = { 0 };
+    struct problem_vec problems = { 0 };
+    struct ref_vec refs = { 0 };
+    struct damage_vec damaged = { 0 };
+    select_backups(c, o, point, &sel, &problems);
+
+    /* Pass 1: indexes and the set of chunks. */
+    uint64_t entries = 0;
+    for (size_t i = 0; i < sel.len; i++) {
+        const struct nj_manifest *m = sel.ptr[i];
+        for (size_t k = 0; k < m->ndisks; k++) {
+            struct nj_index_reader *r = open_index(s, m, &m->disks[k]);
+            struct nj_extent e;
+            int rc = r ? 1 : -1;
+            while (r && (rc = nj_index_reader_next(r, &e)) == 1) {
+                entries++;
+                if (e.kind == NJ_EXTENT_DATA)
+                    ref_vec_append(&refs, (struct ref){ e.digest, e.chunk_len });
+            }
+            if (rc < 0)
+                add_problem(&problems, m->id, m->disks[k].target,
+                            nj_error_get());
+            nj_index_reader_free(r);
+        }
+        /* Keep the set compact as it grows. */
+        if (refs.len > 1 << 20 || i + 1 == sel.len) {
+            qsort(refs.ptr, refs.len, sizeof *refs.ptr, cmp_ref);
+            size_t w = 0;
+            for (size_t k = 0; k < refs.len; k++)
+                if (w == 0 || !nj_digest_eq(&refs.ptr[w - 1].d, &refs.ptr[k].d))
+                    refs.ptr[w++] = refs.ptr[k];
+            refs.len = w;
+        }
+    }
+
+    /* Pass 2: every chunk, on all cores. */
+    unsigned nthreads = o->threads ? o->threads : nj_ncpus();
+    struct checker ck = { .store = s, .refs = &refs, .damaged = &damaged };
+    pthread_mutex_init(&ck.lock, NULL);
+    pthread_t *tids = nj_calloc(nthreads, sizeof *tids);
+    unsigned started = 0;
+    for (; started < nthreads; started++)
+        if (pthread_create(&tids[started], NULL, check_worker, &ck) != 0)
+            break;
+    if (started == 0)
+        check_worker(&ck);
+    for (unsigned i = 0; i < started; i++)
+        pthread_join(tids[i], NULL);
+    free(tids);
+    pthread_mutex_destroy(&ck.lock);
+    qsort(damaged.ptr, damaged.len, sizeof *damaged.ptr, cmp_damage);
+
+    /* Pass 3: who references the damage. */
+    struct dref_vec *drefs = nj_calloc(damaged.len ? damaged.len : 1,
+                                       sizeof *drefs);
+    for (size_t i = 0; damaged.len && i < sel.len; i++) {
+        const struct nj_manifest *m = sel.ptr[i];
+        for (size_t k = 0; k < m->ndisks; k++) {
+            struct nj_index_reader *r = open_index(s, m, &m->disks[k]);
+            struct nj_extent e;
+            while (r && nj_index_reader_next(r, &e) == 1) {
+                if (e.kind != NJ_EXTENT_DATA)
+                    continue;
+                struct damage key = { .d = e.digest };
+                struct damage *dm = bsearch(&key, damaged.ptr, damaged.len,
+                                            sizeof key, cmp_damage);
+                if (!dm)
+                    continue;
+                struct dref_vec *dv = &drefs[dm - damaged.ptr];
+                struct damage_ref *last = dv->len ? &dv->ptr[dv->len - 1] : NULL;
+                if (last && last->m == m && last->off + last->len == e.offset &&
+                    !strcmp(last->disk, m->disks[k].target))
+                    last->len += e.length;
+                else
+                    dref_vec_append(dv, (struct damage_ref){
+                        m, m->disks[k].target, e.offset, e.length });
+            }
+            nj_index_reader_free(r);
+        }
+    }
+
+    bool ok = damaged.len == 0 && problems.len == 0;
+    if (o->json) {
+        struct json_object *root = json_object_new_object();
+        json_object_object_add(root, "ok", json_object_new_boolean(ok));
+        json_object_object_add(root, "backups", json_object_new_uint64(sel.len));
+        json_object_object_add(root, "entries", json_object_new_uint64(entries));
+        json_object_object_add(root, "chunks", json_object_new_uint64(refs.len));
+        json_object_object_add(root, "bytes", json_object_new_uint64(ck.bytes));
+        struct json_object *jd = json_object_new_array();
+        for (size_t i = 0; i < damaged.len; i++) {
+            char hex[NJ_DIGEST_HEX_LEN + 1];
+            nj_digest_to_hex(&damaged.ptr[i].d, hex);
+            struct json_object *x = json_object_new_object();
+            json_object_object_add(x, "chunk", json_object_new_string(hex));
+            json_object_object_add(x, "missing", json_object_new_boolean(damaged.ptr[i].missing));
+            json_object_object_add(x, "error", json_object_new_string(damaged.ptr[i].error));
+            struct json_object *jr = json_object_new_array();
+            struct json_object *ja = json_object_new_array();
+            for (size_t k = 0; k < drefs[i].len; k++) {
+                const struct damage_ref *dr = &drefs[i].ptr[k];
+                struct json_object *y = json_object_new_object();
+                json_object_object_add(y, "backup", json_object_new_string(dr->m->id));
+                json_object_object_add(y, "domain", json_object_new_string(dr->m->domain_name));
+                json_object_object_add(y, "disk", json_object_new_string(dr->disk));
+                json_object_object_add(y, "offset", json_object_new_uint64(dr->off));
+                json_object_object_add(y, "length", json_object_new_uint64(dr->len));
+                json_object_array_add(jr, y);
+            }
+            /* Restore points whose chain reads a referencing backup. */
+            for (size_t b = 0; b < nj_catalog_count(c); b++) {
+                const struct nj_manifest *pm = nj_catalog_get(c, b);
+                bool hit = false;
+                for (size_t k = 0; !hit && k < drefs[i].len; k++) {
+                    const struct nj_manifest **chain = NULL;
+                    int n = nj_catalog_chain(c, pm, drefs[i].ptr[k].disk, &chain);
+                    for (int q = 0; q < n; q++)
+                        hit |= chain[q] == drefs[i].ptr[k].m;
+                    free(chain);
+                }
+                if (hit)
+                    json_object_array_add(ja, json_object_new_string(pm->id));
+            }
+            json_object_object_add(x, "refs", jr);
+            json_object_object_add(x, "affects", ja);
+            json_object_array_add(jd, x);
+        }
+        json_object_object_add(root, "damaged_chunks", jd);
+        struct json_object *jp = json_object_new_array();
+        for (size_t i = 0; i < problems.len; i++) {
+            struct json_object *x = json_object_new_object();
+            json_object_object_add(x, "backup", json_object_new_string(problems.ptr[i].backup));
+            json_object_object_add(x, "disk", problems.ptr[i].disk ? json_object_new_string(problems.ptr[i].disk) : NULL);
+            json_object_object_add(x, "error", json_object_new_string(problems.ptr[i].error));
+            json_object_array_add(jp, x);
+        }
+        json_object_object_add(root, "problems", jp);
+        fprintf(o->out, "%s\n", json_object_to_json_string_ext(
+                                    root, JSON_C_TO_STRING_PRETTY |
+                                              JSON_C_TO_STRING_NOSLASHESCAPE));
+        json_object_put(root);
+    } else {
+        for (size_t i = 0; i < problems.len; i++)
+            fprintf(o->out, "damaged backup %s%s%s%s: %s\n",
+                    problems.ptr[i].backup,
+                    problems.ptr[i].disk ? " disk '" : "",
+                    problems.ptr[i].disk ? problems.ptr[i].disk : "",
+                    problems.ptr[i].disk ? "'" : "", problems.ptr[i].error);
+        for (size_t i = 0; i < damaged.len; i++) {
+            char hex[NJ_DIGEST_HEX_LEN + 1];
+            nj_digest_to_hex(&damaged.ptr[i].d, hex);
+            fprintf(o->out, "%s chunk %s: %s\n",
+                    damaged.ptr[i].missing ? "missing" : "damaged", hex,
+                    damaged.ptr[i].error);
+            for (size_t k = 0; k < drefs[i].len; k++) {
+                const struct damage_ref *dr = &drefs[i].ptr[k];
+                fprintf(o->out, "  used by backup %s (domain '%s') disk '%s' "
+                        "range %llu-%llu\n", dr->m->id, dr->m->domain_name,
+                        dr->disk, (unsigned long long)dr->off,
+                        (unsigned long long)(dr->off + dr->len));
+            }
+        }
+        char hb[32];
+        fprintf(o->out, "verify: %zu backups, %zu chunks (%s) checked: %s\n",
+                sel.len, refs.len, nj_human_bytes(ck.bytes, hb, sizeof hb),
+                ok ? "all sound" : "DAMAGE FOUND");
+        if (!ok)
+            fprintf(o->out, "verify: %zu damaged or missing chunks, %zu "
+                    "damaged backups or indexes\n", damaged.len, problems.len);
+    }
+
+    for (size_t i = 0; i < damaged.len; i++) {
+        free(damaged.ptr[i].error);
+        dref_vec_reset(&drefs[i]);
+    }
+    free(drefs);
+    for (size_t i = 0; i < problems.len; i++) {
+        free(problems.ptr[i].backup);
+        free(problems.ptr[i].disk);
+        free(problems.ptr[i].error);
+    }
+    problem_vec_reset(&problems);
+    damage_vec_reset(&damaged);
+    ref_vec_reset(&refs);
+    manifest_vec_reset(&sel);
+    return ok ? 0 : 1;
+}
