@@ -21,6 +21,7 @@
 
 #define JOB_PIECES 64
 #define QUEUE_PER_WORKER 2
+#define SPARSE_BLOCK 4096
 
 struct piece {
     uint64_t disk_off, len, chunk_off;
@@ -59,6 +60,34 @@ static void pipe_fail(struct pipeline *p, const char *msg)
     pthread_mutex_unlock(&p->lock);
 }
 
+/*
+ * Write len bytes at off.  An output that starts out zero (a new file or
+ * qcow2 image) gets no writes for the aligned blocks of zeroes inside a
+ * chunk, so they stay holes; an output with old content gets every byte.
+ */
+static int write_piece(struct nj_output *out, const char *buf, uint64_t len,
+                       uint64_t off)
+{
+    if (out->needs_zero)
+        return out->ops->pwrite(out, buf, (size_t)len, off);
+    uint64_t pos = 0, run = 0; /* [run, pos) is data not yet written */
+    while (pos < len) {
+        uint64_t blk_end = NJ_MIN(len, (off + pos) / SPARSE_BLOCK *
+                                           SPARSE_BLOCK + SPARSE_BLOCK - off);
+        bool zero = nj_is_zero(buf + pos, (size_t)(blk_end - pos));
+        if (zero && pos > run &&
+            out->ops->pwrite(out, buf + run, (size_t)(pos - run), off + run) < 0)
+            return -1;
+        pos = blk_end;
+        if (zero)
+            run = pos;
+    }
+    if (pos > run &&
+        out->ops->pwrite(out, buf + run, (size_t)(pos - run), off + run) < 0)
+        return -1;
+    return 0;
+}
+
 static int job_run(struct pipeline *p, const struct job *j,
                    struct nj_codec *codec, void **frame, size_t *frame_cap,
                    void **raw, size_t *raw_cap)
@@ -94,8 +123,8 @@ static int job_run(struct pipeline *p, const struct job *j,
     }
     for (size_t i = 0; i < j->npieces; i++) {
         const struct piece *pc = &j->pieces[i];
-        if (p->out->ops->pwrite(p->out, (char *)*raw + pc->chunk_off,
-                                (size_t)pc->len, pc->disk_off) < 0)
+        if (write_piece(p->out, (const char *)*raw + pc->chunk_off, pc->len,
+                        pc->disk_off) < 0)
             return -1;
         __atomic_fetch_add(&p->bytes_data, pc->len, __ATOMIC_RELAXED);
     }
