@@ -1,0 +1,28 @@
+#!/bin/bash
+# Install what nightjar needs to build and test on Debian 12, as root.
+# Idempotent; safe to run with no terminal (CI).
+set -euo pipefail
+
+packages=(
+    # build
+    meson ninja-build pkg-config gcc clang
+    libvirt-dev libnbd-dev libxml2-dev libzstd-dev libssl-dev libjson-c-dev
+    # the hypervisor side: libvirtd, QEMU, qemu-img/qemu-nbd, NBD tools
+    libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils
+    libnbd-bin nbdkit
+    # tests and tools: jq for JSON checks, GNU time for peak RSS, loop
+    # devices, valgrind, the libFuzzer runtime for clang
+    jq time util-linux valgrind libclang-rt-14-dev zstd
+)
+
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" \
+        || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "install-deps: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${missing[@]}" </dev/null
+fi
