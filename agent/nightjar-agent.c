@@ -1,0 +1,158 @@
+/*
+ * nightjar-agent: back up libvirt domains and disk images into a store.
+ *
+ *   nightjar-agent import -s STORE -d NAME --disk TARGET [-l full|inc]
+ *                         [--bitmap NAME] [--json] SOURCE
+ *
+ * Exit status: 0 success, 1 failure, 2 usage.
+ */
+#include "nj-agent.h"
+#include "nj-util.h"
+
+#include <getopt.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+static const char *prog = "nightjar-agent";
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+        "usage: %s import -s STORE -d NAME --disk TARGET [-l full|inc]\n"
+        "                        [--bitmap NAME] [--json] SOURCE\n"
+        "  SOURCE is a qcow2 or raw image file, or an nbd:// or nbd+unix:// URI\n"
+        "  tuning: [--threads N] [--connections N] [--requests N]\n"
+        "          [--grid BYTES] [--zstd-level N] [--max-inflight BYTES]\n"
+        "       %s --version\n",
+        prog, prog);
+}
+
+NJ_PRINTF(1, 2) static int usage_error(const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, "%s: ", prog);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    usage(stderr);
+    return 2;
+}
+
+enum {
+    OPT_DISK = 256, OPT_JSON, OPT_BITMAP, OPT_THREADS, OPT_CONNS,
+    OPT_REQUESTS, OPT_GRID, OPT_ZLEVEL, OPT_INFLIGHT,
+};
+
+static int parse_num(const char *opt, const char *arg, uint64_t lo,
+                     uint64_t hi, uint64_t *out)
+{
+    if (nj_parse_u64(arg, out) < 0 || *out < lo || *out > hi)
+        return usage_error("%s: '%s' is not a number from %llu to %llu", opt,
+                           arg, (unsigned long long)lo,
+                           (unsigned long long)hi);
+    return 0;
+}
+
+static int cmd_import(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "store", required_argument, NULL, 's' },
+        { "domain", required_argument, NULL, 'd' },
+        { "level", required_argument, NULL, 'l' },
+        { "disk", required_argument, NULL, OPT_DISK },
+        { "bitmap", required_argument, NULL, OPT_BITMAP },
+        { "json", no_argument, NULL, OPT_JSON },
+        { "threads", required_argument, NULL, OPT_THREADS },
+        { "connections", required_argument, NULL, OPT_CONNS },
+        { "requests", required_argument, NULL, OPT_REQUESTS },
+        { "grid", required_argument, NULL, OPT_GRID },
+        { "zstd-level", required_argument, NULL, OPT_ZLEVEL },
+        { "max-inflight", required_argument, NULL, OPT_INFLIGHT },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    struct nj_import_args a = { .level = NJ_LEVEL_FULL };
+    a.dp.progress = isatty(STDERR_FILENO);
+    const char *level = NULL;
+    uint64_t v = 0;
+    int c;
+    while ((c = getopt_long(argc, argv, "s:d:l:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 's': a.store = optarg; break;
+        case 'd': a.domain = optarg; break;
+        case 'l': level = optarg; break;
+        case OPT_DISK: a.target = optarg; break;
+        case OPT_BITMAP: a.bitmap = optarg; break;
+        case OPT_JSON: a.json = true; break;
+        case OPT_THREADS:
+            if (parse_num("--threads", optarg, 1, 256, &v)) return 2;
+            a.dp.threads = (unsigned)v;
+            break;
+        case OPT_CONNS:
+            if (parse_num("--connections", optarg, 1, 16, &v)) return 2;
+            a.dp.connections = (unsigned)v;
+            break;
+        case OPT_REQUESTS:
+            if (parse_num("--requests", optarg, 1, 64, &v)) return 2;
+            a.dp.requests = (unsigned)v;
+            break;
+        case OPT_GRID:
+            if (parse_num("--grid", optarg, 4096, NJ_CHUNK_MAX, &v)) return 2;
+            a.dp.grid = v;
+            break;
+        case OPT_ZLEVEL:
+            if (parse_num("--zstd-level", optarg, 1, 19, &v)) return 2;
+            a.dp.zstd_level = (int)v;
+            break;
+        case OPT_INFLIGHT:
+            if (parse_num("--max-inflight", optarg, 1 << 20, 1ull << 32, &v)) return 2;
+            a.dp.max_inflight = v;
+            break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (argc - optind != 1)
+        return usage_error("import needs exactly one SOURCE");
+    a.source = argv[optind];
+    if (!a.store)
+        return usage_error("a store is required (-s STORE)");
+    if (!a.domain || !a.domain[0])
+        return usage_error("a name is required (-d NAME)");
+    if (!a.target || !a.target[0])
+        return usage_error("a disk target is required (--disk TARGET)");
+    if (level && (nj_level_parse(level, &a.level) < 0 ||
+                  (a.level != NJ_LEVEL_FULL && a.level != NJ_LEVEL_INC)))
+        return usage_error("import level must be full or inc, not '%s'", level);
+    if (a.level == NJ_LEVEL_INC && !a.bitmap)
+        return usage_error("an incremental import needs --bitmap NAME");
+    nj_agent_install_signals();
+    if (nj_agent_import(&a) < 0) {
+        nj_error_print(prog);
+        return 1;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h")) {
+        usage(stdout);
+        return 0;
+    }
+    if (!strcmp(cmd, "--version")) {
+        printf("nightjar-agent %s\n", NJ_VERSION);
+        return 0;
+    }
+    if (!strcmp(cmd, "import"))
+        return cmd_import(argc - 1, argv + 1);
+    return usage_error("unknown command '%s'", cmd);
+}

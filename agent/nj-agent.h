@@ -1,0 +1,39 @@
+/*
+ * nj-agent.h: nightjar-agent's commands.
+ */
+#ifndef NJ_AGENT_H
+#define NJ_AGENT_H
+
+#include <signal.h>
+#include <stdbool.h>
+
+#include "nj-catalog.h"
+#include "nj-datapath.h"
+
+/* Set by SIGINT/SIGTERM: long work stops and rolls back. */
+extern volatile int nj_agent_interrupted;
+void nj_agent_install_signals(void);
+
+struct nj_import_args {
+    const char *store;
+    const char *domain;      /* a name for the imported chain */
+    const char *target;      /* disk target */
+    const char *source;      /* image file or nbd:// / nbd+unix:// URI */
+    const char *bitmap;      /* persistent bitmap (files) or dirty bitmap
+                                (URIs) for an incremental */
+    enum nj_level level;     /* full or inc */
+    bool json;
+    struct nj_datapath_opts dp;
+};
+
+/* Run an import; prints the result (JSON or a line) on stdout. */
+int nj_agent_import(const struct nj_import_args *a);
+
+/* A stable UUID-shaped key for a name with no libvirt UUID. */
+char *nj_agent_name_uuid(const char *name);
+
+/* Print one backup's result as JSON (the interface scripts rely on). */
+void nj_agent_print_result(const struct nj_manifest *m, bool json,
+                           const double *seconds);
+
+#endif
