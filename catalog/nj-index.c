@@ -14,7 +14,9 @@
  * Invariants checked by both writer and reader: length > 0; offset +
  * length <= disk size without overflow; each entry starts at or after the
  * previous end; DATA entries satisfy chunk_offset + length <= chunk_len
- * <= NJ_CHUNK_MAX; ZERO entries carry no chunk fields.
+ * <= NJ_CHUNK_MAX; ZERO entries carry no chunk fields.  The reader and
+ * nj_index_check_buffer() also check that the lengths add up to the
+ * header's bytes covered (the reader when it reaches the last entry).
  */
 #include "nj-chunk.h"
 #include "nj-index.h"
@@ -300,6 +302,7 @@ struct nj_index_reader {
     size_t buf_entries, buf_pos;
     uint64_t next_idx; /* index of the next entry to return */
     uint64_t prev_end;
+    uint64_t covered;  /* sum of the lengths returned so far */
 };
 
 static int hash_file(int fd, uint64_t len, struct nj_digest *out,
@@ -393,13 +396,20 @@ int nj_index_reader_rewind(struct nj_index_reader *r)
     r->buf_entries = r->buf_pos = 0;
     r->next_idx = 0;
     r->prev_end = 0;
+    r->covered = 0;
     return 0;
 }
 
 int nj_index_reader_next(struct nj_index_reader *r, struct nj_extent *e)
 {
-    if (r->next_idx >= r->h.count)
+    if (r->next_idx >= r->h.count) {
+        /* As nj_index_check_buffer() does: the header must add up. */
+        if (r->covered != r->h.covered)
+            return nj_error("index '%s' covers %llu bytes, header says %llu",
+                            r->name, (unsigned long long)r->covered,
+                            (unsigned long long)r->h.covered);
         return 0;
+    }
     if (r->buf_pos == r->buf_entries) {
         uint64_t left = r->h.count - r->next_idx;
         size_t n = (size_t)NJ_MIN(left, (uint64_t)WINDOW_ENTRIES);
@@ -417,6 +427,7 @@ int nj_index_reader_next(struct nj_index_reader *r, struct nj_extent *e)
     r->buf_pos++;
     r->next_idx++;
     r->prev_end = e->offset + e->length;
+    r->covered += e->length;
     return 1;
 }
 
