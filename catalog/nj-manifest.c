@@ -345,10 +345,11 @@ struct nj_manifest *nj_manifest_from_json(const char *text, size_t len)
     size_t used = json_tokener_get_parse_end(tok);
     json_tokener_free(tok);
     if (!o || err != json_tokener_success) {
+        /* json-c says "continue" when the input ends inside a value. */
+        if (err == json_tokener_success || err == json_tokener_continue)
+            err = json_tokener_error_parse_eof;
         nj_error("manifest is not valid JSON (%s)",
-                 json_tokener_error_desc(err == json_tokener_success
-                                             ? json_tokener_error_parse_eof
-                                             : err));
+                 json_tokener_error_desc(err));
         json_object_put(o);
         return NULL;
     }
