@@ -36,8 +36,7 @@ NJ_PRINTF(1, 2) static int usage_error(const char *fmt, ...)
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
-    usage(stderr);
+    fputs(" (see --help)\n", stderr);
     return 2;
 }
 
@@ -112,7 +111,7 @@ static int cmd_import(int argc, char **argv)
             a.dp.max_inflight = v;
             break;
         case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
+        default: return 2; /* getopt said why */
         }
     }
     if (argc - optind != 1)

@@ -161,6 +161,9 @@ static int import_source(struct import_state *st,
         st->format = nj_image_format(a->source);
         if (!st->format)
             return nj_error_prefix("import '%s'", a->source);
+        if (inc && strcmp(st->format, "qcow2") == 0 &&
+            nj_image_check_bitmap(a->source, a->bitmap) < 0)
+            return -1;
         unsigned conns = a->dp.connections ? a->dp.connections : 4;
         st->qemu_nbd = nj_qemu_nbd_start(a->source, st->format,
                                          inc ? a->bitmap : NULL, conns + 1);

@@ -208,7 +208,7 @@ static int plan_item(struct dp *dp, struct nbd_handle *h, uint64_t *off,
 {
     while (!dp->have_cur) {
         dp->plan_h = h;
-        int r = nj_plan_next(dp->plan, 0, &dp->cur);
+        int r = nj_plan_next_aligned(dp->plan, dp->block, &dp->cur);
         if (r <= 0)
             return r;
         if (dp->cur.kind == NJ_PLAN_SKIP) {

@@ -78,7 +78,8 @@ static char *run_capture(char *const argv[], size_t max)
     return buf;
 }
 
-char *nj_image_format(const char *path)
+/* qemu-img info as JSON, or NULL. */
+static struct json_object *image_info(const char *path)
 {
     char *argv[] = { (char *)"qemu-img", (char *)"info", (char *)"-U",
                      (char *)"--output=json", (char *)"--", (char *)path,
@@ -87,6 +88,50 @@ char *nj_image_format(const char *path)
     if (!text)
         return NULL;
     struct json_object *o = json_tokener_parse(text);
+    if (!o)
+        nj_error("cannot parse qemu-img info of '%s'", path);
+    return o;
+}
+
+int nj_image_check_bitmap(const char *path, const char *bitmap)
+{
+    struct json_object *o = image_info(path);
+    if (!o)
+        return -1;
+    struct json_object *fs = NULL, *data = NULL, *bms = NULL;
+    int ret = nj_error("image '%s' has no persistent bitmap '%s'", path,
+                       bitmap);
+    if (json_object_object_get_ex(o, "format-specific", &fs) &&
+        json_object_object_get_ex(fs, "data", &data) &&
+        json_object_object_get_ex(data, "bitmaps", &bms) &&
+        json_object_is_type(bms, json_type_array)) {
+        for (size_t i = 0; i < json_object_array_length(bms); i++) {
+            struct json_object *bm = json_object_array_get_idx(bms, i);
+            struct json_object *name = NULL, *flags = NULL;
+            if (!json_object_object_get_ex(bm, "name", &name) ||
+                strcmp(json_object_get_string(name), bitmap) != 0)
+                continue;
+            ret = 0;
+            if (json_object_object_get_ex(bm, "flags", &flags))
+                for (size_t k = 0; k < json_object_array_length(flags); k++)
+                    if (strcmp(json_object_get_string(
+                                   json_object_array_get_idx(flags, k)),
+                               "in-use") == 0)
+                        ret = nj_error("bitmap '%s' of image '%s' is in use "
+                                       "or was left inconsistent by an "
+                                       "unclean shutdown: a full backup is "
+                                       "needed", bitmap, path);
+        }
+    }
+    json_object_put(o);
+    return ret;
+}
+
+char *nj_image_format(const char *path)
+{
+    struct json_object *o = image_info(path);
+    if (!o)
+        return NULL;
     struct json_object *f = NULL;
     char *fmt = NULL;
     if (o && json_object_object_get_ex(o, "format", &f) &&

@@ -42,4 +42,9 @@ void nj_qemu_nbd_stop(struct nj_qemu_nbd *q);
  * string, or NULL with the last error. */
 char *nj_image_format(const char *path);
 
+/* Check that the qcow2 image at path has a usable persistent bitmap:
+ * present, and not marked in-use (left inconsistent by a QEMU that did not
+ * shut down cleanly).  0, or -1 with a message naming what is wrong. */
+int nj_image_check_bitmap(const char *path, const char *bitmap);
+
 #endif

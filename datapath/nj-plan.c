@@ -16,6 +16,7 @@ struct ext {
     uint32_t flags;
 };
 NJ_VECTOR(ext_vec, struct ext);
+NJ_VECTOR(range_vec, struct nj_plan_range);
 
 struct queue {
     struct ext_vec v;
@@ -31,6 +32,11 @@ struct nj_plan {
     void *opaque;
     struct queue q[2];
     int stalls;
+    /* nj_plan_next_aligned state */
+    struct range_vec out, pend;
+    size_t out_head;
+    uint64_t cursor;  /* end of what was taken from nj_plan_next */
+    uint64_t out_end; /* end of what was pushed to out */
 };
 
 struct nj_plan *nj_plan_new(uint64_t size, bool incremental,
@@ -50,6 +56,8 @@ void nj_plan_free(struct nj_plan *p)
         return;
     ext_vec_reset(&p->q[0].v);
     ext_vec_reset(&p->q[1].v);
+    range_vec_reset(&p->out);
+    range_vec_reset(&p->pend);
     free(p);
 }
 
@@ -173,4 +181,98 @@ int nj_plan_next(struct nj_plan *p, uint64_t max_len, struct nj_plan_range *r)
         p->pos += take;
     }
     return have ? 1 : 0;
+}
+
+static uint64_t align_down(uint64_t x, uint64_t a)
+{
+    return x & ~(a - 1);
+}
+
+static uint64_t align_up_clip(uint64_t x, uint64_t a, uint64_t size)
+{
+    uint64_t up = (x + a - 1) & ~(a - 1);
+    return up < x || up > size ? size : up;
+}
+
+static void out_push(struct range_vec *v, uint64_t off, uint64_t len,
+                     enum nj_plan_kind kind)
+{
+    if (len == 0)
+        return;
+    if (v->len) {
+        struct nj_plan_range *l = &v->ptr[v->len - 1];
+        if (l->kind == kind && l->offset + l->length == off) {
+            l->length += len;
+            return;
+        }
+    }
+    range_vec_append(v, (struct nj_plan_range){ off, len, kind });
+}
+
+static void flush_pending(struct nj_plan *p)
+{
+    for (size_t i = 0; i < p->pend.len; i++)
+        out_push(&p->out, p->pend.ptr[i].offset, p->pend.ptr[i].length,
+                 p->pend.ptr[i].kind);
+    p->pend.len = 0;
+}
+
+/*
+ * Blocks are decided one at a time.  A non-DATA range emits at once the
+ * whole blocks it covers; its tail in a partly covered block waits in
+ * pend until that block is known: a DATA range arriving inside the block
+ * takes the whole block (pend is dropped: those bytes are read instead),
+ * and a range reaching past the block releases pend as it is.
+ */
+int nj_plan_next_aligned(struct nj_plan *p, uint64_t align,
+                         struct nj_plan_range *r)
+{
+    while (p->out_head == p->out.len) {
+        p->out.len = p->out_head = 0;
+        struct nj_plan_range c;
+        int rc = nj_plan_next(p, 0, &c);
+        if (rc < 0)
+            return -1;
+        if (rc == 0) {
+            flush_pending(p);
+            if (p->out.len == 0)
+                return 0;
+            break;
+        }
+        uint64_t end = c.offset + c.length;
+        uint64_t start = NJ_MAX(c.offset, p->cursor);
+        if (end <= start)
+            continue; /* swallowed by a widened DATA range */
+        if (c.kind == NJ_PLAN_DATA) {
+            uint64_t bs = align_down(start, align);
+            if (p->pend.len && p->pend.ptr[0].offset >= bs)
+                p->pend.len = 0; /* same block: read it */
+            flush_pending(p);
+            uint64_t e = align_up_clip(end, align, p->size);
+            out_push(&p->out, NJ_MAX(bs, p->out_end), e - NJ_MAX(bs, p->out_end),
+                     NJ_PLAN_DATA);
+            p->out_end = p->cursor = e;
+            continue;
+        }
+        if (p->pend.len &&
+            end > align_up_clip(p->pend.ptr[0].offset + 1, align, p->size))
+            flush_pending(p); /* the pending block had no DATA */
+        uint64_t whole_end = NJ_MAX(align_down(end, align), start);
+        if (end == p->size)
+            whole_end = end;
+        if (p->pend.len == 0) {
+            out_push(&p->out, start, whole_end - start, c.kind);
+            if (whole_end > start)
+                p->out_end = whole_end;
+            start = whole_end;
+        }
+        if (end > start)
+            range_vec_append(&p->pend, (struct nj_plan_range){
+                start, end - start, c.kind });
+        p->cursor = end;
+        if (p->pend.len == 0)
+            p->out_end = end;
+    }
+    *r = p->out.ptr[p->out_head++];
+    return 1;
 }

@@ -74,6 +74,17 @@ void nj_plan_add_extents(struct nj_plan *p, enum nj_plan_context ctx,
  * -1 on error. */
 int nj_plan_next(struct nj_plan *p, uint64_t max_len, struct nj_plan_range *r);
 
+/*
+ * Like nj_plan_next, but DATA ranges are widened to `align` boundaries
+ * (a power of two; the disk end excepted), taking the block-sized edges of
+ * neighbouring ZERO or SKIP ranges, which are trimmed to match.  Reading
+ * whole blocks makes chunk boundaries depend on the data, not on how
+ * finely a server reports allocation, so identical disks chunk and dedup
+ * identically.  Ranges still tile the disk in order without overlap.
+ */
+int nj_plan_next_aligned(struct nj_plan *p, uint64_t align,
+                         struct nj_plan_range *r);
+
 /* Largest range one fetch asks for. */
 #define NJ_PLAN_FETCH_MAX (1ull << 31)
 

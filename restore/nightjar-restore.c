@@ -45,8 +45,7 @@ NJ_PRINTF(1, 2) static int usage_error(const char *fmt, ...)
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
-    usage(stderr);
+    fputs(" (see --help)\n", stderr);
     return 2;
 }
 
@@ -94,7 +93,7 @@ static int parse_args(int argc, char **argv, struct args *a)
             break;
         }
         case 'h': usage(stdout); exit(0);
-        default: usage(stderr); return 2;
+        default: return 2; /* getopt said why */
         }
     }
     if (optind < argc)

@@ -3,7 +3,6 @@ set -eu
 set -o pipefail
 
 : "${NIGHTJAR_RESTORE:?set by meson}"
-: "${NJ_TESTGEN:?set by meson}"
 
 T=$(mktemp -d "${TMPDIR:-/tmp}/nightjar-${0##*/}.XXXXXX")
 cleanup_hooks=()
