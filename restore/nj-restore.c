@@ -240,8 +240,11 @@ int nj_restore_disk(struct nj_store *s, const struct nj_catalog *c,
             if (out->needs_zero && out->ops->zero(out, e.offset, e.length) < 0)
                 ret = -1;
         } else {
+            /* Same chunk only if the index agrees on its length too: the
+             * decoded buffer is j.chunk_len bytes. */
             bool same = j.npieces > 0 && j.npieces < JOB_PIECES &&
-                        nj_digest_eq(&j.digest, &e.digest);
+                        nj_digest_eq(&j.digest, &e.digest) &&
+                        j.chunk_len == e.chunk_len;
             if (!same && j.npieces > 0) {
                 if (pipe_put(&p, &j) < 0)
                     break;

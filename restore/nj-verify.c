@@ -43,10 +43,15 @@ NJ_VECTOR(problem_vec, struct problem);
 
 NJ_VECTOR(manifest_vec, const struct nj_manifest *);
 
+/* By digest, then length: a chunk referenced with two different lengths
+ * is checked once for each, and the wrong one is reported. */
 static int cmp_ref(const void *a, const void *b)
 {
-    return nj_digest_cmp(&((const struct ref *)a)->d,
-                         &((const struct ref *)b)->d);
+    const struct ref *x = a, *y = b;
+    int c = nj_digest_cmp(&x->d, &y->d);
+    if (c)
+        return c;
+    return x->len < y->len ? -1 : x->len > y->len;
 }
 
 static int cmp_damage(const void *a, const void *b)
@@ -221,10 +226,11 @@ int nj_verify(struct nj_store *s, const struct nj_catalog *c,
         }
         /* Keep the set compact as it grows. */
         if (refs.len > 1 << 20 || i + 1 == sel.len) {
-            qsort(refs.ptr, refs.len, sizeof *refs.ptr, cmp_ref);
+            if (refs.len)
+                qsort(refs.ptr, refs.len, sizeof *refs.ptr, cmp_ref);
             size_t w = 0;
             for (size_t k = 0; k < refs.len; k++)
-                if (w == 0 || !nj_digest_eq(&refs.ptr[w - 1].d, &refs.ptr[k].d))
+                if (w == 0 || cmp_ref(&refs.ptr[w - 1], &refs.ptr[k]) != 0)
                     refs.ptr[w++] = refs.ptr[k];
             refs.len = w;
         }
@@ -245,7 +251,8 @@ int nj_verify(struct nj_store *s, const struct nj_catalog *c,
         pthread_join(tids[i], NULL);
     free(tids);
     pthread_mutex_destroy(&ck.lock);
-    qsort(damaged.ptr, damaged.len, sizeof *damaged.ptr, cmp_damage);
+    if (damaged.len)
+        qsort(damaged.ptr, damaged.len, sizeof *damaged.ptr, cmp_damage);
 
     /* Pass 3: who references the damage. */
     struct dref_vec *drefs = nj_calloc(damaged.len ? damaged.len : 1,
@@ -276,6 +283,24 @@ int nj_verify(struct nj_store *s, const struct nj_catalog *c,
         }
     }
 
+    /* Restore points whose chain reads a backup that uses the damage. */
+    struct manifest_vec *affects = nj_calloc(damaged.len ? damaged.len : 1,
+                                             sizeof *affects);
+    for (size_t i = 0; i < damaged.len; i++)
+        for (size_t b = 0; b < nj_catalog_count(c); b++) {
+            const struct nj_manifest *pm = nj_catalog_get(c, b);
+            bool hit = false;
+            for (size_t k = 0; !hit && k < drefs[i].len; k++) {
+                const struct nj_manifest **chain = NULL;
+                int n = nj_catalog_chain(c, pm, drefs[i].ptr[k].disk, &chain);
+                for (int q = 0; q < n; q++)
+                    hit |= chain[q] == drefs[i].ptr[k].m;
+                free(chain);
+            }
+            if (hit)
+                manifest_vec_append(&affects[i], pm);
+        }
+
     bool ok = damaged.len == 0 && problems.len == 0;
     if (o->json) {
         struct json_object *root = json_object_new_object();
@@ -304,20 +329,8 @@ int nj_verify(struct nj_store *s, const struct nj_catalog *c,
                 json_object_object_add(y, "length", json_object_new_uint64(dr->len));
                 json_object_array_add(jr, y);
             }
-            /* Restore points whose chain reads a referencing backup. */
-            for (size_t b = 0; b < nj_catalog_count(c); b++) {
-                const struct nj_manifest *pm = nj_catalog_get(c, b);
-                bool hit = false;
-                for (size_t k = 0; !hit && k < drefs[i].len; k++) {
-                    const struct nj_manifest **chain = NULL;
-                    int n = nj_catalog_chain(c, pm, drefs[i].ptr[k].disk, &chain);
-                    for (int q = 0; q < n; q++)
-                        hit |= chain[q] == drefs[i].ptr[k].m;
-                    free(chain);
-                }
-                if (hit)
-                    json_object_array_add(ja, json_object_new_string(pm->id));
-            }
+            for (size_t k = 0; k < affects[i].len; k++)
+                json_object_array_add(ja, json_object_new_string(affects[i].ptr[k]->id));
             json_object_object_add(x, "refs", jr);
             json_object_object_add(x, "affects", ja);
             json_object_array_add(jd, x);
@@ -356,6 +369,9 @@ int nj_verify(struct nj_store *s, const struct nj_catalog *c,
                         dr->disk, (unsigned long long)dr->off,
                         (unsigned long long)(dr->off + dr->len));
             }
+            for (size_t k = 0; k < affects[i].len; k++)
+                fprintf(o->out, "  affects restore point %s (domain '%s')\n",
+                        affects[i].ptr[k]->id, affects[i].ptr[k]->domain_name);
         }
         char hb[32];
         fprintf(o->out, "verify: %zu backups, %zu chunks (%s) checked: %s\n",
@@ -369,8 +385,10 @@ int nj_verify(struct nj_store *s, const struct nj_catalog *c,
     for (size_t i = 0; i < damaged.len; i++) {
         free(damaged.ptr[i].error);
         dref_vec_reset(&drefs[i]);
+        manifest_vec_reset(&affects[i]);
     }
     free(drefs);
+    free(affects);
     for (size_t i = 0; i < problems.len; i++) {
         free(problems.ptr[i].backup);
         free(problems.ptr[i].disk);
