@@ -159,7 +159,12 @@ static int get_str(struct json_object *o, const char *key, bool nullable,
     }
     if (!json_object_is_type(v, json_type_string))
         return nj_error("manifest%s: field '%s' is not a string", ctx, key);
-    *out = nj_strdup(json_object_get_string(v));
+    /* A \u0000 escape would silently cut the C string short. */
+    const char *str = json_object_get_string(v);
+    if (strlen(str) != (size_t)json_object_get_string_len(v))
+        return nj_error("manifest%s: field '%s' contains a NUL character",
+                        ctx, key);
+    *out = nj_strdup(str);
     return 0;
 }
 
