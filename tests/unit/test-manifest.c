@@ -581,6 +581,17 @@ static void test_rules(void)
                "manifest: invalid parent id");
     REJECT_OBJ(with("disk0", "index", json_object_new_string(n129)),
                "invalid index file name");
+    /* A \u0000 escape must not cut a string short into a valid one. */
+    REJECT_OBJ(with(NULL, "id", json_object_new_string_len("abc\0/../x", 9)),
+               "field 'id' contains a NUL character");
+    REJECT_OBJ(with(NULL, "parent", json_object_new_string_len("p\0", 2)),
+               "field 'parent' contains a NUL character");
+    REJECT_OBJ(with("domain", "name", json_object_new_string_len("a\0b", 3)),
+               "manifest domain: field 'name' contains a NUL character");
+    REJECT_OBJ(with("disk1", "target", json_object_new_string_len("vda\0", 4)),
+               "manifest disk 1: field 'target' contains a NUL character");
+    REJECT_TEXT("{\"format\":\"nightjar-manifest\\u0000x\"}",
+                "field 'format' contains a NUL character");
     /* 128 bytes is the longest valid name; dots inside are fine. */
     {
         struct nj_manifest *m =
