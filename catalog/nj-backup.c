@@ -34,8 +34,9 @@ struct nj_backup_disk {
 struct nj_backup {
     struct nj_store *store;
     int lock_fd;
-    bool committed, staged;
+    bool committed, staged, commit_tried;
     struct nj_manifest m;
+    struct nj_manifest *parent; /* for inc and diff */
     struct nj_backup_disk **disks;
     size_t ndisks;
 };
@@ -82,7 +83,8 @@ static char *lock_key(const char *uuid)
     return nj_strdup(hex);
 }
 
-static int check_parent(struct nj_store *s, const struct nj_backup_params *p)
+static int check_parent(struct nj_store *s, const struct nj_backup_params *p,
+                        struct nj_manifest **out)
 {
     bool needs = p->level == NJ_LEVEL_INC || p->level == NJ_LEVEL_DIFF;
     if (!needs) {
@@ -104,13 +106,19 @@ static int check_parent(struct nj_store *s, const struct nj_backup_params *p)
     if (!pm)
         return nj_error_prefix("parent backup '%s'", p->parent);
     int ret = 0;
-    if (strcmp(pm->domain_uuid, p->domain_uuid) != 0)
+    if (strcmp(pm->id, p->parent) != 0)
+        ret = nj_error("parent backup '%s' has a manifest for '%s'",
+                       p->parent, pm->id);
+    else if (strcmp(pm->domain_uuid, p->domain_uuid) != 0)
         ret = nj_error("parent backup '%s' belongs to domain '%s', not '%s'",
                        p->parent, pm->domain_name, p->domain_name);
     else if (pm->level == NJ_LEVEL_COPY)
         ret = nj_error("parent backup '%s' is a copy, outside the chain",
                        p->parent);
-    nj_manifest_free(pm);
+    if (ret == 0 && out)
+        *out = pm;
+    else
+        nj_manifest_free(pm);
     return ret;
 }
 
@@ -121,20 +129,26 @@ struct nj_backup *nj_backup_begin(struct nj_store *s,
         nj_error("a backup needs a domain name and UUID");
         return NULL;
     }
-    if (check_parent(s, p) < 0)
-        return NULL;
     NJ_CLEANUP_FREE char *key = lock_key(p->domain_uuid);
     int lock_fd = nj_store_lock_domain(s, key, p->domain_name);
     if (lock_fd < 0)
         return NULL;
+    /* Under the lock: no backup of this domain can commit meanwhile. */
+    struct nj_manifest *parent = NULL;
+    if (check_parent(s, p, &parent) < 0) {
+        nj_store_unlock_domain(lock_fd);
+        return NULL;
+    }
     /* We hold the lock: whatever staging this domain has is a dead run's. */
     if (nj_store_staging_clean(s, key) < 0) {
+        nj_manifest_free(parent);
         nj_store_unlock_domain(lock_fd);
         return NULL;
     }
     struct nj_backup *b = nj_calloc(1, sizeof *b);
     b->store = s;
     b->lock_fd = lock_fd;
+    b->parent = parent;
     b->m.id = nj_backup_id_new();
     b->m.level = p->level;
     b->m.parent = p->parent ? nj_strdup(p->parent) : NULL;
@@ -183,6 +197,11 @@ struct nj_backup_disk *nj_backup_disk_add(struct nj_backup *b,
             nj_error("disk '%s' added twice", target);
             return NULL;
         }
+    if (!full && (!b->parent || !nj_manifest_disk(b->parent, target))) {
+        nj_error("disk '%s' is not in the parent backup: it must be full",
+                 target);
+        return NULL;
+    }
     char name[32];
     snprintf(name, sizeof name, "disk%zu.idx", b->ndisks);
     int fd = nj_store_staging_open(b->store, b->m.id, name);
@@ -260,6 +279,10 @@ int nj_backup_commit(struct nj_backup *b)
 {
     if (b->committed || !b->staged)
         return nj_error("backup '%s' is not open for writing", b->m.id);
+    if (b->commit_tried)
+        return nj_error("backup '%s': commit already failed; abort it",
+                        b->m.id);
+    b->commit_tried = true;
     if (b->ndisks == 0)
         return nj_error("backup '%s' has no disks", b->m.id);
     b->m.disks = nj_calloc(b->ndisks, sizeof *b->m.disks);
@@ -330,6 +353,7 @@ void nj_backup_free(struct nj_backup *b)
     b->m.disks = NULL;
     b->m.ndisks = 0;
     nj_store_unlock_domain(b->lock_fd);
+    nj_manifest_free(b->parent);
     free(b->m.id);
     free(b->m.parent);
     free(b->m.domain_name);

@@ -210,6 +210,11 @@ int nj_catalog_chain(const struct nj_catalog *c, const struct nj_manifest *m,
             return nj_error("backup '%s': parent '%s' belongs to another "
                             "domain", cur->id, p->id);
         }
+        if (p->level == NJ_LEVEL_COPY) {
+            free(v);
+            return nj_error("backup '%s': parent '%s' is a copy, outside the "
+                            "chain", cur->id, p->id);
+        }
         cur = p;
     }
     free(v);

@@ -92,6 +92,10 @@ static int decode_entry(const unsigned char *p, struct nj_extent *e,
     switch (p[28]) {
     case NJ_EXTENT_ZERO:
         e->kind = NJ_EXTENT_ZERO;
+        for (int i = 32; i < NJ_INDEX_ENTRY_LEN; i++)
+            if (p[i])
+                return nj_error("index '%s' entry %llu: zero entry with a "
+                                "digest", name, (unsigned long long)idx);
         if (e->chunk_offset || e->chunk_len)
             return nj_error("index '%s' entry %llu: zero entry with chunk "
                             "fields", name, (unsigned long long)idx);

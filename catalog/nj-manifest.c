@@ -225,6 +225,8 @@ static int parse_disk(struct json_object *jd, struct nj_manifest_disk *d,
         return nj_error("manifest%s: covers %llu bytes of a %llu-byte disk",
                         ctx, (unsigned long long)d->covered,
                         (unsigned long long)d->size);
+    if (d->size == 0)
+        return nj_error("manifest%s: disk size is zero", ctx);
     if (d->full && d->covered != d->size)
         return nj_error("manifest%s: full disk index covers %llu of %llu "
                         "bytes", ctx, (unsigned long long)d->covered,

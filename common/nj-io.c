@@ -227,7 +227,13 @@ int nj_remove_tree(int atfd, const char *path)
     while ((de = readdir(d)) != NULL) {
         if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
             continue;
-        if (de->d_type == DT_DIR) {
+        bool is_dir = de->d_type == DT_DIR;
+        if (de->d_type == DT_UNKNOWN) {
+            struct stat st;
+            is_dir = fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+                     S_ISDIR(st.st_mode);
+        }
+        if (is_dir) {
             if (nj_remove_tree(dirfd(d), de->d_name) < 0)
                 ret = -1;
         } else if (unlinkat(dirfd(d), de->d_name, 0) < 0 && errno != ENOENT) {
