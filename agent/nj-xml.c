@@ -561,6 +561,20 @@ struct nj_domain_info *nj_domain_info_parse(const char *xml)
     if (!d->uuid || !*d->uuid)
         return nj_error("domain XML of '%s': no <uuid>", d->name), NULL;
 
+    /* "+64055:+64055" (or "user:group" names, which we do not resolve). */
+    d->qemu_uid = d->qemu_gid = -1;
+    NJ_CLEANUP_FREE char *label =
+        xp_string(ctx, root, "seclabel[@model='dac']/label");
+    if (label) {
+        long long u = -1, g = -1;
+        char plus1 = 0, plus2 = 0;
+        if (sscanf(label, "%c%lld:%c%lld", &plus1, &u, &plus2, &g) == 4 &&
+            plus1 == '+' && plus2 == '+' && u >= 0 && g >= 0) {
+            d->qemu_uid = u;
+            d->qemu_gid = g;
+        }
+    }
+
     CLEANUP_XPOBJ xmlXPathObjectPtr disks = xp_eval(ctx, root, "devices/disk");
     size_t n = xp_count(disks);
     d->disks = nj_calloc(n, sizeof *d->disks);

@@ -51,6 +51,9 @@ struct nj_domain_info {
     char *uuid;
     size_t ndisks;
     struct nj_domain_disk *disks;
+    /* The DAC label QEMU runs with (live XML, <seclabel model='dac'>),
+     * -1 when there is none. */
+    long long qemu_uid, qemu_gid;
 };
 
 /* Parse a domain XML (virDomainGetXMLDesc output).  Disks that cannot

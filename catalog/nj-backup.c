@@ -33,6 +33,7 @@ struct nj_backup_disk {
 
 struct nj_backup {
     struct nj_store *store;
+    pthread_mutex_t lock; /* protects disks and ndisks */
     int lock_fd;
     bool committed, staged, commit_tried;
     struct nj_manifest m;
@@ -127,10 +128,13 @@ struct nj_backup *nj_backup_begin(struct nj_store *s,
 {
     if (!p->domain_name || !p->domain_uuid || !p->domain_uuid[0]) {
         nj_error("a backup needs a domain name and UUID");
+        if (p->have_lock)
+            nj_store_unlock_domain(p->lock_fd);
         return NULL;
     }
     NJ_CLEANUP_FREE char *key = lock_key(p->domain_uuid);
-    int lock_fd = nj_store_lock_domain(s, key, p->domain_name);
+    int lock_fd = p->have_lock ? p->lock_fd
+                               : nj_store_lock_domain(s, key, p->domain_name);
     if (lock_fd < 0)
         return NULL;
     /* Under the lock: no backup of this domain can commit meanwhile. */
@@ -149,6 +153,7 @@ struct nj_backup *nj_backup_begin(struct nj_store *s,
     b->store = s;
     b->lock_fd = lock_fd;
     b->parent = parent;
+    pthread_mutex_init(&b->lock, NULL);
     b->m.id = nj_backup_id_new();
     b->m.level = p->level;
     b->m.parent = p->parent ? nj_strdup(p->parent) : NULL;
@@ -174,10 +179,26 @@ const char *nj_backup_id(const struct nj_backup *b)
     return b->m.id;
 }
 
+static struct nj_backup_disk *disk_add_locked(struct nj_backup *b,
+                                              const char *target,
+                                              const char *format,
+                                              uint64_t size, bool full);
+
 struct nj_backup_disk *nj_backup_disk_add(struct nj_backup *b,
                                           const char *target,
                                           const char *format, uint64_t size,
                                           bool full)
+{
+    pthread_mutex_lock(&b->lock);
+    struct nj_backup_disk *d = disk_add_locked(b, target, format, size, full);
+    pthread_mutex_unlock(&b->lock);
+    return d;
+}
+
+static struct nj_backup_disk *disk_add_locked(struct nj_backup *b,
+                                              const char *target,
+                                              const char *format,
+                                              uint64_t size, bool full)
 {
     if (b->committed || !b->staged) {
         nj_error("backup '%s' is not open for writing", b->m.id);
@@ -261,6 +282,22 @@ int nj_backup_put_chunk(struct nj_backup *b, struct nj_backup_disk *d,
     add_u64(&d->md.stats.bytes_dedup, len);
     add_u64(&d->md.stats.chunks_dedup, 1);
     return 0;
+}
+
+int nj_backup_lock_domain(struct nj_store *s, const char *domain_uuid,
+                          const char *domain_name)
+{
+    NJ_CLEANUP_FREE char *key = lock_key(domain_uuid);
+    return nj_store_lock_domain(s, key, domain_name);
+}
+
+void nj_backup_set_checkpoint(struct nj_backup *b, const char *name,
+                              const char *xml)
+{
+    free(b->m.checkpoint_name);
+    free(b->m.checkpoint_xml);
+    b->m.checkpoint_name = name ? nj_strdup(name) : NULL;
+    b->m.checkpoint_xml = xml ? nj_strdup(xml) : NULL;
 }
 
 void nj_backup_disk_count(struct nj_backup_disk *d, uint64_t read,
@@ -354,6 +391,7 @@ void nj_backup_free(struct nj_backup *b)
     b->m.ndisks = 0;
     nj_store_unlock_domain(b->lock_fd);
     nj_manifest_free(b->parent);
+    pthread_mutex_destroy(&b->lock);
     free(b->m.id);
     free(b->m.parent);
     free(b->m.domain_name);

@@ -37,7 +37,21 @@ struct nj_backup_params {
     const char *parent;      /* required for inc and diff, else NULL */
     const char *checkpoint_name; /* optional */
     const char *checkpoint_xml;  /* optional */
+    /* A domain lock already taken with nj_backup_lock_domain(): the backup
+     * takes it over, even when nj_backup_begin fails, and releases it
+     * when freed. */
+    bool have_lock;
+    int lock_fd;
 };
+
+/*
+ * Take the domain's lock (the one nj_backup_begin takes) for work that
+ * must not race a backup of the domain, e.g. deciding a backup's level and
+ * cleaning what a dead run left.  Returns an fd for
+ * nj_store_unlock_domain() or for nj_backup_params.lock_fd.
+ */
+int nj_backup_lock_domain(struct nj_store *s, const char *domain_uuid,
+                          const char *domain_name);
 
 struct nj_backup;
 struct nj_backup_disk;
@@ -49,7 +63,7 @@ struct nj_backup *nj_backup_begin(struct nj_store *s,
 /* Borrowed: the new backup's id. */
 const char *nj_backup_id(const struct nj_backup *b);
 
-/* Add a disk.  full: its index will cover [0, size). */
+/* Add a disk.  full: its index will cover [0, size).  Thread-safe. */
 struct nj_backup_disk *nj_backup_disk_add(struct nj_backup *b,
                                           const char *target,
                                           const char *format, uint64_t size,
@@ -64,6 +78,10 @@ int nj_backup_disk_append(struct nj_backup_disk *d, const struct nj_extent *e);
 int nj_backup_put_chunk(struct nj_backup *b, struct nj_backup_disk *d,
                         struct nj_codec *codec, const void *buf, size_t len,
                         struct nj_digest *digest);
+/* Record the checkpoint this backup created (before commit). */
+void nj_backup_set_checkpoint(struct nj_backup *b, const char *name,
+                              const char *xml);
+
 /* Count bytes read from the source and found zero (thread-safe). */
 void nj_backup_disk_count(struct nj_backup_disk *d, uint64_t read,
                           uint64_t zero);
