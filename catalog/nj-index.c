@@ -390,6 +390,11 @@ uint64_t nj_index_reader_disk_size(const struct nj_index_reader *r)
     return r->h.disk_size;
 }
 
+uint64_t nj_index_reader_covered(const struct nj_index_reader *r)
+{
+    return r->h.covered;
+}
+
 uint64_t nj_index_reader_count(const struct nj_index_reader *r)
 {
     return r->h.count;

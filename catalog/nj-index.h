@@ -68,6 +68,9 @@ struct nj_index_reader *nj_index_reader_open(int fd, const char *name,
                                              uint64_t disk_size);
 uint64_t nj_index_reader_disk_size(const struct nj_index_reader *r);
 uint64_t nj_index_reader_count(const struct nj_index_reader *r);
+/* Bytes the header says the entries cover (checked against the entries
+ * as they are read). */
+uint64_t nj_index_reader_covered(const struct nj_index_reader *r);
 /* 1 with *e filled, 0 at the end, -1 on a damaged entry. */
 int nj_index_reader_next(struct nj_index_reader *r, struct nj_extent *e);
 /* Start again from the first entry. */

@@ -79,6 +79,17 @@ struct nj_view *nj_view_open(struct nj_store *s, const struct nj_catalog *c,
             nj_index_reader_open(fd, name, &d->index_digest, d->size);
         if (!r)
             goto fail;
+        if (nj_index_reader_covered(r) != d->covered ||
+            nj_index_reader_count(r) != d->entries) {
+            nj_error("index '%s' covers %llu bytes in %llu entries, its "
+                     "manifest says %llu in %llu", name,
+                     (unsigned long long)nj_index_reader_covered(r),
+                     (unsigned long long)nj_index_reader_count(r),
+                     (unsigned long long)d->covered,
+                     (unsigned long long)d->entries);
+            nj_index_reader_free(r);
+            goto fail;
+        }
         v->layers[i].r = r;
         v->n = (size_t)i + 1;
         v->layers[i].have = true;

@@ -86,7 +86,16 @@ static struct nj_index_reader *open_index(struct nj_store *s,
     int fd = nj_store_backup_open(s, m->id, d->index);
     if (fd < 0)
         return NULL;
-    return nj_index_reader_open(fd, name, &d->index_digest, d->size);
+    struct nj_index_reader *r =
+        nj_index_reader_open(fd, name, &d->index_digest, d->size);
+    if (r && (nj_index_reader_covered(r) != d->covered ||
+              nj_index_reader_count(r) != d->entries)) {
+        nj_error("index '%s' does not match its manifest (coverage or entry "
+                 "count)", name);
+        nj_index_reader_free(r);
+        return NULL;
+    }
+    return r;
 }
 
 struct checker {
