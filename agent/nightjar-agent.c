@@ -20,13 +20,17 @@ static const char *prog = "nightjar-agent";
 static void usage(FILE *f)
 {
     fprintf(f,
-        "usage: %s import -s STORE -d NAME --disk TARGET [-l full|inc]\n"
+        "usage: %s backup -c URI -s STORE -d DOMAIN [-l auto|full|inc|diff|copy]\n"
+        "                        [--disk TARGET]... [--json] [--quiesce[=try]]\n"
+        "                        [--scratch-dir DIR] [--scratch-min BYTES]\n"
+        "                        [--max-chain N] [--max-age DAYS]\n"
+        "       %s import -s STORE -d NAME --disk TARGET [-l full|inc]\n"
         "                        [--bitmap NAME] [--json] SOURCE\n"
         "  SOURCE is a qcow2 or raw image file, or an nbd:// or nbd+unix:// URI\n"
         "  tuning: [--threads N] [--connections N] [--requests N]\n"
         "          [--grid BYTES] [--zstd-level N] [--max-inflight BYTES]\n"
         "       %s --version\n",
-        prog, prog);
+        prog, prog, prog);
 }
 
 NJ_PRINTF(1, 2) static int usage_error(const char *fmt, ...)
@@ -42,8 +46,17 @@ NJ_PRINTF(1, 2) static int usage_error(const char *fmt, ...)
 
 enum {
     OPT_DISK = 256, OPT_JSON, OPT_BITMAP, OPT_THREADS, OPT_CONNS,
-    OPT_REQUESTS, OPT_GRID, OPT_ZLEVEL, OPT_INFLIGHT,
+    OPT_REQUESTS, OPT_GRID, OPT_ZLEVEL, OPT_INFLIGHT, OPT_QUIESCE,
+    OPT_SCRATCH, OPT_SCRATCH_MIN, OPT_MAX_CHAIN, OPT_MAX_AGE,
 };
+
+#define TUNING_OPTIONS                                                     \
+    { "threads", required_argument, NULL, OPT_THREADS },                   \
+    { "connections", required_argument, NULL, OPT_CONNS },                 \
+    { "requests", required_argument, NULL, OPT_REQUESTS },                 \
+    { "grid", required_argument, NULL, OPT_GRID },                         \
+    { "zstd-level", required_argument, NULL, OPT_ZLEVEL },                 \
+    { "max-inflight", required_argument, NULL, OPT_INFLIGHT }
 
 static int parse_num(const char *opt, const char *arg, uint64_t lo,
                      uint64_t hi, uint64_t *out)
@@ -55,6 +68,133 @@ static int parse_num(const char *opt, const char *arg, uint64_t lo,
     return 0;
 }
 
+/* 1: c was a tuning option and is parsed; 0: not one; -1: bad value. */
+static int parse_tuning(int c, struct nj_datapath_opts *dp)
+{
+    uint64_t v = 0;
+    switch (c) {
+    case OPT_THREADS:
+        if (parse_num("--threads", optarg, 1, 256, &v)) return -1;
+        dp->threads = (unsigned)v;
+        return 1;
+    case OPT_CONNS:
+        if (parse_num("--connections", optarg, 1, 16, &v)) return -1;
+        dp->connections = (unsigned)v;
+        return 1;
+    case OPT_REQUESTS:
+        if (parse_num("--requests", optarg, 1, 64, &v)) return -1;
+        dp->requests = (unsigned)v;
+        return 1;
+    case OPT_GRID:
+        if (parse_num("--grid", optarg, 4096, NJ_CHUNK_MAX, &v)) return -1;
+        dp->grid = v;
+        return 1;
+    case OPT_ZLEVEL:
+        if (parse_num("--zstd-level", optarg, 1, 19, &v)) return -1;
+        dp->zstd_level = (int)v;
+        return 1;
+    case OPT_INFLIGHT:
+        if (parse_num("--max-inflight", optarg, 1 << 20, 1ull << 32, &v)) return -1;
+        dp->max_inflight = v;
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+static int cmd_backup(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "connect", required_argument, NULL, 'c' },
+        { "store", required_argument, NULL, 's' },
+        { "domain", required_argument, NULL, 'd' },
+        { "level", required_argument, NULL, 'l' },
+        { "disk", required_argument, NULL, OPT_DISK },
+        { "json", no_argument, NULL, OPT_JSON },
+        { "quiesce", optional_argument, NULL, OPT_QUIESCE },
+        { "scratch-dir", required_argument, NULL, OPT_SCRATCH },
+        { "scratch-min", required_argument, NULL, OPT_SCRATCH_MIN },
+        { "max-chain", required_argument, NULL, OPT_MAX_CHAIN },
+        { "max-age", required_argument, NULL, OPT_MAX_AGE },
+        TUNING_OPTIONS,
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    struct nj_backup_args a = {
+        .uri = "qemu:///system",
+        .level_auto = true,
+        .scratch_dir = "/var/tmp",
+        .scratch_min = 1ull << 30,
+        .max_chain = 30,
+        .max_age_days = 7,
+    };
+    a.dp.progress = isatty(STDERR_FILENO);
+    const char **disks = nj_calloc((size_t)argc + 1, sizeof *disks);
+    uint64_t v = 0;
+    int c, r;
+    while ((c = getopt_long(argc, argv, "c:s:d:l:h", opts, NULL)) != -1) {
+        if ((r = parse_tuning(c, &a.dp)) != 0) {
+            if (r < 0)
+                return 2;
+            continue;
+        }
+        switch (c) {
+        case 'c': a.uri = optarg; break;
+        case 's': a.store = optarg; break;
+        case 'd': a.domain = optarg; break;
+        case 'l':
+            if (strcmp(optarg, "auto") == 0) {
+                a.level_auto = true;
+            } else if (nj_level_parse(optarg, &a.level) == 0) {
+                a.level_auto = false;
+            } else {
+                return usage_error("unknown level '%s' (auto, full, inc, "
+                                   "diff or copy)", optarg);
+            }
+            break;
+        case OPT_DISK: disks[a.ndisks++] = optarg; break;
+        case OPT_JSON: a.json = true; break;
+        case OPT_QUIESCE:
+            if (!optarg || strcmp(optarg, "yes") == 0)
+                a.quiesce = NJ_QUIESCE_YES;
+            else if (strcmp(optarg, "try") == 0)
+                a.quiesce = NJ_QUIESCE_TRY;
+            else
+                return usage_error("--quiesce takes no value or 'try', not "
+                                   "'%s'", optarg);
+            break;
+        case OPT_SCRATCH: a.scratch_dir = optarg; break;
+        case OPT_SCRATCH_MIN:
+            if (parse_num("--scratch-min", optarg, 0, UINT64_MAX, &v)) return 2;
+            a.scratch_min = v;
+            break;
+        case OPT_MAX_CHAIN:
+            if (parse_num("--max-chain", optarg, 0, 100000, &v)) return 2;
+            a.max_chain = (unsigned)v;
+            break;
+        case OPT_MAX_AGE:
+            if (parse_num("--max-age", optarg, 0, 100000, &v)) return 2;
+            a.max_age_days = (unsigned)v;
+            break;
+        case 'h': usage(stdout); return 0;
+        default: return 2; /* getopt said why */
+        }
+    }
+    if (optind < argc)
+        return usage_error("unexpected argument '%s'", argv[optind]);
+    if (!a.store)
+        return usage_error("a store is required (-s STORE)");
+    if (!a.domain || !a.domain[0])
+        return usage_error("a domain is required (-d DOMAIN)");
+    a.disks = disks;
+    nj_agent_install_signals();
+    int ret = nj_agent_backup(&a) < 0 ? 1 : 0;
+    if (ret)
+        nj_error_print(prog);
+    free(disks);
+    return ret;
+}
+
 static int cmd_import(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -64,21 +204,20 @@ static int cmd_import(int argc, char **argv)
         { "disk", required_argument, NULL, OPT_DISK },
         { "bitmap", required_argument, NULL, OPT_BITMAP },
         { "json", no_argument, NULL, OPT_JSON },
-        { "threads", required_argument, NULL, OPT_THREADS },
-        { "connections", required_argument, NULL, OPT_CONNS },
-        { "requests", required_argument, NULL, OPT_REQUESTS },
-        { "grid", required_argument, NULL, OPT_GRID },
-        { "zstd-level", required_argument, NULL, OPT_ZLEVEL },
-        { "max-inflight", required_argument, NULL, OPT_INFLIGHT },
+        TUNING_OPTIONS,
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
     struct nj_import_args a = { .level = NJ_LEVEL_FULL };
     a.dp.progress = isatty(STDERR_FILENO);
     const char *level = NULL;
-    uint64_t v = 0;
-    int c;
+    int c, r;
     while ((c = getopt_long(argc, argv, "s:d:l:h", opts, NULL)) != -1) {
+        if ((r = parse_tuning(c, &a.dp)) != 0) {
+            if (r < 0)
+                return 2;
+            continue;
+        }
         switch (c) {
         case 's': a.store = optarg; break;
         case 'd': a.domain = optarg; break;
@@ -86,30 +225,6 @@ static int cmd_import(int argc, char **argv)
         case OPT_DISK: a.target = optarg; break;
         case OPT_BITMAP: a.bitmap = optarg; break;
         case OPT_JSON: a.json = true; break;
-        case OPT_THREADS:
-            if (parse_num("--threads", optarg, 1, 256, &v)) return 2;
-            a.dp.threads = (unsigned)v;
-            break;
-        case OPT_CONNS:
-            if (parse_num("--connections", optarg, 1, 16, &v)) return 2;
-            a.dp.connections = (unsigned)v;
-            break;
-        case OPT_REQUESTS:
-            if (parse_num("--requests", optarg, 1, 64, &v)) return 2;
-            a.dp.requests = (unsigned)v;
-            break;
-        case OPT_GRID:
-            if (parse_num("--grid", optarg, 4096, NJ_CHUNK_MAX, &v)) return 2;
-            a.dp.grid = v;
-            break;
-        case OPT_ZLEVEL:
-            if (parse_num("--zstd-level", optarg, 1, 19, &v)) return 2;
-            a.dp.zstd_level = (int)v;
-            break;
-        case OPT_INFLIGHT:
-            if (parse_num("--max-inflight", optarg, 1 << 20, 1ull << 32, &v)) return 2;
-            a.dp.max_inflight = v;
-            break;
         case 'h': usage(stdout); return 0;
         default: return 2; /* getopt said why */
         }
@@ -151,6 +266,8 @@ int main(int argc, char **argv)
         printf("nightjar-agent %s\n", NJ_VERSION);
         return 0;
     }
+    if (!strcmp(cmd, "backup"))
+        return cmd_backup(argc - 1, argv + 1);
     if (!strcmp(cmd, "import"))
         return cmd_import(argc - 1, argv + 1);
     return usage_error("unknown command '%s'", cmd);

@@ -26,6 +26,28 @@ struct nj_import_args {
     struct nj_datapath_opts dp;
 };
 
+enum { NJ_QUIESCE_NO = 0, NJ_QUIESCE_YES = 1, NJ_QUIESCE_TRY = 2 };
+
+struct nj_backup_args {
+    const char *uri;         /* libvirt URI */
+    const char *store;
+    const char *domain;      /* name or UUID */
+    enum nj_level level;     /* unless level_auto */
+    bool level_auto;
+    const char *const *disks; /* --disk filter, ndisks of them */
+    size_t ndisks;
+    bool json;
+    int quiesce;             /* NJ_QUIESCE_* */
+    const char *scratch_dir; /* socket and scratch files */
+    uint64_t scratch_min;    /* free space required there */
+    unsigned max_chain;      /* auto: a full once a chain has this many */
+    unsigned max_age_days;   /* auto: a full once the full is this old */
+    struct nj_datapath_opts dp;
+};
+
+/* One backup of a libvirt domain; prints the result on stdout. */
+int nj_agent_backup(const struct nj_backup_args *a);
+
 /* Run an import; prints the result (JSON or a line) on stdout. */
 int nj_agent_import(const struct nj_import_args *a);
 

@@ -154,7 +154,7 @@ struct nj_backup *nj_backup_begin(struct nj_store *s,
     b->lock_fd = lock_fd;
     b->parent = parent;
     pthread_mutex_init(&b->lock, NULL);
-    b->m.id = nj_backup_id_new();
+    b->m.id = p->id ? nj_strdup(p->id) : nj_backup_id_new();
     b->m.level = p->level;
     b->m.parent = p->parent ? nj_strdup(p->parent) : NULL;
     b->m.domain_name = nj_strdup(p->domain_name);
@@ -312,6 +312,13 @@ const struct nj_disk_stats *nj_backup_disk_stats(const struct nj_backup_disk *d)
     return &d->md.stats;
 }
 
+static int cmp_disk(const void *x, const void *y)
+{
+    const struct nj_backup_disk *a = *(struct nj_backup_disk *const *)x;
+    const struct nj_backup_disk *b = *(struct nj_backup_disk *const *)y;
+    return strcmp(a->md.target, b->md.target);
+}
+
 int nj_backup_commit(struct nj_backup *b)
 {
     if (b->committed || !b->staged)
@@ -322,6 +329,8 @@ int nj_backup_commit(struct nj_backup *b)
     b->commit_tried = true;
     if (b->ndisks == 0)
         return nj_error("backup '%s' has no disks", b->m.id);
+    /* Disks in target order, however they were added. */
+    qsort(b->disks, b->ndisks, sizeof *b->disks, cmp_disk);
     b->m.disks = nj_calloc(b->ndisks, sizeof *b->m.disks);
     b->m.ndisks = 0;
     for (size_t i = 0; i < b->ndisks; i++) {

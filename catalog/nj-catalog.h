@@ -37,6 +37,8 @@ struct nj_backup_params {
     const char *parent;      /* required for inc and diff, else NULL */
     const char *checkpoint_name; /* optional */
     const char *checkpoint_xml;  /* optional */
+    /* The new backup's id (from nj_backup_id_new), or NULL for a new one. */
+    const char *id;
     /* A domain lock already taken with nj_backup_lock_domain(): the backup
      * takes it over, even when nj_backup_begin fails, and releases it
      * when freed. */

@@ -1,0 +1,781 @@
+/*
+ * nj-backup-job.c: `nightjar-agent backup`: one checkpoint-based backup of
+ * one libvirt domain, pull mode.
+ *
+ * Order of work, and what undoes each step on failure or signal:
+ *
+ *   1. take the domain's store lock               released at the end
+ *   2. clean what a killed run left: a pull job of ours, its directory,
+ *      nightjar checkpoints of this store that no committed backup uses
+ *   3. decide the level and each disk's mode from the catalog: the base of
+ *      an incremental is always the last *committed* backup's checkpoint,
+ *      redefined from the catalog when libvirt lost it
+ *   4. start a shut-off domain paused (autodestroy)  destroyed gracefully
+ *   5. virDomainBackupBegin with a new checkpoint    job aborted,
+ *                                                    checkpoint deleted
+ *   6. datapath: every disk in parallel into the store   backup aborted
+ *   7. end the pull job, then commit the catalog     checkpoint deleted
+ *                                                    if the commit fails
+ *
+ * A checkpoint left by a run killed between 5 and 7 is removed by step 2
+ * of a later run; deleting a checkpoint merges its bitmap into its parent,
+ * so the next incremental from the last committed checkpoint still sees
+ * every change.
+ */
+#include "nj-agent.h"
+#include "nj-io.h"
+#include "nj-util.h"
+#include "nj-virt.h"
+#include "nj-xml.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <fcntl.h>
+#include <json-c/json.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <time.h>
+#include <unistd.h>
+
+#define CHECKPOINT_PREFIX "nightjar."
+
+struct job_disk {
+    const struct nj_domain_disk *dd;
+    bool selected;
+    bool full;        /* backupmode='full' */
+    bool bitmap;      /* checkpoint='bitmap' in the new checkpoint */
+    uint64_t size;
+    char *scratch;
+    /* filled by the job */
+    char *exportname, *exportbitmap;
+    struct nj_datapath_result res;
+    int rc;
+    char error[1024];
+};
+
+struct job {
+    const struct nj_backup_args *a;
+    virConnectPtr conn;
+    virDomainPtr dom;
+    struct nj_domain_info *info;
+    char *dom_xml;
+    struct nj_store *store;
+    struct nj_catalog *cat;
+    int lock_fd;
+    char *store_tag;
+    struct nj_backup *b;
+    enum nj_level level;
+    const struct nj_manifest *parent;
+    const char *base_cp;
+    char *id, *cp_name;
+    bool started, job_running, cp_created;
+    char *dir, *socket;
+    struct job_disk *disks;
+    size_t ndisks;
+};
+
+static void note(const struct job *j, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void note(const struct job *j, const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, "nightjar-agent: %s: ", j->info ? j->info->name : "?");
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+/* A short tag for this store, to namespace checkpoint names. */
+static char *store_tag(const char *path)
+{
+    char real[4096];
+    const char *p = realpath(path, real) ? real : path;
+    struct nj_digest d;
+    nj_sha256(p, strlen(p), &d);
+    char hex[NJ_DIGEST_HEX_LEN + 1];
+    nj_digest_to_hex(&d, hex);
+    hex[8] = '\0';
+    return nj_strdup(hex);
+}
+
+static bool referenced_checkpoint(const struct nj_catalog *c, const char *name)
+{
+    for (size_t i = 0; i < nj_catalog_count(c); i++) {
+        const struct nj_manifest *m = nj_catalog_get(c, i);
+        if (m->checkpoint_name && strcmp(m->checkpoint_name, name) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* Step 2: what a killed run left behind. */
+static int clean_stale(struct job *j)
+{
+    char *xml = NULL;
+    NJ_CLEANUP_FREE char *prefix = nj_asprintf("%s/nightjar-%s-",
+                                               j->a->scratch_dir,
+                                               j->info->uuid);
+    if (nj_virt_backup_active(j->dom, &xml)) {
+        char *sock = NULL;
+        struct nj_backup_export *ex = NULL;
+        int n = nj_xml_backup_exports(xml, &sock, &ex);
+        bool ours = n >= 0 && sock && strncmp(sock, prefix, strlen(prefix)) == 0;
+        free(sock);
+        nj_backup_exports_free(ex, n > 0 ? (size_t)n : 0);
+        free(xml);
+        if (!ours)
+            return nj_error("domain '%s' has a backup job that nightjar did "
+                            "not start", j->info->name);
+        if (virDomainAbortJob(j->dom) < 0)
+            return nj_virt_error("end the stale backup job of '%s'",
+                                 j->info->name);
+        note(j, "ended a backup job left by an interrupted run");
+    }
+    /* Our job directories: we hold the lock, so their runs are dead. */
+    NJ_CLEANUP_FREE char *base = nj_asprintf("nightjar-%s-", j->info->uuid);
+    DIR *d = opendir(j->a->scratch_dir);
+    if (d) {
+        struct dirent *de;
+        while ((de = readdir(d)) != NULL)
+            if (strncmp(de->d_name, base, strlen(base)) == 0) {
+                nj_remove_tree(dirfd(d), de->d_name);
+                note(j, "removed '%s/%s' left by an interrupted run",
+                     j->a->scratch_dir, de->d_name);
+            }
+        closedir(d);
+    }
+    /* Checkpoints of this store that no committed backup uses. */
+    virDomainCheckpointPtr *cps = NULL;
+    int n = virDomainListAllCheckpoints(j->dom, &cps, 0);
+    if (n < 0)
+        return nj_virt_error("list checkpoints of '%s'", j->info->name);
+    NJ_CLEANUP_FREE char *ours = nj_asprintf(CHECKPOINT_PREFIX "%s.",
+                                             j->store_tag);
+    int ret = 0;
+    /* Newest first, so that each delete merges into a parent that is
+     * still there. */
+    for (int i = n - 1; i >= 0; i--) {
+        const char *name = virDomainCheckpointGetName(cps[i]);
+        if (ret == 0 && name && strncmp(name, ours, strlen(ours)) == 0 &&
+            !referenced_checkpoint(j->cat, name)) {
+            if (virDomainCheckpointDelete(cps[i], 0) < 0)
+                ret = nj_virt_error("delete stale checkpoint '%s'", name);
+            else
+                note(j, "deleted checkpoint '%s' left by an interrupted run",
+                     name);
+        }
+    }
+    for (int i = 0; i < n; i++)
+        virDomainCheckpointFree(cps[i]);
+    free(cps);
+    return ret;
+}
+
+/* The newest committed non-copy backup of the domain, and the newest
+ * full. */
+static void chain_heads(const struct job *j, const struct nj_manifest **last,
+                        const struct nj_manifest **last_full)
+{
+    *last = *last_full = NULL;
+    for (size_t i = nj_catalog_count(j->cat); i-- > 0;) {
+        const struct nj_manifest *m = nj_catalog_get(j->cat, i);
+        if (strcmp(m->domain_uuid, j->info->uuid) != 0 ||
+            m->level == NJ_LEVEL_COPY)
+            continue;
+        if (!*last)
+            *last = m;
+        if (!*last_full && m->level == NJ_LEVEL_FULL)
+            *last_full = m;
+    }
+}
+
+static size_t chain_length(const struct job *j, const struct nj_manifest *m)
+{
+    size_t n = 0;
+    while (m && n <= nj_catalog_count(j->cat)) {
+        n++;
+        m = m->parent ? nj_catalog_find(j->cat, m->parent) : NULL;
+    }
+    return n;
+}
+
+static int select_disks(struct job *j)
+{
+    const struct nj_backup_args *a = j->a;
+    j->ndisks = j->info->ndisks;
+    j->disks = nj_calloc(j->ndisks ? j->ndisks : 1, sizeof *j->disks);
+    for (size_t f = 0; f < a->ndisks; f++) {
+        bool found = false;
+        for (size_t i = 0; i < j->info->ndisks; i++) {
+            const struct nj_domain_disk *dd = &j->info->disks[i];
+            if (strcmp(dd->target, a->disks[f]) != 0)
+                continue;
+            found = true;
+            if (dd->kind == NJ_DISK_SKIP)
+                return nj_error("disk '%s' of '%s' cannot be backed up: %s",
+                                dd->target, j->info->name, dd->skip_reason);
+        }
+        if (!found)
+            return nj_error("domain '%s' has no disk '%s'", j->info->name,
+                            a->disks[f]);
+    }
+    size_t nsel = 0;
+    for (size_t i = 0; i < j->info->ndisks; i++) {
+        struct job_disk *d = &j->disks[i];
+        d->dd = &j->info->disks[i];
+        bool wanted = a->ndisks == 0;
+        for (size_t f = 0; f < a->ndisks; f++)
+            wanted |= strcmp(a->disks[f], d->dd->target) == 0;
+        if (d->dd->kind == NJ_DISK_SKIP) {
+            if (a->ndisks == 0 && !a->json)
+                note(j, "disk '%s' skipped: %s", d->dd->target,
+                     d->dd->skip_reason);
+            continue;
+        }
+        d->selected = wanted;
+        nsel += wanted;
+    }
+    if (nsel == 0)
+        return nj_error("domain '%s' has no disk that can be backed up "
+                        "(qcow2 or raw file or block disks)", j->info->name);
+    return 0;
+}
+
+/* Make the base checkpoint known to libvirt again, redefining the chain
+ * from the catalog when the metadata was lost.  0 when usable. */
+static int ensure_base_checkpoint(struct job *j, const struct nj_manifest *base)
+{
+    virDomainCheckpointPtr cp =
+        virDomainCheckpointLookupByName(j->dom, base->checkpoint_name, 0);
+    if (cp) {
+        virDomainCheckpointFree(cp);
+        return 0;
+    }
+    virResetLastError();
+    /* Redefine root first: a checkpoint's parent must exist. */
+    const struct nj_manifest *chain[256];
+    size_t n = 0;
+    for (const struct nj_manifest *m = base; m && n < NJ_ARRAY_SIZE(chain);
+         m = m->parent ? nj_catalog_find(j->cat, m->parent) : NULL)
+        chain[n++] = m;
+    for (size_t i = n; i-- > 0;) {
+        const struct nj_manifest *m = chain[i];
+        if (!m->checkpoint_name || !m->checkpoint_xml)
+            continue;
+        cp = virDomainCheckpointLookupByName(j->dom, m->checkpoint_name, 0);
+        if (cp) {
+            virDomainCheckpointFree(cp);
+            continue;
+        }
+        virResetLastError();
+        cp = virDomainCheckpointCreateXML(
+            j->dom, m->checkpoint_xml,
+            VIR_DOMAIN_CHECKPOINT_CREATE_REDEFINE |
+                VIR_DOMAIN_CHECKPOINT_CREATE_REDEFINE_VALIDATE);
+        if (!cp)
+            return nj_virt_error("redefine checkpoint '%s'", m->checkpoint_name);
+        virDomainCheckpointFree(cp);
+        note(j, "redefined checkpoint '%s' from the store", m->checkpoint_name);
+    }
+    return 0;
+}
+
+/* Bitmap disks of the base checkpoint, as libvirt reports them. */
+static struct nj_checkpoint_info *base_info(struct job *j)
+{
+    virDomainCheckpointPtr cp =
+        virDomainCheckpointLookupByName(j->dom, j->base_cp, 0);
+    if (!cp) {
+        nj_virt_error("checkpoint '%s'", j->base_cp);
+        return NULL;
+    }
+    char *xml = virDomainCheckpointGetXMLDesc(cp, VIR_DOMAIN_CHECKPOINT_XML_NO_DOMAIN);
+    virDomainCheckpointFree(cp);
+    if (!xml) {
+        nj_virt_error("XML of checkpoint '%s'", j->base_cp);
+        return NULL;
+    }
+    struct nj_checkpoint_info *ci = nj_checkpoint_info_parse(xml);
+    free(xml);
+    return ci;
+}
+
+static int disk_sizes(struct job *j)
+{
+    for (size_t i = 0; i < j->ndisks; i++) {
+        struct job_disk *d = &j->disks[i];
+        if (!d->selected)
+            continue;
+        virDomainBlockInfo bi;
+        if (virDomainGetBlockInfo(j->dom, d->dd->target, &bi, 0) < 0)
+            return nj_virt_error("size of disk '%s'", d->dd->target);
+        d->size = bi.capacity;
+    }
+    return 0;
+}
+
+/* Step 3: level and per-disk modes. */
+static int decide(struct job *j)
+{
+    const struct nj_backup_args *a = j->a;
+    const struct nj_manifest *last = NULL, *last_full = NULL;
+    chain_heads(j, &last, &last_full);
+    enum nj_level want = a->level;
+    if (a->level_auto) {
+        want = NJ_LEVEL_INC;
+        if (!last) {
+            want = NJ_LEVEL_FULL;
+        } else if (a->max_chain && chain_length(j, last) >= a->max_chain) {
+            note(j, "chain has %zu backups (limit %u): full", chain_length(j, last),
+                 a->max_chain);
+            want = NJ_LEVEL_FULL;
+        } else if (a->max_age_days && last_full &&
+                   time(NULL) - last_full->finished >
+                       (int64_t)a->max_age_days * 86400) {
+            note(j, "last full is older than %u days: full", a->max_age_days);
+            want = NJ_LEVEL_FULL;
+        } else if (!last_full) {
+            want = NJ_LEVEL_FULL;
+        }
+    }
+    const struct nj_manifest *base = NULL;
+    if (want == NJ_LEVEL_INC)
+        base = last;
+    else if (want == NJ_LEVEL_DIFF)
+        base = last_full;
+    if ((want == NJ_LEVEL_INC || want == NJ_LEVEL_DIFF) && !base)
+        return nj_error("no earlier %s backup of '%s' in store '%s': run a "
+                        "full first (or use -l auto)",
+                        want == NJ_LEVEL_DIFF ? "full" : "committed",
+                        j->info->name, a->store);
+    if (base && !base->checkpoint_name) {
+        note(j, "backup %s has no checkpoint: full", base->id);
+        base = NULL;
+        want = NJ_LEVEL_FULL;
+    }
+    if (base && ensure_base_checkpoint(j, base) < 0) {
+        note(j, "%s; falling back to a full", nj_error_get());
+        base = NULL;
+        want = NJ_LEVEL_FULL;
+    }
+    struct nj_checkpoint_info *ci = NULL;
+    if (base) {
+        j->base_cp = base->checkpoint_name;
+        ci = base_info(j);
+        if (!ci) {
+            note(j, "%s; falling back to a full", nj_error_get());
+            base = NULL;
+            want = NJ_LEVEL_FULL;
+            j->base_cp = NULL;
+        }
+    }
+    bool any_inc = false;
+    for (size_t i = 0; i < j->ndisks; i++) {
+        struct job_disk *d = &j->disks[i];
+        if (!d->selected)
+            continue;
+        d->bitmap = want != NJ_LEVEL_COPY && d->dd->kind == NJ_DISK_QCOW2;
+        d->full = true;
+        if (!base || d->dd->kind != NJ_DISK_QCOW2)
+            continue;
+        const struct nj_manifest_disk *pd = nj_manifest_disk(base, d->dd->target);
+        bool in_cp = false;
+        for (size_t k = 0; ci && k < ci->ndisks; k++)
+            in_cp |= strcmp(ci->disks[k].target, d->dd->target) == 0 &&
+                     ci->disks[k].bitmap;
+        if (!pd)
+            note(j, "disk '%s' is new since backup %s: full", d->dd->target,
+                 base->id);
+        else if (pd->size != d->size)
+            note(j, "disk '%s' was resized since backup %s: full",
+                 d->dd->target, base->id);
+        else if (!in_cp)
+            note(j, "disk '%s' has no bitmap in checkpoint '%s': full",
+                 d->dd->target, j->base_cp);
+        else {
+            d->full = false;
+            any_inc = true;
+        }
+    }
+    nj_checkpoint_info_free(ci);
+    if (base && !any_inc) {
+        base = NULL;
+        j->base_cp = NULL;
+        want = NJ_LEVEL_FULL;
+    }
+    j->level = want;
+    j->parent = base;
+    return 0;
+}
+
+static int check_space(struct job *j)
+{
+    struct statvfs sv;
+    if (statvfs(j->a->scratch_dir, &sv) < 0)
+        return nj_error_errno(errno, "scratch directory '%s'",
+                              j->a->scratch_dir);
+    uint64_t free_bytes = (uint64_t)sv.f_bavail * sv.f_frsize;
+    uint64_t need = j->a->scratch_min;
+    if (free_bytes < need) {
+        char a[32], b[32];
+        return nj_error("scratch directory '%s' has %s free, at least %s is "
+                        "needed (--scratch-dir, --scratch-min)",
+                        j->a->scratch_dir,
+                        nj_human_bytes(free_bytes, a, sizeof a),
+                        nj_human_bytes(need, b, sizeof b));
+    }
+    return 0;
+}
+
+/* A private directory for the socket and scratch files that QEMU (running
+ * as its DAC user) can use and nobody else can enter. */
+static int make_job_dir(struct job *j)
+{
+    j->dir = nj_asprintf("%s/nightjar-%s-%s", j->a->scratch_dir,
+                         j->info->uuid, j->id);
+    if (mkdir(j->dir, 0700) < 0) {
+        int e = errno;
+        free(j->dir);
+        j->dir = NULL;
+        return nj_error_errno(e, "create job directory in '%s'",
+                              j->a->scratch_dir);
+    }
+    if (j->info->qemu_uid >= 0 &&
+        chown(j->dir, (uid_t)j->info->qemu_uid, (gid_t)j->info->qemu_gid) < 0)
+        return nj_error_errno(errno, "hand '%s' to QEMU's user", j->dir);
+    j->socket = nj_asprintf("%s/nbd.sock", j->dir);
+    for (size_t i = 0; i < j->ndisks; i++)
+        if (j->disks[i].selected)
+            j->disks[i].scratch = nj_asprintf("%s/%s.scratch", j->dir,
+                                              j->disks[i].dd->target);
+    return 0;
+}
+
+static int quiesce(struct job *j, bool freeze)
+{
+    if (!j->a->quiesce)
+        return 0;
+    int r = freeze ? virDomainFSFreeze(j->dom, NULL, 0, 0)
+                   : virDomainFSThaw(j->dom, NULL, 0, 0);
+    if (r >= 0)
+        return 0;
+    nj_virt_error("%s the file systems of '%s' (guest agent)",
+                  freeze ? "freeze" : "thaw", j->info->name);
+    if (j->a->quiesce == NJ_QUIESCE_TRY) {
+        note(j, "warning: %s; going on without quiescing", nj_error_get());
+        return 0;
+    }
+    return -1;
+}
+
+/* Step 5. */
+static int begin_job(struct job *j)
+{
+    struct nj_backup_disk_spec *bs = nj_calloc(j->ndisks, sizeof *bs);
+    struct nj_checkpoint_disk_spec *cs = nj_calloc(j->ndisks, sizeof *cs);
+    for (size_t i = 0; i < j->ndisks; i++) {
+        struct job_disk *d = &j->disks[i];
+        bs[i] = (struct nj_backup_disk_spec){ d->dd->target, d->selected,
+                                              d->full, d->scratch };
+        cs[i] = (struct nj_checkpoint_disk_spec){ d->dd->target,
+                                                  d->selected && d->bitmap };
+    }
+    NJ_CLEANUP_FREE char *bxml = nj_xml_backup(j->base_cp, j->socket, bs,
+                                               j->ndisks);
+    NJ_CLEANUP_FREE char *desc = nj_asprintf("nightjar backup %s of %s", j->id,
+                                             j->info->name);
+    NJ_CLEANUP_FREE char *cxml = NULL;
+    if (j->level != NJ_LEVEL_COPY)
+        cxml = nj_xml_checkpoint(j->cp_name, desc, cs, j->ndisks);
+    free(bs);
+    free(cs);
+    if (!bxml || (j->level != NJ_LEVEL_COPY && !cxml))
+        return -1;
+    if (quiesce(j, true) < 0)
+        return -1;
+    int r = virDomainBackupBegin(j->dom, bxml, cxml, 0);
+    if (r < 0)
+        nj_virt_error("start the backup of '%s'", j->info->name);
+    quiesce(j, false);
+    if (r < 0)
+        return -1;
+    j->job_running = true;
+    j->cp_created = cxml != NULL;
+    char *xml = virDomainBackupGetXMLDesc(j->dom, 0);
+    if (!xml)
+        return nj_virt_error("read the backup job of '%s'", j->info->name);
+    char *sock = NULL;
+    struct nj_backup_export *ex = NULL;
+    int n = nj_xml_backup_exports(xml, &sock, &ex);
+    free(xml);
+    if (n < 0)
+        return -1;
+    int ret = 0;
+    for (size_t i = 0; i < j->ndisks && ret == 0; i++) {
+        struct job_disk *d = &j->disks[i];
+        if (!d->selected)
+            continue;
+        for (int k = 0; k < n; k++)
+            if (strcmp(ex[k].target, d->dd->target) == 0) {
+                d->exportname = nj_strdup(ex[k].exportname);
+                d->exportbitmap = ex[k].exportbitmap
+                                      ? nj_strdup(ex[k].exportbitmap)
+                                      : NULL;
+            }
+        if (!d->exportname)
+            ret = nj_error("the backup job of '%s' exports no disk '%s'",
+                           j->info->name, d->dd->target);
+        else if (!d->full && !d->exportbitmap)
+            ret = nj_error("the backup job of '%s' exports no dirty bitmap "
+                           "for disk '%s'", j->info->name, d->dd->target);
+    }
+    free(sock);
+    nj_backup_exports_free(ex, (size_t)n);
+    return ret;
+}
+
+struct disk_thread {
+    struct job *j;
+    struct job_disk *d;
+};
+
+static void *disk_worker(void *arg)
+{
+    struct disk_thread *t = arg;
+    struct job_disk *d = t->d;
+    NJ_CLEANUP_FREE char *ctx =
+        d->full ? NULL : nj_asprintf("qemu:dirty-bitmap:%s", d->exportbitmap);
+    struct nj_nbd_source src = { .socket = t->j->socket,
+                                 .export_name = d->exportname,
+                                 .bitmap_context = ctx };
+    struct nj_datapath_opts o = t->j->a->dp;
+    o.cancel = &nj_agent_interrupted;
+    d->rc = nj_datapath_backup_disk(t->j->b, d->dd->target,
+                                    d->dd->kind == NJ_DISK_QCOW2 ? "qcow2" : "raw",
+                                    &src, &o, &d->res);
+    if (d->rc < 0)
+        snprintf(d->error, sizeof d->error, "%s", nj_error_get());
+    return NULL;
+}
+
+/* Step 6: every selected disk at once. */
+static int run_disks(struct job *j)
+{
+    struct disk_thread *t = nj_calloc(j->ndisks, sizeof *t);
+    pthread_t *tid = nj_calloc(j->ndisks, sizeof *tid);
+    bool *started = nj_calloc(j->ndisks, sizeof *started);
+    int ret = 0;
+    for (size_t i = 0; i < j->ndisks; i++) {
+        if (!j->disks[i].selected)
+            continue;
+        t[i] = (struct disk_thread){ j, &j->disks[i] };
+        started[i] = pthread_create(&tid[i], NULL, disk_worker, &t[i]) == 0;
+        if (!started[i]) {
+            ret = nj_error("cannot start a thread for disk '%s'",
+                           j->disks[i].dd->target);
+            nj_agent_interrupted = -1; /* stop the others */
+        }
+    }
+    for (size_t i = 0; i < j->ndisks; i++)
+        if (started[i]) {
+            pthread_join(tid[i], NULL);
+            if (j->disks[i].rc < 0 && ret == 0)
+                ret = nj_error("%s", j->disks[i].error);
+        }
+    free(t);
+    free(tid);
+    free(started);
+    return ret;
+}
+
+static void end_job(struct job *j)
+{
+    if (j->job_running && virDomainAbortJob(j->dom) < 0)
+        note(j, "warning: %s",
+             (nj_virt_error("end the backup job"), nj_error_get()));
+    j->job_running = false;
+}
+
+static void delete_checkpoint(struct job *j)
+{
+    if (!j->cp_created)
+        return;
+    virDomainCheckpointPtr cp =
+        virDomainCheckpointLookupByName(j->dom, j->cp_name, 0);
+    if (!cp || virDomainCheckpointDelete(cp, 0) < 0) {
+        char saved[1024];
+        snprintf(saved, sizeof saved, "%s", nj_error_get());
+        nj_virt_error("delete checkpoint '%s'", j->cp_name);
+        note(j, "warning: %s (a later run removes it)", nj_error_get());
+        nj_error("%s", saved);
+    }
+    if (cp)
+        virDomainCheckpointFree(cp);
+    j->cp_created = false;
+}
+
+static int commit(struct job *j)
+{
+    NJ_CLEANUP_FREE char *cpxml = NULL;
+    if (j->cp_created) {
+        virDomainCheckpointPtr cp =
+            virDomainCheckpointLookupByName(j->dom, j->cp_name, 0);
+        if (cp)
+            cpxml = virDomainCheckpointGetXMLDesc(cp, 0);
+        if (cp)
+            virDomainCheckpointFree(cp);
+        if (!cpxml)
+            return nj_virt_error("XML of checkpoint '%s'", j->cp_name);
+        nj_backup_set_checkpoint(j->b, j->cp_name, cpxml);
+    }
+    return nj_backup_commit(j->b);
+}
+
+static int run(struct job *j)
+{
+    const struct nj_backup_args *a = j->a;
+    j->lock_fd = -1;
+    j->conn = nj_virt_connect(a->uri);
+    if (!j->conn)
+        return -1;
+    j->dom = nj_virt_domain(j->conn, a->domain);
+    if (!j->dom)
+        return -1;
+    j->dom_xml = nj_virt_domain_xml(j->dom);
+    if (!j->dom_xml)
+        return -1;
+    j->info = nj_domain_info_parse(j->dom_xml);
+    if (!j->info)
+        return -1;
+    j->store = nj_store_open(a->store, NJ_STORE_CREATE);
+    if (!j->store)
+        return -1;
+    j->store_tag = store_tag(a->store);
+    j->lock_fd = nj_backup_lock_domain(j->store, j->info->uuid, j->info->name);
+    if (j->lock_fd < 0)
+        return -1;
+    j->cat = nj_catalog_open(j->store);
+    if (!j->cat || select_disks(j) < 0)
+        return -1;
+
+    int active = virDomainIsActive(j->dom);
+    if (active < 0)
+        return nj_virt_error("state of '%s'", j->info->name);
+    if (!active) {
+        /* libvirt makes checkpoints of running domains only: run QEMU
+         * paused for the job; autodestroy ends it if we die. */
+        if (virDomainCreateWithFlags(j->dom, VIR_DOMAIN_START_PAUSED |
+                                                 VIR_DOMAIN_START_AUTODESTROY) < 0)
+            return nj_virt_error("start '%s' paused for the backup",
+                                 j->info->name);
+        j->started = true;
+        free(j->dom_xml);
+        nj_domain_info_free(j->info);
+        j->dom_xml = nj_virt_domain_xml(j->dom);
+        j->info = j->dom_xml ? nj_domain_info_parse(j->dom_xml) : NULL;
+        if (!j->info)
+            return -1;
+        free(j->disks);
+        j->disks = NULL;
+        if (select_disks(j) < 0)
+            return -1;
+    }
+    if (clean_stale(j) < 0 || disk_sizes(j) < 0 || decide(j) < 0 ||
+        check_space(j) < 0)
+        return -1;
+
+    j->id = nj_backup_id_new();
+    j->cp_name = nj_asprintf(CHECKPOINT_PREFIX "%s.%s", j->store_tag, j->id);
+    if (make_job_dir(j) < 0)
+        return -1;
+    if (nj_agent_interrupted)
+        return nj_error("interrupted");
+    if (begin_job(j) < 0)
+        return -1;
+
+    struct nj_backup_params bp = {
+        .id = j->id,
+        .domain_name = j->info->name,
+        .domain_uuid = j->info->uuid,
+        .domain_xml = j->dom_xml,
+        .level = j->level,
+        .parent = j->parent ? j->parent->id : NULL,
+        .have_lock = true,
+        .lock_fd = j->lock_fd,
+    };
+    j->lock_fd = -1; /* the backup owns it now */
+    j->b = nj_backup_begin(j->store, &bp);
+    if (!j->b)
+        return -1;
+    if (run_disks(j) < 0)
+        return -1;
+    if (nj_agent_interrupted)
+        return nj_error("interrupted");
+    end_job(j);
+    if (commit(j) < 0)
+        return -1;
+    j->cp_created = false; /* committed: it belongs to the chain now */
+    return 0;
+}
+
+static void print_result(const struct job *j)
+{
+    const struct nj_manifest *m = nj_backup_manifest(j->b);
+    double *secs = nj_calloc(m->ndisks, sizeof *secs);
+    for (size_t i = 0; i < m->ndisks; i++)
+        for (size_t k = 0; k < j->ndisks; k++)
+            if (j->disks[k].selected &&
+                strcmp(j->disks[k].dd->target, m->disks[i].target) == 0)
+                secs[i] = j->disks[k].res.seconds;
+    nj_agent_print_result(m, j->a->json, secs);
+    free(secs);
+}
+
+int nj_agent_backup(const struct nj_backup_args *a)
+{
+    nj_virt_init();
+    struct job j = { .a = a, .lock_fd = -1 };
+    int ret = run(&j);
+    if (ret < 0) {
+        char saved[1024];
+        snprintf(saved, sizeof saved, "%s", nj_error_get());
+        end_job(&j);
+        delete_checkpoint(&j);
+        nj_error("%s", saved);
+    } else {
+        print_result(&j);
+    }
+    nj_backup_free(j.b); /* aborts when not committed; releases the lock */
+    if (j.lock_fd >= 0)
+        nj_store_unlock_domain(j.lock_fd);
+    if (j.dir)
+        nj_remove_tree(AT_FDCWD, j.dir);
+    if (j.started && j.dom &&
+        virDomainDestroyFlags(j.dom, VIR_DOMAIN_DESTROY_GRACEFUL) < 0)
+        virResetLastError();
+    for (size_t i = 0; i < j.ndisks; i++) {
+        free(j.disks[i].scratch);
+        free(j.disks[i].exportname);
+        free(j.disks[i].exportbitmap);
+    }
+    free(j.disks);
+    free(j.dir);
+    free(j.socket);
+    free(j.id);
+    free(j.cp_name);
+    free(j.store_tag);
+    free(j.dom_xml);
+    nj_domain_info_free(j.info);
+    nj_catalog_free(j.cat);
+    nj_store_close(j.store);
+    if (j.dom)
+        virDomainFree(j.dom);
+    if (j.conn)
+        virConnectClose(j.conn);
+    return ret;
+}
