@@ -356,10 +356,15 @@ int nj_backup_commit(struct nj_backup *b)
     if (nj_store_staging_put(b->store, b->m.id, NJ_MANIFEST_NAME, text,
                              strlen(text)) < 0)
         return -1;
-    if (nj_store_backup_publish(b->store, b->m.id) < 0)
+    int r = nj_store_backup_publish(b->store, b->m.id);
+    if (r < 0)
         return -1;
     b->committed = true;
     b->staged = false;
+    if (r > 0)
+        fprintf(stderr, "nightjar: warning: backup %s is committed but its "
+                "directory entry may not be durable yet: %s\n", b->m.id,
+                nj_error_get());
     return 0;
 }
 

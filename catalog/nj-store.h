@@ -41,7 +41,8 @@ const char *nj_store_path(const struct nj_store *s);
  * when the frame was written.  A written chunk becomes durable and visible
  * by its name no later than the next nj_store_sync(); the writer keeps a
  * set of pending digests so that a second put of the same digest before
- * then is also recognised.
+ * then is also recognised.  (The new names themselves are made durable
+ * by the syncfs that nj_store_backup_publish does before its rename.)
  */
 int nj_store_chunk_put(struct nj_store *s, const struct nj_digest *d,
                        const void *frame, size_t frame_len);
@@ -68,7 +69,10 @@ int nj_store_staging_open(struct nj_store *s, const char *id,
 /* Publish a buffer as a staged file (durably). */
 int nj_store_staging_put(struct nj_store *s, const char *id, const char *name,
                          const void *buf, size_t len);
-/* Atomically publish the staged backup id (every chunk is synced first). */
+/* Atomically publish the staged backup id (every chunk is synced first).
+ * 0; 1 when published but a directory fsync after the rename failed (the
+ * backup exists; its durability across a crash is unknown); -1 when not
+ * published. */
 int nj_store_backup_publish(struct nj_store *s, const char *id);
 /* Drop a staged backup. */
 int nj_store_staging_remove(struct nj_store *s, const char *id);

@@ -20,8 +20,11 @@
  * staging/<id> to backups/<id> with RENAME_NOREPLACE and fsyncs backups/.
  * That rename is the commit point: the manifest and every index appear
  * together or not at all.  A writer killed at any instant leaves at most
- * temporary files and a staging directory, both invisible to readers and
- * removed by later runs.
+ * temporary files and a staging directory, both invisible to readers.  A
+ * later backup of the same domain removes the staging directory; stray
+ * chunks/XX/.tmp-* files are left for garbage collection (issue #6) to
+ * remove, as scanning every chunk directory at each backup would cost too
+ * much on a large store.
  */
 #include "nj-chunk.h"
 #include "nj-io.h"
@@ -180,7 +183,7 @@ static ssize_t dir_chunk_get(struct nj_store *s, const struct nj_digest *d,
     if (fstat(fd, &st) < 0)
         return nj_error_errno(errno, "stat chunk %.16s", name);
     /* Never trust a size read from the store: cap it first. */
-    if (st.st_size > (off_t)(NJ_CHUNK_HEADER_LEN + 2 * (size_t)NJ_CHUNK_MAX))
+    if (st.st_size > (off_t)(NJ_CHUNK_HEADER_LEN + (size_t)NJ_CHUNK_MAX))
         return nj_error("chunk %.16s: file of %lld bytes is too large", name,
                         (long long)st.st_size);
     size_t len = (size_t)st.st_size;
@@ -245,9 +248,12 @@ static int dir_backup_publish(struct nj_store *s, const char *id)
     NJ_CLEANUP_FREE char *to = nj_asprintf("backups/%s", id);
     if (renameat2(ds->rootfd, from, ds->rootfd, to, RENAME_NOREPLACE) < 0)
         return nj_error_errno(errno, "publish backup '%s'", id);
+    /* Published: from here on the backup exists, so a failing directory
+     * fsync is reported as "committed, durability unknown" (1), never as
+     * a failed commit that a caller would roll back. */
     if (nj_fsync_dir(ds->rootfd, "backups") < 0 ||
         nj_fsync_dir(ds->rootfd, "staging") < 0)
-        return -1;
+        return 1;
     return 0;
 }
 
@@ -429,8 +435,40 @@ static const struct nj_store_ops dir_ops = {
     .lock_domain = dir_lock_domain,
 };
 
+/* Entries of dirfd/path other than "." and ".." (-1 on error); with
+ * subdirs, empty subdirectories are not counted. */
+static long count_entries(int atfd, const char *path, bool subdirs)
+{
+    int fd = openat(atfd, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    DIR *d = fdopendir(fd);
+    if (!d) {
+        close(fd);
+        return -1;
+    }
+    long n = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+            continue;
+        if (subdirs && count_entries(dirfd(d), de->d_name, false) == 0)
+            continue;
+        n++;
+    }
+    closedir(d);
+    return n;
+}
+
+/*
+ * Empty, or holding only the empty skeleton that store_init creates before
+ * it publishes the marker (a creation that was interrupted): then it is
+ * safe to initialise.  Anything else, a backup or a chunk, is refused.
+ */
 static bool dir_is_empty(int fd)
 {
+    static const char *const skeleton[] = { "chunks", "staging", "backups",
+                                            "locks" };
     int dup_fd = dup(fd);
     if (dup_fd < 0)
         return false;
@@ -441,11 +479,16 @@ static bool dir_is_empty(int fd)
     }
     bool empty = true;
     struct dirent *de;
-    while ((de = readdir(d)) != NULL)
-        if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) {
-            empty = false;
-            break;
-        }
+    while (empty && (de = readdir(d)) != NULL) {
+        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..") ||
+            !strncmp(de->d_name, ".tmp-", 5))
+            continue;
+        bool known = false;
+        for (size_t i = 0; i < NJ_ARRAY_SIZE(skeleton); i++)
+            known |= strcmp(de->d_name, skeleton[i]) == 0;
+        empty = known && count_entries(fd, de->d_name,
+                                       !strcmp(de->d_name, "chunks")) == 0;
+    }
     closedir(d);
     return empty;
 }

@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <json-c/json.h>
+#include <libnbd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -261,16 +262,30 @@ static int spawn_server(struct nj_qemu_nbd *q, const char *path,
         if (waitpid(pid, &status, WNOHANG) == pid) {
             char msg[512];
             log_first_line(log, msg, sizeof msg);
-            return nj_error("qemu-nbd: %s", msg);
+            const char *m = msg;
+            if (strncmp(m, "qemu-nbd: ", 10) == 0)
+                m += 10;
+            return nj_error("qemu-nbd: %s", m);
         }
         int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0) {
-            close(fd);
-            q->pid = pid;
-            return 0;
-        }
+        bool listening = fd >= 0 &&
+                         connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0;
         if (fd >= 0)
             close(fd);
+        /* qemu-nbd listens before it opens the image: only a complete
+         * handshake says the export is there (an image locked by a
+         * running VM fails here). */
+        if (listening) {
+            struct nbd_handle *h = nbd_create();
+            bool ok = h && nbd_connect_unix(h, q->socket) == 0;
+            if (ok)
+                nbd_shutdown(h, 0);
+            nbd_close(h);
+            if (ok) {
+                q->pid = pid;
+                return 0;
+            }
+        }
         struct timespec ts = { 0, 10 * 1000 * 1000 };
         nanosleep(&ts, NULL);
     }

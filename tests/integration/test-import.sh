@@ -91,6 +91,13 @@ echo "not an image" > "$T/junk.txt"
 truncate -s 1 "$T/empty.img" 2>/dev/null || true
 expect_fail "persistent bitmaps need qcow2" "$A" import -s "$S" -d rawvm --disk sda -l inc --bitmap b "$T/plain.raw"
 expect_fail "not a nightjar store" "$A" import -s "$T" -d x --disk vda "$img"
+# an image in use by another program (a VM, here a writable qemu-nbd)
+qemu-nbd --persistent --socket="$T/busy.sock" -f qcow2 "$img" 2>/dev/null &
+busy=$!
+for _ in $(seq 100); do [ -S "$T/busy.sock" ] && break; sleep 0.05; done
+sleep 0.2
+expect_fail "write\" lock" "$A" import -s "$S" -d busy --disk vda "$img"
+kill $busy; wait $busy 2>/dev/null || true
 check test "$("$R" list -s "$S" --json | jq length)" -eq "$before"
 # no qemu-nbd left behind
 check test -z "$(pgrep -f "qemu-nbd.*$T" || true)"

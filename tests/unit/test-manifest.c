@@ -980,10 +980,24 @@ static void test_store_marker(const char *dir)
     OPEN_REFUSED(missing, 0, "No such file or directory");
     OPEN_REFUSED(file, 0, "Not a directory");
     OPEN_REFUSED(file, NJ_STORE_CREATE, "Not a directory");
-    /* The store marker missing from a store that has the rest. */
+    /* The store marker missing from an empty skeleton: a creation that
+     * was interrupted.  Opening refuses it; creating completes it. */
     REQUIRE(unlink(marker) == 0);
     OPEN_REFUSED(storedir, 0, "is not a nightjar store (no nightjar-store.json)");
+    s = nj_store_open(storedir, NJ_STORE_CREATE);
+    CHECK(s != NULL);
+    CHECK(access(marker, F_OK) == 0);
+    nj_store_close(s);
+    /* But not once the skeleton holds anything: a backup or a chunk. */
+    REQUIRE(unlink(marker) == 0);
+    NJ_CLEANUP_FREE char *bdir = nj_asprintf("%s/backups/x", storedir);
+    REQUIRE(mkdir(bdir, 0755) == 0);
     OPEN_REFUSED(storedir, NJ_STORE_CREATE, "not empty; refusing");
+    REQUIRE(rmdir(bdir) == 0);
+    NJ_CLEANUP_FREE char *chunk = nj_asprintf("%s/chunks/ab/abcd", storedir);
+    write_text(chunk, "x", 1);
+    OPEN_REFUSED(storedir, NJ_STORE_CREATE, "not empty; refusing");
+    CHECK(access(marker, F_OK) < 0);
 }
 
 int main(void)
