@@ -24,13 +24,14 @@ static void usage(FILE *f)
         "                        [--disk TARGET]... [--json] [--quiesce[=try]]\n"
         "                        [--scratch-dir DIR] [--scratch-min BYTES]\n"
         "                        [--max-chain N] [--max-age DAYS]\n"
+        "       %s estimate -c URI -s STORE (-d DOMAIN | --all) [--json]\n"
         "       %s import -s STORE -d NAME --disk TARGET [-l full|inc]\n"
         "                        [--bitmap NAME] [--json] SOURCE\n"
         "  SOURCE is a qcow2 or raw image file, or an nbd:// or nbd+unix:// URI\n"
         "  tuning: [--threads N] [--connections N] [--requests N]\n"
         "          [--grid BYTES] [--zstd-level N] [--max-inflight BYTES]\n"
         "       %s --version\n",
-        prog, prog, prog);
+        prog, prog, prog, prog);
 }
 
 NJ_PRINTF(1, 2) static int usage_error(const char *fmt, ...)
@@ -195,6 +196,44 @@ static int cmd_backup(int argc, char **argv)
     return ret;
 }
 
+static int cmd_estimate(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "connect", required_argument, NULL, 'c' },
+        { "store", required_argument, NULL, 's' },
+        { "domain", required_argument, NULL, 'd' },
+        { "all", no_argument, NULL, 'a' },
+        { "json", no_argument, NULL, OPT_JSON },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    const char *uri = "qemu:///system", *store = NULL, *domain = NULL;
+    bool all = false, json = false;
+    int c;
+    while ((c = getopt_long(argc, argv, "c:s:d:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'c': uri = optarg; break;
+        case 's': store = optarg; break;
+        case 'd': domain = optarg; break;
+        case 'a': all = true; break;
+        case OPT_JSON: json = true; break;
+        case 'h': usage(stdout); return 0;
+        default: return 2; /* getopt said why */
+        }
+    }
+    if (optind < argc)
+        return usage_error("unexpected argument '%s'", argv[optind]);
+    if (!store)
+        return usage_error("a store is required (-s STORE)");
+    if (!domain == !all)
+        return usage_error("estimate needs -d DOMAIN or --all");
+    if (nj_agent_estimate(uri, store, domain, all, json) < 0) {
+        nj_error_print(prog);
+        return 1;
+    }
+    return 0;
+}
+
 static int cmd_import(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -270,5 +309,7 @@ int main(int argc, char **argv)
         return cmd_backup(argc - 1, argv + 1);
     if (!strcmp(cmd, "import"))
         return cmd_import(argc - 1, argv + 1);
+    if (!strcmp(cmd, "estimate"))
+        return cmd_estimate(argc - 1, argv + 1);
     return usage_error("unknown command '%s'", cmd);
 }

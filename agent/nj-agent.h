@@ -48,6 +48,11 @@ struct nj_backup_args {
 /* One backup of a libvirt domain; prints the result on stdout. */
 int nj_agent_backup(const struct nj_backup_args *a);
 
+/* Estimate the next backup of domain (or of every domain of the
+ * connection when all); prints a table or JSON on stdout. */
+int nj_agent_estimate(const char *uri, const char *store, const char *domain,
+                      bool all, bool json);
+
 /* Run an import; prints the result (JSON or a line) on stdout. */
 int nj_agent_import(const struct nj_import_args *a);
 

@@ -307,6 +307,11 @@ void nj_backup_disk_count(struct nj_backup_disk *d, uint64_t read,
     add_u64(&d->md.stats.bytes_zero, zero);
 }
 
+void nj_backup_disk_set_usec(struct nj_backup_disk *d, uint64_t usec)
+{
+    d->md.stats.usec = usec;
+}
+
 const struct nj_disk_stats *nj_backup_disk_stats(const struct nj_backup_disk *d)
 {
     return &d->md.stats;

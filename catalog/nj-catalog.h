@@ -87,6 +87,8 @@ void nj_backup_set_checkpoint(struct nj_backup *b, const char *name,
 /* Count bytes read from the source and found zero (thread-safe). */
 void nj_backup_disk_count(struct nj_backup_disk *d, uint64_t read,
                           uint64_t zero);
+/* Record how long the disk's transfer took. */
+void nj_backup_disk_set_usec(struct nj_backup_disk *d, uint64_t usec);
 /* Borrowed: the statistics so far. */
 const struct nj_disk_stats *nj_backup_disk_stats(const struct nj_backup_disk *d);
 

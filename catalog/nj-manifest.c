@@ -117,6 +117,7 @@ char *nj_manifest_to_json(const struct nj_manifest *m)
         json_object_object_add(st, "bytes_dedup", u64(d->stats.bytes_dedup));
         json_object_object_add(st, "chunks_new", u64(d->stats.chunks_new));
         json_object_object_add(st, "chunks_dedup", u64(d->stats.chunks_dedup));
+        json_object_object_add(st, "usec", u64(d->stats.usec));
         json_object_object_add(jd, "stats", st);
         json_object_array_add(disks, jd);
     }
@@ -242,6 +243,7 @@ static int parse_disk(struct json_object *jd, struct nj_manifest_disk *d,
             { "bytes_dedup", &d->stats.bytes_dedup },
             { "chunks_new", &d->stats.chunks_new },
             { "chunks_dedup", &d->stats.chunks_dedup },
+            { "usec", &d->stats.usec },
         };
         for (size_t k = 0; k < NJ_ARRAY_SIZE(s); k++) {
             struct json_object *v = NULL;

@@ -37,6 +37,7 @@ struct nj_disk_stats {
     uint64_t bytes_dedup;   /* plaintext bytes whose chunk already existed */
     uint64_t chunks_new;
     uint64_t chunks_dedup;
+    uint64_t usec;          /* wall time the disk's datapath took */
 };
 
 struct nj_manifest_disk {

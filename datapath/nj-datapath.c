@@ -669,6 +669,8 @@ out:
             nbd_shutdown(dp->conns[i].h, 0);
         nbd_close(dp->conns[i].h);
     }
+    if (ret == 0)
+        nj_backup_disk_set_usec(dp->disk, (uint64_t)((now_sec() - t0) * 1e6));
     if (res) {
         res->size = dp->size;
         res->planned_data = dp->planned_data;
