@@ -12,7 +12,7 @@ packages=(
     libnbd-bin nbdkit
     # tests and tools: jq for JSON checks, GNU time for peak RSS, loop
     # devices, valgrind, the libFuzzer runtime for clang
-    jq time util-linux valgrind libclang-rt-14-dev zstd
+    jq time util-linux valgrind libclang-rt-14-dev zstd bc libxml2-utils
 )
 
 missing=()
