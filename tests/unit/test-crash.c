@@ -1,0 +1,987 @@
+/*
+ * test-crash: a writer process builds one domain's chain (fulls and
+ * incrementals of two disks) into one store in a loop, and is killed with
+ * SIGKILL at random moments, well over a hundred times.  After every kill
+ * the store must open with no unreadable backup, verify clean, hold one
+ * linear chain whose step numbers run 1..N without a gap or a repeat (so
+ * every writer run continued from the last committed backup), and restore
+ * its points exactly.  The staging directory of a killed writer must be
+ * gone as soon as the next run's backup has begun; the exception the
+ * format allows (docs/FORMAT.md 6.4) is an orphan with no owner record,
+ * left by a kill between mkdir and the owner record, which may stay for a
+ * day: half of those are aged a day, and then they must go too.
+ *
+ * Step n's content is a pure function of (seed, n): a retried step writes
+ * the same chunks as the attempt that was killed, so dedup meets whatever
+ * that attempt left behind.  After each commit the writer records the
+ * point's truth in truth/<id> (written, fsync'ed, renamed), so a truth file
+ * exists only for a committed id.  A kill between the commit and that
+ * record leaves a committed point with no truth file: it must verify like
+ * the others and is compared with the replayed content instead.
+ *
+ * Kills are timed two ways: a random delay after the writer starts, and a
+ * random short delay after the writer is seen (with inotify) reaching a
+ * given step: creating a staging directory, a temporary chunk, an index,
+ * the manifest, publishing the backup, recording the truth.  Where each
+ * kill landed is read from what it left behind, before any cleanup.
+ *
+ * A kill leaves the page cache intact: this test checks the order in which
+ * names become visible, not durability across a power loss.
+ */
+#include "nj-test.h"
+#include "nj-io.h"
+#include "nj-restore.h"
+#include "nj-util.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/inotify.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define NDISKS 2
+#define FULL_EVERY 5
+#define KILLS_MIN 120
+#define KILLS_MAX 200
+#define TIME_BUDGET 40.0 /* seconds of kill loop, once KILLS_MIN are done */
+#define SWEEP_EVERY 25   /* restore every point this often */
+#define DOMAIN_NAME "crash 'test'"
+#define DOMAIN_UUID "6b1d0c4e-6a0f-4c39-9a55-3c7e2f1d0a01"
+
+static const char *targets[NDISKS] = { "vda", "sdb" };
+
+struct world {
+    uint64_t seed;
+    uint64_t size[NDISKS];
+    char *dir, *store, *truthdir, *scratch;
+};
+
+static double now_sec(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* ---- the content of each step ---- */
+
+static enum nj_level step_level(uint64_t n)
+{
+    return (n - 1) % FULL_EVERY == 0 ? NJ_LEVEL_FULL : NJ_LEVEL_INC;
+}
+
+static uint64_t step_grid(uint64_t n)
+{
+    static const uint64_t grids[] = { 256u << 10, 64u << 10, 1u << 20 };
+    return grids[n % NJ_ARRAY_SIZE(grids)];
+}
+
+/* Apply step n's writes to state, marking them in dirty (cleared first). */
+static void step_apply(const struct world *w, uint64_t n,
+                       unsigned char *const *state, struct nj_test_dirty *dirty)
+{
+    uint64_t rng = w->seed * 0x9e3779b97f4a7c15ULL + n;
+    for (int k = 0; k < NDISKS; k++) {
+        nj_test_dirty_clear(&dirty[k]);
+        int nops = n == 1 ? 12 : 1 + (int)nj_test_rand_below(&rng, 3);
+        nj_test_mutate(&rng, state[k], w->size[k], &dirty[k], nops);
+    }
+}
+
+static int step_of(const struct nj_manifest *m, uint64_t *n)
+{
+    if (!m->checkpoint_name || strncmp(m->checkpoint_name, "step-", 5) != 0)
+        return -1;
+    return nj_parse_u64(m->checkpoint_name + 5, n);
+}
+
+static uint64_t total_size(const struct world *w)
+{
+    uint64_t t = 0;
+    for (int k = 0; k < NDISKS; k++)
+        t += w->size[k];
+    return t;
+}
+
+/* Read truth/<id> into state: 0, 1 when there is none, -1 on error. */
+static int truth_load(const struct world *w, const char *id,
+                      unsigned char *const *state)
+{
+    NJ_CLEANUP_FREE char *path = nj_asprintf("%s/%s", w->truthdir, id);
+    NJ_CLEANUP_CLOSE int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0 && errno == ENOENT)
+        return 1;
+    if (fd < 0)
+        return nj_error_errno(errno, "open '%s'", path);
+    struct stat st;
+    if (fstat(fd, &st) < 0 || (uint64_t)st.st_size != total_size(w))
+        return nj_error("truth '%s' has the wrong size", path);
+    for (int k = 0; k < NDISKS; k++)
+        if (nj_full_read(fd, state[k], (size_t)w->size[k]) < 0)
+            return nj_error("read truth '%s'", path);
+    return 0;
+}
+
+static bool truth_exists(const struct world *w, const char *id)
+{
+    NJ_CLEANUP_FREE char *path = nj_asprintf("%s/%s", w->truthdir, id);
+    return access(path, F_OK) == 0;
+}
+
+/* NULL when path is a staging directory the format lets survive a new
+ * begin: no owner record, nothing but temporary files, under a day old. */
+static const char *orphan_problem(const char *path)
+{
+    struct stat st;
+    if (stat(path, &st) < 0)
+        return NULL; /* gone meanwhile */
+    if (time(NULL) - st.st_mtime > 24 * 3600)
+        return "an orphan older than a day";
+    DIR *d = opendir(path);
+    if (!d)
+        return NULL;
+    const char *why = NULL;
+    struct dirent *de;
+    while (!why && (de = readdir(d)) != NULL) {
+        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+            continue;
+        if (!strcmp(de->d_name, "owner.json"))
+            why = "it has an owner record";
+        else if (strncmp(de->d_name, ".tmp-", 5) != 0)
+            why = "an orphan holding more than temporary files";
+    }
+    closedir(d);
+    return why;
+}
+
+/* ---- the writer (child process) ---- */
+
+NJ_PRINTF(1, 2) static void writer_die(const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, "writer: ");
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, ": %s\n", nj_error_get());
+    _exit(2);
+}
+
+/* Durably record the truth of a committed point as truth/<id>. */
+static void truth_record(const struct world *w, const char *id,
+                         unsigned char *const *state)
+{
+    NJ_CLEANUP_FREE char *tmp = nj_asprintf("%s/.tmp-%s", w->truthdir, id);
+    NJ_CLEANUP_FREE char *path = nj_asprintf("%s/%s", w->truthdir, id);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0)
+        writer_die("create '%s'", tmp);
+    for (int k = 0; k < NDISKS; k++)
+        if (nj_full_write(fd, state[k], (size_t)w->size[k]) < 0)
+            writer_die("write '%s'", tmp);
+    if (fsync(fd) < 0 || close(fd) < 0 || rename(tmp, path) < 0)
+        writer_die("publish '%s'", path);
+    int dfd = open(w->truthdir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0 || fsync(dfd) < 0)
+        writer_die("fsync '%s'", w->truthdir);
+    close(dfd);
+}
+
+/*
+ * Right after begin: every other staging directory must be one the format
+ * lets live on, an orphan with no owner record (the writer died between
+ * its mkdir and its owner record) holding at most temporary files, less
+ * than a day old.  One that has an owner is of this domain (the only one)
+ * and should have been removed; an older orphan too.
+ */
+static void writer_check_staging(const struct world *w, const char *id)
+{
+    NJ_CLEANUP_FREE char *path = nj_asprintf("%s/staging", w->store);
+    DIR *d = opendir(path);
+    if (!d)
+        writer_die("open '%s'", path);
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..") ||
+            !strcmp(de->d_name, id))
+            continue;
+        NJ_CLEANUP_FREE char *sub = nj_asprintf("%s/%s", path, de->d_name);
+        const char *why = orphan_problem(sub);
+        if (why) {
+            fprintf(stderr, "writer: staging '%s' of a killed run survived "
+                    "the begin of backup '%s': %s\n", de->d_name, id, why);
+            _exit(3);
+        }
+    }
+    closedir(d);
+}
+
+/* Never returns: loops until killed. */
+static void writer_run(const struct world *w, int ready_fd)
+{
+    struct nj_store *s = nj_store_open(w->store, 0);
+    if (!s)
+        writer_die("open store");
+    struct nj_catalog *c = nj_catalog_open(s);
+    if (!c)
+        writer_die("open catalog");
+    /* The last committed step, and the newest point with a truth file. */
+    uint64_t last = 0, loaded = 0;
+    char *parent = NULL;
+    const char *loaded_id = NULL;
+    for (size_t i = 0; i < nj_catalog_count(c); i++) {
+        const struct nj_manifest *m = nj_catalog_get(c, i);
+        uint64_t n = 0;
+        if (step_of(m, &n) < 0)
+            writer_die("backup '%s' has no step number", m->id);
+        if (n > last) {
+            last = n;
+            free(parent);
+            parent = nj_strdup(m->id);
+        }
+        if (n > loaded && truth_exists(w, m->id)) {
+            loaded = n;
+            loaded_id = m->id;
+        }
+    }
+    unsigned char *state[NDISKS];
+    struct nj_test_dirty dirty[NDISKS];
+    for (int k = 0; k < NDISKS; k++) {
+        state[k] = nj_calloc(1, (size_t)w->size[k]);
+        nj_test_dirty_init(&dirty[k], w->size[k]);
+    }
+    if (loaded_id && truth_load(w, loaded_id, state) != 0)
+        writer_die("load truth of '%s'", loaded_id);
+    /* Points committed after it lost their truth to a kill: replay. */
+    for (uint64_t n = loaded + 1; n <= last; n++)
+        step_apply(w, n, state, dirty);
+    nj_catalog_free(c);
+    if (write(ready_fd, "r", 1) != 1)
+        writer_die("signal ready");
+    close(ready_fd);
+
+    struct nj_codec *codec = nj_codec_new(1);
+    if (!codec)
+        writer_die("codec");
+    for (;;) {
+        uint64_t n = last + 1;
+        enum nj_level level = step_level(n);
+        bool full = level == NJ_LEVEL_FULL;
+        step_apply(w, n, state, dirty);
+        char cp[32];
+        snprintf(cp, sizeof cp, "step-%llu", (unsigned long long)n);
+        struct nj_backup_params bp = {
+            .domain_name = DOMAIN_NAME,
+            .domain_uuid = DOMAIN_UUID,
+            .level = level,
+            .parent = full ? NULL : parent,
+            .checkpoint_name = cp,
+        };
+        struct nj_backup *b = nj_backup_begin(s, &bp);
+        if (!b)
+            writer_die("begin step %llu", (unsigned long long)n);
+        writer_check_staging(w, nj_backup_id(b));
+        for (int k = 0; k < NDISKS; k++)
+            if (nj_test_store_disk(b, codec, targets[k], state[k], w->size[k],
+                                   &dirty[k], full, step_grid(n)) < 0)
+                writer_die("store disk '%s'", targets[k]);
+        if (nj_backup_commit(b) < 0)
+            writer_die("commit step %llu", (unsigned long long)n);
+        truth_record(w, nj_backup_id(b), state);
+        free(parent);
+        parent = nj_strdup(nj_backup_id(b));
+        nj_backup_free(b);
+        last = n;
+    }
+}
+
+/* ---- what a kill left behind ---- */
+
+enum landing {
+    LAND_IDLE,          /* between backups: startup, step preparation */
+    LAND_STAGING_BARE,  /* staging directory without its owner record */
+    LAND_BEGUN,         /* owner record, no disk yet */
+    LAND_DISK0,         /* chunks and index of the first disk */
+    LAND_DISK1,         /* chunks and index of the second disk */
+    LAND_INDEX_DONE,    /* commit: indexes finished, no manifest yet */
+    LAND_MANIFEST,      /* commit: manifest staged, not yet published */
+    LAND_PUBLISHED,     /* published, truth not yet recorded */
+    LAND_TRUTH_TMP,     /* published, while recording the truth */
+    LAND_COUNT
+};
+
+static const char *landing_names[LAND_COUNT] = {
+    "between backups (startup, step preparation)",
+    "begin: staging directory before its owner record",
+    "begin: owner recorded, no disk added",
+    "first disk: chunks and index",
+    "second disk: chunks and index",
+    "commit: indexes finished, manifest not staged",
+    "commit: manifest staged, before the publishing rename",
+    "after the publishing rename, truth not recorded",
+    "after the publishing rename, while recording the truth",
+};
+
+NJ_VECTOR(str_vec, char *);
+
+static void str_vec_free(struct str_vec *v)
+{
+    for (size_t i = 0; i < v->len; i++)
+        free(v->ptr[i]);
+    str_vec_reset(v);
+}
+
+static bool str_vec_has(const struct str_vec *v, const char *s)
+{
+    for (size_t i = 0; i < v->len; i++)
+        if (!strcmp(v->ptr[i], s))
+            return true;
+    return false;
+}
+
+static void list_dir(const char *path, struct str_vec *out)
+{
+    DIR *d = opendir(path);
+    REQUIRE(d);
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL)
+        if (strcmp(de->d_name, ".") && strcmp(de->d_name, ".."))
+            str_vec_append(out, nj_strdup(de->d_name));
+    closedir(d);
+}
+
+static size_t count_tmp(const char *path)
+{
+    struct str_vec v = { 0 };
+    list_dir(path, &v);
+    size_t n = 0;
+    for (size_t i = 0; i < v.len; i++)
+        n += strncmp(v.ptr[i], ".tmp-", 5) == 0;
+    str_vec_free(&v);
+    return n;
+}
+
+/* The index file's header is written last: a finished index has its
+ * magic. */
+static bool index_finished(const char *path)
+{
+    NJ_CLEANUP_CLOSE int fd = open(path, O_RDONLY | O_CLOEXEC);
+    char magic[8];
+    return fd >= 0 && pread(fd, magic, sizeof magic, 0) == sizeof magic &&
+           memcmp(magic, NJ_INDEX_MAGIC, sizeof magic) == 0;
+}
+
+static bool file_exists(const char *dir, const char *sub, const char *name)
+{
+    NJ_CLEANUP_FREE char *p = nj_asprintf("%s/%s/%s", dir, sub, name);
+    return access(p, F_OK) == 0;
+}
+
+struct stats {
+    unsigned kills, kills_timed, kills_event;
+    unsigned landed[LAND_COUNT];
+    unsigned kills_with_tmp_chunks;
+    size_t tmp_chunks;          /* temporary chunk files left, in all */
+    unsigned stale_cleaned;     /* killed runs' staging removed by a begin */
+    unsigned orphans_aged;      /* orphans made to look a day old */
+    size_t untruthed;           /* committed backups with no truth file */
+    unsigned chunks_checked;    /* new chunk names decoded */
+    unsigned runs_continuing;   /* runs that committed after a kill */
+    unsigned committed_no_truth;
+    unsigned restores, restores_replay;
+    unsigned verifies;
+    uint64_t last_step;
+};
+
+/* Classify the kill by what it left; fills staging with the staging
+ * directories present now. */
+static enum landing survey(const struct world *w, const struct str_vec *prev,
+                           struct str_vec *staging, struct stats *st)
+{
+    NJ_CLEANUP_FREE char *sdir = nj_asprintf("%s/staging", w->store);
+    list_dir(sdir, staging);
+
+    /* Temporary chunk files: nothing removes them yet (gc's job). */
+    size_t tmp = 0;
+    for (int i = 0; i < 256; i++) {
+        NJ_CLEANUP_FREE char *p = nj_asprintf("%s/chunks/%02x", w->store, i);
+        tmp += count_tmp(p);
+    }
+    if (tmp > st->tmp_chunks)
+        st->kills_with_tmp_chunks++;
+    st->tmp_chunks = tmp;
+
+    enum landing l = LAND_IDLE;
+    for (size_t i = 0; i < staging->len; i++) {
+        const char *id = staging->ptr[i];
+        if (str_vec_has(prev, id))
+            continue; /* an older run's, checked elsewhere */
+        NJ_CLEANUP_FREE char *base = nj_asprintf("%s/%s", sdir, id);
+        NJ_CLEANUP_FREE char *i0 = nj_asprintf("%s/disk0.idx", base);
+        NJ_CLEANUP_FREE char *i1 = nj_asprintf("%s/disk1.idx", base);
+        if (!file_exists(sdir, id, "owner.json"))
+            l = LAND_STAGING_BARE;
+        else if (file_exists(sdir, id, NJ_MANIFEST_NAME))
+            l = LAND_MANIFEST;
+        else if (index_finished(i0))
+            l = LAND_INDEX_DONE;
+        else if (access(i1, F_OK) == 0)
+            l = LAND_DISK1;
+        else if (access(i0, F_OK) == 0)
+            l = LAND_DISK0;
+        else
+            l = LAND_BEGUN;
+    }
+
+    /* A committed backup with no truth: killed after the publishing
+     * rename, before or while its truth was recorded.  Temporary truth
+     * files are the test's own: count and remove them. */
+    struct str_vec v = { 0 };
+    list_dir(w->truthdir, &v);
+    bool truth_tmp = false;
+    for (size_t i = 0; i < v.len; i++) {
+        if (strncmp(v.ptr[i], ".tmp-", 5) != 0)
+            continue;
+        NJ_CLEANUP_FREE char *p = nj_asprintf("%s/%s", w->truthdir, v.ptr[i]);
+        REQUIRE(unlink(p) == 0);
+        truth_tmp = true;
+    }
+    str_vec_free(&v);
+    NJ_CLEANUP_FREE char *bdir = nj_asprintf("%s/backups", w->store);
+    list_dir(bdir, &v);
+    size_t untruthed = 0;
+    for (size_t i = 0; i < v.len; i++)
+        untruthed += !truth_exists(w, v.ptr[i]);
+    str_vec_free(&v);
+    if (l == LAND_IDLE && untruthed > st->untruthed)
+        l = truth_tmp ? LAND_TRUTH_TMP : LAND_PUBLISHED;
+    st->untruthed = untruthed;
+    return l;
+}
+
+/*
+ * Sort the staging directories the kills left: those with an owner record
+ * must go at the domain's next begin; orphans without one may stay for a
+ * day, so half of them are made to look a day old and must go too.
+ */
+static void mark_staging(const struct world *w, const struct str_vec *staging,
+                         struct str_vec *must_go, uint64_t *rng,
+                         struct stats *st)
+{
+    /* rng NULL: age every orphan. */
+    for (size_t i = 0; i < staging->len; i++) {
+        const char *id = staging->ptr[i];
+        NJ_CLEANUP_FREE char *sub = nj_asprintf("%s/staging/%s", w->store, id);
+        NJ_CLEANUP_FREE char *owner = nj_asprintf("%s/owner.json", sub);
+        if (access(owner, F_OK) == 0) {
+            str_vec_append(must_go, nj_strdup(id));
+            continue;
+        }
+        if (rng && nj_test_rand_below(rng, 2) == 0)
+            continue;
+        struct timespec old[2];
+        clock_gettime(CLOCK_REALTIME, &old[0]);
+        old[0].tv_sec -= 2 * 24 * 3600;
+        old[1] = old[0];
+        REQUIRE(utimensat(AT_FDCWD, sub, old, 0) == 0);
+        st->orphans_aged++;
+        str_vec_append(must_go, nj_strdup(id));
+    }
+}
+
+/* ---- checks after a kill ---- */
+
+/*
+ * A chunk name is visible only once its frame is complete: every chunk
+ * file whose inode changed since the run began (it was created or linked)
+ * must decode and match the digest it is named by, whether or not a
+ * backup references it.
+ */
+static void check_new_chunks(const struct world *w,
+                             const struct timespec *since, struct stats *st)
+{
+    struct nj_store *s = nj_store_open(w->store, 0);
+    REQUIRE(s);
+    struct nj_codec *codec = nj_codec_new(1);
+    REQUIRE(codec);
+    void *frame = NULL, *raw = nj_malloc(NJ_CHUNK_MAX);
+    size_t cap = 0;
+    for (int i = 0; i < 256; i++) {
+        NJ_CLEANUP_FREE char *dir = nj_asprintf("%s/chunks/%02x", w->store, i);
+        struct str_vec v = { 0 };
+        list_dir(dir, &v);
+        for (size_t k = 0; k < v.len; k++) {
+            struct nj_digest d;
+            if (v.ptr[k][0] == '.')
+                continue;
+            CHECK(nj_digest_from_hex(v.ptr[k], &d) == 0);
+            NJ_CLEANUP_FREE char *path = nj_asprintf("%s/%s", dir, v.ptr[k]);
+            struct stat sb;
+            REQUIRE(stat(path, &sb) == 0);
+            if (sb.st_ctim.tv_sec < since->tv_sec ||
+                (sb.st_ctim.tv_sec == since->tv_sec &&
+                 sb.st_ctim.tv_nsec < since->tv_nsec))
+                continue;
+            ssize_t n = nj_store_chunk_get(s, &d, &frame, &cap);
+            if (n >= 0)
+                n = nj_chunk_decode(codec, frame, (size_t)n, &d, raw,
+                                    NJ_CHUNK_MAX);
+            if (n < 0)
+                fprintf(stderr, "chunk %s is visible but unsound: %s\n",
+                        v.ptr[k], nj_error_get());
+            CHECK(n >= 0);
+            st->chunks_checked++;
+        }
+        str_vec_free(&v);
+    }
+    free(frame);
+    free(raw);
+    nj_codec_free(codec);
+    nj_store_close(s);
+}
+
+
+struct point {
+    const struct nj_manifest *m;
+    bool checked; /* restored at least once */
+};
+
+static void restore_point(const struct world *w, struct nj_store *s,
+                          const struct nj_catalog *c,
+                          const struct nj_manifest *m,
+                          unsigned char *const *truth, struct stats *st)
+{
+    for (int k = 0; k < NDISKS; k++) {
+        int r = nj_test_restore_compare(s, c, m, targets[k], truth[k],
+                                        w->size[k], w->scratch);
+        if (r < 0)
+            fprintf(stderr, "restore of %s disk '%s': %s\n", m->id,
+                    targets[k], nj_error_get());
+        CHECK(r == 0);
+        st->restores++;
+    }
+}
+
+/* Checks done after every kill.  checked[n] remembers the steps restored
+ * already; every step is restored when sweep is set. */
+static void check_store(const struct world *w, bool sweep, uint64_t *rng,
+                        bool **checked, size_t *checked_len, struct stats *st)
+{
+    struct nj_store *s = nj_store_open(w->store, 0);
+    REQUIRE(s);
+    struct nj_catalog *c = nj_catalog_open(s);
+    REQUIRE(c);
+    CHECK(nj_catalog_broken_count(c) == 0);
+    for (size_t i = 0; i < nj_catalog_broken_count(c); i++)
+        fprintf(stderr, "unreadable backup %s: %s\n",
+                nj_catalog_broken_id(c, i), nj_catalog_broken_error(c, i));
+
+    /* The whole store verifies. */
+    char *report = NULL;
+    size_t report_len = 0;
+    FILE *f = open_memstream(&report, &report_len);
+    REQUIRE(f);
+    struct nj_verify_opts vo = { .out = f };
+    int vr = nj_verify(s, c, &vo);
+    fclose(f);
+    if (vr != 0)
+        fprintf(stderr, "verify returned %d:\n%s", vr, report);
+    CHECK(vr == 0);
+    free(report);
+    st->verifies++;
+
+    /* One chain, steps 1..N, each inc's parent the previous step. */
+    size_t n = nj_catalog_count(c);
+    const struct nj_manifest **by_step = nj_calloc(n + 1, sizeof *by_step);
+    for (size_t i = 0; i < n; i++) {
+        const struct nj_manifest *m = nj_catalog_get(c, i);
+        uint64_t k = 0;
+        CHECK(step_of(m, &k) == 0 && k >= 1 && k <= n);
+        if (k < 1 || k > n)
+            continue;
+        if (by_step[k])
+            fprintf(stderr, "step %llu committed twice: %s and %s\n",
+                    (unsigned long long)k, by_step[k]->id, m->id);
+        CHECK(!by_step[k]);
+        by_step[k] = m;
+    }
+    for (size_t k = 1; k <= n; k++) {
+        const struct nj_manifest *m = by_step[k];
+        if (!m)
+            continue;
+        CHECK(m->level == step_level(k));
+        CHECK(strcmp(m->domain_uuid, DOMAIN_UUID) == 0);
+        CHECK(m->ndisks == NDISKS);
+        if (m->level == NJ_LEVEL_FULL)
+            CHECK(m->parent == NULL);
+        else if (by_step[k - 1])
+            CHECK(m->parent && strcmp(m->parent, by_step[k - 1]->id) == 0);
+    }
+    /* A new run continued the chain when the last step advanced. */
+    if (n > st->last_step)
+        st->runs_continuing++;
+    CHECK(n >= st->last_step); /* nothing committed is ever lost */
+    st->last_step = n;
+
+    /* Every truth file names a committed backup. */
+    struct str_vec tf = { 0 };
+    list_dir(w->truthdir, &tf);
+    for (size_t i = 0; i < tf.len; i++) {
+        if (strncmp(tf.ptr[i], ".tmp-", 5) == 0)
+            continue;
+        if (!nj_catalog_find(c, tf.ptr[i]))
+            fprintf(stderr, "truth file '%s' has no committed backup\n",
+                    tf.ptr[i]);
+        CHECK(nj_catalog_find(c, tf.ptr[i]) != NULL);
+    }
+    str_vec_free(&tf);
+
+    /* Restores: every step never restored, the last one, two at random,
+     * or everything on a sweep.  The replay runs alongside, and every
+     * truth file read is compared with it. */
+    if (*checked_len < n + 1) {
+        *checked = nj_realloc_array(*checked, n + 1, sizeof **checked);
+        memset(*checked + *checked_len, 0,
+               (n + 1 - *checked_len) * sizeof **checked);
+        *checked_len = n + 1;
+    }
+    uint64_t pick1 = 1 + nj_test_rand_below(rng, n ? n : 1);
+    uint64_t pick2 = 1 + nj_test_rand_below(rng, n ? n : 1);
+    unsigned char *replay[NDISKS], *truth[NDISKS];
+    struct nj_test_dirty dirty[NDISKS];
+    for (int k = 0; k < NDISKS; k++) {
+        replay[k] = nj_calloc(1, (size_t)w->size[k]);
+        truth[k] = nj_malloc((size_t)w->size[k]);
+        nj_test_dirty_init(&dirty[k], w->size[k]);
+    }
+    for (size_t k = 1; k <= n; k++) {
+        step_apply(w, k, replay, dirty);
+        const struct nj_manifest *m = by_step[k];
+        if (!m)
+            continue;
+        bool want = sweep || !(*checked)[k] || k == n || k == pick1 ||
+                    k == pick2;
+        if (!want)
+            continue;
+        int tr = truth_load(w, m->id, truth);
+        CHECK(tr >= 0);
+        if (tr == 0) {
+            for (int d = 0; d < NDISKS; d++)
+                CHECK(memcmp(truth[d], replay[d], (size_t)w->size[d]) == 0);
+            restore_point(w, s, c, m, truth, st);
+        } else {
+            /* Committed, killed before its truth was recorded. */
+            if (!(*checked)[k])
+                st->committed_no_truth++;
+            restore_point(w, s, c, m, replay, st);
+            st->restores_replay += NDISKS;
+        }
+        (*checked)[k] = true;
+    }
+    for (int k = 0; k < NDISKS; k++) {
+        free(replay[k]);
+        free(truth[k]);
+        nj_test_dirty_free(&dirty[k]);
+    }
+    free(by_step);
+    nj_catalog_free(c);
+    nj_store_close(s);
+}
+
+/* ---- kill timing ---- */
+
+enum trigger {
+    TRIG_STAGING,  /* a staging directory appears */
+    TRIG_CHUNK,    /* a temporary chunk file appears */
+    TRIG_INDEX,    /* an index file appears in staging */
+    TRIG_MANIFEST, /* the manifest appears in staging */
+    TRIG_PUBLISH,  /* a backup appears in backups/ */
+    TRIG_TRUTH,    /* the writer starts recording a truth file */
+    TRIG_COUNT
+};
+
+struct watcher {
+    int fd;
+    int wd_staging, wd_backups, wd_truth;
+    int wd_chunks[256];
+};
+
+static void watcher_open(struct watcher *wt, const struct world *w)
+{
+    wt->fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    REQUIRE(wt->fd >= 0);
+    NJ_CLEANUP_FREE char *st = nj_asprintf("%s/staging", w->store);
+    NJ_CLEANUP_FREE char *bk = nj_asprintf("%s/backups", w->store);
+    wt->wd_staging = inotify_add_watch(wt->fd, st, IN_CREATE | IN_MOVED_TO);
+    wt->wd_backups = inotify_add_watch(wt->fd, bk, IN_MOVED_TO);
+    wt->wd_truth = inotify_add_watch(wt->fd, w->truthdir, IN_CREATE);
+    REQUIRE(wt->wd_staging >= 0 && wt->wd_backups >= 0 && wt->wd_truth >= 0);
+    for (int i = 0; i < 256; i++) {
+        NJ_CLEANUP_FREE char *p = nj_asprintf("%s/chunks/%02x", w->store, i);
+        wt->wd_chunks[i] = inotify_add_watch(wt->fd, p, IN_CREATE);
+        REQUIRE(wt->wd_chunks[i] >= 0);
+    }
+}
+
+/* Watch new staging directories too: their indexes and manifest. */
+static void watcher_drain(struct watcher *wt, const struct world *w,
+                          enum trigger want, unsigned *seen)
+{
+    char buf[8192] __attribute__((aligned(__alignof__(struct inotify_event))));
+    ssize_t len;
+    while ((len = read(wt->fd, buf, sizeof buf)) > 0) {
+        for (char *p = buf; p < buf + len;) {
+            const struct inotify_event *ev = (const struct inotify_event *)p;
+            p += sizeof *ev + ev->len;
+            const char *name = ev->len ? ev->name : "";
+            enum trigger t = TRIG_COUNT;
+            if (ev->wd == wt->wd_staging) {
+                t = TRIG_STAGING;
+                if (ev->mask & IN_ISDIR) {
+                    NJ_CLEANUP_FREE char *sub =
+                        nj_asprintf("%s/staging/%s", w->store, name);
+                    inotify_add_watch(wt->fd, sub, IN_CREATE | IN_MOVED_TO);
+                }
+            } else if (ev->wd == wt->wd_backups) {
+                t = TRIG_PUBLISH;
+            } else if (ev->wd == wt->wd_truth) {
+                t = strncmp(name, ".tmp-", 5) == 0 ? TRIG_TRUTH : TRIG_COUNT;
+            } else if (strstr(name, ".idx")) {
+                t = TRIG_INDEX;
+            } else if (!strcmp(name, NJ_MANIFEST_NAME)) {
+                t = TRIG_MANIFEST;
+            } else if (strncmp(name, ".tmp-chunk", 10) == 0) {
+                t = TRIG_CHUNK;
+            }
+            if (t == want)
+                (*seen)++;
+        }
+    }
+}
+
+static void sleep_us(uint64_t us)
+{
+    struct timespec ts = { (time_t)(us / 1000000), (long)(us % 1000000) * 1000 };
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+        ;
+}
+
+/* Run the writer once and kill it; it must not die of its own accord. */
+static void run_and_kill(const struct world *w, uint64_t *rng,
+                         double backup_time, struct stats *st)
+{
+    int pfd[2];
+    REQUIRE(pipe2(pfd, O_CLOEXEC) == 0);
+    /* Decide the trigger before forking, so the watch is in place. */
+    bool by_event = nj_test_rand_below(rng, 2) == 0;
+    enum trigger trig = (enum trigger)nj_test_rand_below(rng, TRIG_COUNT);
+    struct watcher wt = { .fd = -1 };
+    if (by_event)
+        watcher_open(&wt, w);
+    fflush(NULL);
+    pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        close(pfd[0]);
+        writer_run(w, pfd[1]);
+        _exit(2);
+    }
+    close(pfd[1]);
+    char ready = 0;
+    bool is_ready = read(pfd[0], &ready, 1) == 1;
+    close(pfd[0]);
+    if (!is_ready)
+        fprintf(stderr, "writer died before it was ready\n");
+    double t0 = now_sec();
+    if (is_ready && by_event) {
+        /* Kill a little after the nth time the writer reaches the step. */
+        unsigned want = 1 + (unsigned)nj_test_rand_below(rng, 2);
+        unsigned seen = 0;
+        while (seen < want && now_sec() - t0 < 2.0) {
+            struct pollfd pf = { .fd = wt.fd, .events = POLLIN };
+            poll(&pf, 1, 10);
+            watcher_drain(&wt, w, trig, &seen);
+        }
+        sleep_us(nj_test_rand_below(rng, 300));
+        st->kills_event++;
+    } else if (is_ready) {
+        /* Uniform over about two backups. */
+        uint64_t span = (uint64_t)(2.0 * backup_time * 1e6);
+        sleep_us(nj_test_rand_below(rng, span + 1));
+        st->kills_timed++;
+    }
+    kill(pid, SIGKILL);
+    int status = 0;
+    REQUIRE(waitpid(pid, &status, 0) == pid);
+    if (wt.fd >= 0)
+        close(wt.fd);
+    bool killed = WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL;
+    if (!killed)
+        fprintf(stderr, "writer ended by itself (status 0x%x)\n", status);
+    CHECK(killed && is_ready);
+}
+
+int main(void)
+{
+    struct world w = { .seed = 0x5eed0001 };
+    uint64_t rng = w.seed;
+    for (int k = 0; k < NDISKS; k++)
+        w.size[k] = (1 + (uint64_t)k) * (1u << 20) + 1 +
+                    nj_test_rand_below(&rng, 65535);
+    w.dir = nj_test_tmpdir("crash");
+    w.store = nj_asprintf("%s/store", w.dir);
+    w.truthdir = nj_asprintf("%s/truth", w.dir);
+    w.scratch = nj_asprintf("%s/restore.raw", w.dir);
+    REQUIRE(mkdir(w.truthdir, 0755) == 0);
+    struct nj_store *s0 = nj_store_open(w.store, NJ_STORE_CREATE);
+    REQUIRE(s0);
+    nj_store_close(s0);
+
+    /* How long one backup takes here, to spread the timed kills: let a
+     * writer run for a while, count its steps. */
+    struct stats st = { 0 };
+    double backup_time = 0.01;
+    bool *checked = NULL;
+    size_t checked_len = 0;
+    {
+        int pfd[2];
+        REQUIRE(pipe2(pfd, O_CLOEXEC) == 0);
+        fflush(NULL);
+        pid_t pid = fork();
+        REQUIRE(pid >= 0);
+        if (pid == 0) {
+            close(pfd[0]);
+            writer_run(&w, pfd[1]);
+            _exit(2);
+        }
+        close(pfd[1]);
+        char c = 0;
+        REQUIRE(read(pfd[0], &c, 1) == 1);
+        close(pfd[0]);
+        double t0 = now_sec();
+        sleep_us(300 * 1000);
+        kill(pid, SIGKILL);
+        int status = 0;
+        REQUIRE(waitpid(pid, &status, 0) == pid);
+        if (!WIFSIGNALED(status) || WTERMSIG(status) != SIGKILL)
+            fprintf(stderr, "calibration writer ended by itself (status "
+                    "0x%x)\n", status);
+        CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+        double ran = now_sec() - t0;
+        struct str_vec none = { 0 }, staging = { 0 };
+        survey(&w, &none, &staging, &st);
+        str_vec_free(&staging);
+        check_store(&w, true, &rng, &checked, &checked_len, &st);
+        REQUIRE(st.last_step >= 2);
+        backup_time = ran / (double)st.last_step;
+        printf("calibration: %llu backups in %.3f s, %.2f ms each\n",
+               (unsigned long long)st.last_step, ran, backup_time * 1e3);
+        uint64_t steps = st.last_step;
+        memset(&st, 0, sizeof st);
+        st.last_step = steps;
+    }
+
+    struct str_vec prev = { 0 }, must_go = { 0 };
+    double start = now_sec();
+    {
+        /* The calibration run's leftovers count as the first "previous". */
+        NJ_CLEANUP_FREE char *sdir = nj_asprintf("%s/staging", w.store);
+        list_dir(sdir, &prev);
+        mark_staging(&w, &prev, &must_go, &rng, &st);
+    }
+    while (st.kills < KILLS_MAX &&
+           (st.kills < KILLS_MIN || now_sec() - start < TIME_BUDGET)) {
+        uint64_t before = st.last_step;
+        struct timespec began;
+        clock_gettime(CLOCK_REALTIME, &began);
+        run_and_kill(&w, &rng, backup_time, &st);
+        st.kills++;
+        struct str_vec staging = { 0 };
+        enum landing l = survey(&w, &prev, &staging, &st);
+        st.landed[l]++;
+        check_new_chunks(&w, &began, &st);
+        check_store(&w, st.kills % SWEEP_EVERY == 0, &rng, &checked,
+                    &checked_len, &st);
+        /* A run that committed has begun a backup, which removes the
+         * staging of the killed runs that the format says it must (the
+         * writer also checks this right after its begin). */
+        for (size_t i = 0; i < must_go.len; i++) {
+            bool gone = !str_vec_has(&staging, must_go.ptr[i]);
+            st.stale_cleaned += gone;
+            if (!gone && st.last_step > before)
+                fprintf(stderr, "staging '%s' survived a new backup\n",
+                        must_go.ptr[i]);
+            CHECK(gone || st.last_step == before);
+        }
+        str_vec_free(&must_go);
+        mark_staging(&w, &staging, &must_go, &rng, &st);
+        str_vec_free(&prev);
+        prev = staging;
+    }
+    /* Last: restore everything once more. */
+    check_store(&w, true, &rng, &checked, &checked_len, &st);
+    double took = now_sec() - start;
+
+    /* With every orphan a day old, a backup begun now clears all that the
+     * kills left, and its abort leaves staging empty. */
+    {
+        str_vec_free(&must_go);
+        mark_staging(&w, &prev, &must_go, NULL, &st);
+        struct nj_store *s = nj_store_open(w.store, 0);
+        REQUIRE(s);
+        struct nj_catalog *c = nj_catalog_open(s);
+        REQUIRE(c);
+        const struct nj_manifest *lm = nj_catalog_resolve(c, DOMAIN_UUID,
+                                                          "latest");
+        REQUIRE(lm);
+        struct nj_backup_params bp = { .domain_name = DOMAIN_NAME,
+                                       .domain_uuid = DOMAIN_UUID,
+                                       .level = NJ_LEVEL_INC,
+                                       .parent = lm->id };
+        struct nj_backup *b = nj_backup_begin(s, &bp);
+        REQUIRE(b);
+        NJ_CLEANUP_FREE char *sdir = nj_asprintf("%s/staging", w.store);
+        struct str_vec v = { 0 };
+        list_dir(sdir, &v);
+        CHECK(v.len == 1 && !strcmp(v.ptr[0], nj_backup_id(b)));
+        str_vec_free(&v);
+        nj_backup_free(b);
+        list_dir(sdir, &v);
+        CHECK(v.len == 0);
+        str_vec_free(&v);
+        nj_catalog_free(c);
+        nj_store_close(s);
+    }
+
+    printf("%u kills (%u timed, %u after an event) in %.1f s; chain of %llu "
+           "steps\n", st.kills, st.kills_timed, st.kills_event, took,
+           (unsigned long long)st.last_step);
+    for (int i = 0; i < LAND_COUNT; i++)
+        printf("  %4u  %s\n", st.landed[i], landing_names[i]);
+    printf("  %4u kills left temporary chunk files (%zu left in all)\n",
+           st.kills_with_tmp_chunks, st.tmp_chunks);
+    printf("%u runs continued the chain; %u killed runs' staging removed "
+           "by the next begin; %u points committed without truth\n",
+           st.runs_continuing, st.stale_cleaned, st.committed_no_truth);
+    printf("%u orphan staging directories (no owner record) aged a day "
+           "and removed\n", st.orphans_aged);
+    printf("%u verifies; %u new chunk names decoded; %u disk restores "
+           "compared (%u against the replay)\n", st.verifies,
+           st.chunks_checked, st.restores, st.restores_replay);
+
+    str_vec_free(&prev);
+    str_vec_free(&must_go);
+    free(checked);
+    nj_test_rmtree(w.dir);
+    free(w.dir);
+    free(w.store);
+    free(w.truthdir);
+    free(w.scratch);
+    return nj_test_done("test-crash");
+}
