@@ -47,7 +47,7 @@
 #define STORE_MARKER "nightjar-store.json"
 #define STORE_FORMAT_NAME "nightjar-store"
 #define PENDING_MAX_COUNT 4096
-#define PENDING_MAX_BYTES (1ull << 30)
+#define PENDING_MAX_BYTES (256ull << 20)
 #define STAGING_ORPHAN_AGE (24 * 3600)
 
 struct pending {
@@ -60,8 +60,11 @@ struct dir_store {
     struct nj_store base;
     int rootfd;
     int chunkfd[256];
-    pthread_mutex_t lock; /* protects pending and pending_bytes */
-    struct pending_vec pending;
+    pthread_mutex_t lock; /* protects the fields below */
+    pthread_cond_t flushed;
+    struct pending_vec pending;  /* written, not yet synced */
+    struct pending_vec flushing; /* being synced and linked, lock dropped */
+    bool flush_active;
     uint64_t pending_bytes;
 };
 
@@ -81,27 +84,56 @@ static bool pending_has(struct dir_store *ds, const struct nj_digest *d)
     for (size_t i = 0; i < ds->pending.len; i++)
         if (nj_digest_eq(&ds->pending.ptr[i].d, d))
             return true;
+    for (size_t i = 0; i < ds->flushing.len; i++)
+        if (nj_digest_eq(&ds->flushing.ptr[i].d, d))
+            return true;
     return false;
 }
 
-static int pending_flush_locked(struct dir_store *ds)
+/*
+ * Make the pending chunks durable, then give them their names.  Called
+ * with ds->lock held; the lock is dropped for the syncfs and the links, so
+ * that other threads keep writing chunks meanwhile (into a fresh pending
+ * set).  With wait, a flush already running is waited for first, so that
+ * on return everything put before the call is durable; without, a running
+ * flush makes this call a no-op.
+ */
+static int pending_flush_locked(struct dir_store *ds, bool wait)
 {
+    while (ds->flush_active) {
+        if (!wait)
+            return 0;
+        pthread_cond_wait(&ds->flushed, &ds->lock);
+    }
     if (ds->pending.len == 0)
         return 0;
-    if (syncfs(ds->rootfd) < 0)
-        return nj_error_errno(errno, "syncfs '%s'", ds->base.path);
+    struct pending_vec batch = ds->pending;
+    ds->pending = ds->flushing; /* an emptied vector, reused */
+    ds->pending.len = 0;
+    ds->flushing = batch;
+    ds->pending_bytes = 0;
+    ds->flush_active = true;
+    pthread_mutex_unlock(&ds->lock);
+
     int ret = 0;
-    for (size_t i = 0; i < ds->pending.len; i++) {
-        struct pending *p = &ds->pending.ptr[i];
+    if (syncfs(ds->rootfd) < 0)
+        ret = nj_error_errno(errno, "syncfs '%s'", ds->base.path);
+    for (size_t i = 0; i < batch.len; i++) {
+        struct pending *p = &batch.ptr[i];
         char name[NJ_DIGEST_HEX_LEN + 1];
         chunk_name(&p->d, name);
         int dfd = ds->chunkfd[p->d.b[0]];
-        if (linkat(dfd, p->tmp, dfd, name, 0) < 0 && errno != EEXIST && !ret)
+        /* Never link what may not be on disk. */
+        if (ret == 0 && linkat(dfd, p->tmp, dfd, name, 0) < 0 &&
+            errno != EEXIST)
             ret = nj_error_errno(errno, "link chunk '%s'", name);
         unlinkat(dfd, p->tmp, 0);
     }
-    ds->pending.len = 0;
-    ds->pending_bytes = 0;
+
+    pthread_mutex_lock(&ds->lock);
+    ds->flushing.len = 0;
+    ds->flush_active = false;
+    pthread_cond_broadcast(&ds->flushed);
     return ret;
 }
 
@@ -109,7 +141,7 @@ static int dir_sync(struct nj_store *s)
 {
     struct dir_store *ds = to_dir(s);
     pthread_mutex_lock(&ds->lock);
-    int r = pending_flush_locked(ds);
+    int r = pending_flush_locked(ds, true);
     pthread_mutex_unlock(&ds->lock);
     return r;
 }
@@ -159,7 +191,7 @@ static int dir_chunk_put(struct nj_store *s, const struct nj_digest *d,
         ds->pending_bytes += len;
         if (ds->pending.len >= PENDING_MAX_COUNT ||
             ds->pending_bytes >= PENDING_MAX_BYTES)
-            ret = pending_flush_locked(ds);
+            ret = pending_flush_locked(ds, false);
     }
     pthread_mutex_unlock(&ds->lock);
     return ret;
@@ -400,11 +432,14 @@ static void dir_close(struct nj_store *s)
 {
     struct dir_store *ds = to_dir(s);
     pthread_mutex_lock(&ds->lock);
+    while (ds->flush_active)
+        pthread_cond_wait(&ds->flushed, &ds->lock);
     /* Unsynced chunks are dropped: nothing references them. */
     for (size_t i = 0; i < ds->pending.len; i++)
         unlinkat(ds->chunkfd[ds->pending.ptr[i].d.b[0]],
                  ds->pending.ptr[i].tmp, 0);
     pending_vec_reset(&ds->pending);
+    pending_vec_reset(&ds->flushing);
     pthread_mutex_unlock(&ds->lock);
     for (int i = 0; i < 256; i++)
         if (ds->chunkfd[i] >= 0)
@@ -412,6 +447,7 @@ static void dir_close(struct nj_store *s)
     if (ds->rootfd >= 0)
         close(ds->rootfd);
     pthread_mutex_destroy(&ds->lock);
+    pthread_cond_destroy(&ds->flushed);
     free(ds->base.path);
     free(ds);
 }
@@ -587,6 +623,7 @@ struct nj_store *nj_store_dir_open(const char *path, unsigned flags)
     ds->base.ops = &dir_ops;
     ds->base.path = nj_strdup(path);
     pthread_mutex_init(&ds->lock, NULL);
+    pthread_cond_init(&ds->flushed, NULL);
     for (int i = 0; i < 256; i++)
         ds->chunkfd[i] = -1;
     ds->rootfd = NJ_STEAL_FD(&rootfd);
