@@ -629,7 +629,9 @@ int nj_datapath_backup_disk(struct nj_backup *b, const char *target,
     pthread_cond_init(&dp->cond_free, NULL);
     pthread_cond_init(&dp->cond_work, NULL);
     pthread_cond_init(&dp->cond_done, NULL);
-    unsigned nworkers = o->threads ? o->threads : nj_ncpus();
+    /* One more worker than cores: a worker blocked writing a chunk file
+     * would otherwise leave its core idle. */
+    unsigned nworkers = o->threads ? o->threads : nj_ncpus() + 1;
     pthread_t *workers = nj_calloc(nworkers, sizeof *workers);
     unsigned started_workers = 0;
     int ret = -1;

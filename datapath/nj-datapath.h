@@ -33,7 +33,7 @@
 #define NJ_INFLIGHT_DEFAULT (32u << 20)
 
 struct nj_datapath_opts {
-    unsigned threads;      /* workers; 0: one per core */
+    unsigned threads;      /* workers; 0: one per core, plus one */
     unsigned connections;  /* NBD connections; 0: 4 when multi-conn */
     unsigned requests;     /* requests in flight per connection; 0: 4 */
     uint64_t grid;         /* 0: NJ_GRID_DEFAULT */
