@@ -294,12 +294,37 @@ static int wait_exit(pid_t pid)
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
-/* ---- (a) two domains at once ---- */
+/*
+ * Children are fresh instances of this program (re-executed, not merely
+ * forked), like a second nightjar process: they inherit no heap, and
+ * under valgrind (which does not follow exec here) only the test itself
+ * is checked.  The child reads messages on fd 3 and writes them on fd 4.
+ */
+static const char *self_path = "/proc/self/exe"; /* argv[0] when a path */
 
-/* Child: back up d for ROUNDS rounds; at each round say "begun", wait for
- * "go", then write and commit and send the id. */
-static void concurrent_child(const char *store, struct dom *d, int to_parent,
-                             int from_parent)
+static pid_t spawn(const char *const argv[], int from_parent, int to_parent)
+{
+    fflush(NULL);
+    pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        /* Out of the way first (either may be 3 or 4 already); dup2
+         * then clears close-on-exec on the copies. */
+        int in = from_parent >= 0 ? fcntl(from_parent, F_DUPFD_CLOEXEC, 10)
+                                  : -1;
+        int out = fcntl(to_parent, F_DUPFD_CLOEXEC, 10);
+        if (out < 0 || (from_parent >= 0 && in < 0) ||
+            (in >= 0 && dup2(in, 3) < 0) || dup2(out, 4) < 0)
+            _exit(126);
+        execv(self_path, (char *const *)argv);
+        _exit(127);
+    }
+    return pid;
+}
+
+/* Child "writer": back up a domain for ROUNDS rounds; at each round say
+ * "begun", wait for "go", then write, commit and send the id. */
+static int child_writer(const char *store, struct dom *d)
 {
     struct nj_store *s = nj_store_open(store, 0);
     if (!s)
@@ -310,19 +335,99 @@ static void concurrent_child(const char *store, struct dom *d, int to_parent,
         struct nj_backup *b = dom_begin(s, d);
         if (!b)
             child_die("begin %s round %u", d->name, r);
-        send_msg(to_parent, "begun");
-        NJ_CLEANUP_FREE char *go = recv_msg(from_parent);
+        send_msg(4, "begun");
+        NJ_CLEANUP_FREE char *go = recv_msg(3);
         if (!go)
             child_die("no go");
         if (dom_finish(d, b, codec) < 0)
             child_die("backup %s round %u", d->name, r);
-        send_msg(to_parent, nj_backup_id(b));
+        send_msg(4, nj_backup_id(b));
         nj_backup_free(b);
     }
     nj_codec_free(codec);
     nj_store_close(s);
-    _exit(0);
+    return 0;
 }
+
+/* Child "refuse": try to begin round 1 of a domain that is being backed
+ * up; send the error (or "begun"). */
+static int child_refuse(const char *store, struct dom *d)
+{
+    struct nj_store *s = nj_store_open(store, 0);
+    if (!s)
+        child_die("open store");
+    dom_step(d);
+    struct nj_backup *b = dom_begin(s, d);
+    send_text(4, b ? "begun" : nj_error_get());
+    nj_backup_free(b);
+    nj_store_close(s);
+    return 0;
+}
+
+enum death { DIE_EXIT, DIE_KILL, DIE_KILL_LOCK_ONLY };
+static const char *const death_names[] = { "exit", "kill", "killlock" };
+
+/* Child "dead": take the domain's lock, and unless only the lock is
+ * wanted begin round 2 (parent given) and store half of it; say so, then
+ * exit without any cleanup, or wait to be killed. */
+static int child_dead(const char *store, struct dom *d, enum death how,
+                      const char *parent)
+{
+    struct nj_store *s = nj_store_open(store, 0);
+    if (!s)
+        child_die("open store");
+    if (how == DIE_KILL_LOCK_ONLY) {
+        if (nj_backup_lock_domain(s, d->uuid, d->name) < 0)
+            child_die("lock");
+        send_msg(4, "locked");
+    } else {
+        dom_step(d);
+        dom_step(d);
+        d->ids[1] = nj_strdup(parent);
+        struct nj_backup *b = dom_begin(s, d);
+        if (!b)
+            child_die("begin");
+        struct nj_codec *codec = nj_codec_new(1);
+        if (nj_test_store_disk(b, codec, targets[0], d->state[0], d->size[0],
+                               &d->dirty[0], false, 64u << 10) < 0)
+            child_die("store");
+        send_msg(4, nj_backup_id(b));
+        if (how == DIE_EXIT)
+            _exit(0); /* no commit, no free, no close */
+    }
+    for (;;)
+        pause();
+}
+
+/* argv: MODE STORE NAME UUID SEED [DEATH PARENT] */
+static int child_main(int argc, char **argv)
+{
+    uint64_t seed = 0;
+    if (argc < 6 || nj_parse_u64(argv[5], &seed) < 0) {
+        fprintf(stderr, "test-lock: bad child arguments\n");
+        return 2;
+    }
+    struct dom d;
+    dom_init(&d, argv[3], argv[4], seed);
+    int r = 2;
+    if (!strcmp(argv[1], "writer"))
+        r = child_writer(argv[2], &d);
+    else if (!strcmp(argv[1], "refuse"))
+        r = child_refuse(argv[2], &d);
+    else if (!strcmp(argv[1], "dead") && argc == 8)
+        for (int how = 0; how < 3; how++)
+            if (!strcmp(argv[6], death_names[how]))
+                r = child_dead(argv[2], &d, (enum death)how, argv[7]);
+    dom_free(&d);
+    return r;
+}
+
+static char *seed_str(uint64_t seed)
+{
+    return nj_asprintf("%llu", (unsigned long long)seed);
+}
+
+/* ---- (a) two domains at once ---- */
 
 static void test_two_processes(const char *dir, unsigned *restored)
 {
@@ -337,19 +442,11 @@ static void test_two_processes(const char *dir, unsigned *restored)
     pid_t pids[2];
     int up[2][2], down[2][2];
     for (int i = 0; i < 2; i++) {
-        REQUIRE(pipe(up[i]) == 0 && pipe(down[i]) == 0);
-        fflush(NULL);
-        pids[i] = fork();
-        REQUIRE(pids[i] >= 0);
-        if (pids[i] == 0) {
-            close(up[i][0]);
-            close(down[i][1]);
-            if (i == 1) {
-                close(up[0][0]);
-                close(down[0][1]);
-            }
-            concurrent_child(store, &doms[i], up[i][1], down[i][0]);
-        }
+        REQUIRE(pipe2(up[i], O_CLOEXEC) == 0 && pipe2(down[i], O_CLOEXEC) == 0);
+        NJ_CLEANUP_FREE char *seed = seed_str(doms[i].seed);
+        const char *argv[] = { "test-lock", "writer", store, doms[i].name,
+                               doms[i].uuid, seed, NULL };
+        pids[i] = spawn(argv, down[i][0], up[i][1]);
         close(up[i][1]);
         close(down[i][0]);
     }
@@ -502,19 +599,11 @@ static void test_same_domain(const char *dir, unsigned *restored)
 
     /* Another process. */
     int pfd[2];
-    REQUIRE(pipe(pfd) == 0);
-    fflush(NULL);
-    pid_t pid = fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-        close(pfd[0]);
-        struct nj_store *s = nj_store_open(store, 0);
-        if (!s)
-            child_die("open store");
-        struct nj_backup *b = dom_begin(s, &d);
-        send_text(pfd[1], b ? "begun" : nj_error_get());
-        _exit(b ? 1 : 0);
-    }
+    REQUIRE(pipe2(pfd, O_CLOEXEC) == 0);
+    NJ_CLEANUP_FREE char *seed = seed_str(d.seed);
+    const char *argv[] = { "test-lock", "refuse", store, d.name, d.uuid, seed,
+                           NULL };
+    pid_t pid = spawn(argv, -1, pfd[1]);
     close(pfd[1]);
     NJ_CLEANUP_FREE char *msg = recv_text(pfd[0]);
     close(pfd[0]);
@@ -547,13 +636,11 @@ static void test_same_domain(const char *dir, unsigned *restored)
 
 /* ---- (c) a dead writer does not block ---- */
 
-enum death { DIE_EXIT, DIE_KILL, DIE_KILL_LOCK_ONLY };
-
 static void test_dead_writer(const char *dir, enum death how,
                              unsigned *restored)
 {
-    static const char *const hows[] = { "exit", "kill", "killlock" };
-    NJ_CLEANUP_FREE char *store = nj_asprintf("%s/dead-%s", dir, hows[how]);
+    NJ_CLEANUP_FREE char *store = nj_asprintf("%s/dead-%s", dir,
+                                              death_names[how]);
     NJ_CLEANUP_FREE char *scratch = nj_asprintf("%s/dead.raw", dir);
     struct dom d;
     dom_init(&d, "zeta", "f6f6f6f6-0000-4000-8000-000000000006", 66);
@@ -568,38 +655,11 @@ static void test_dead_writer(const char *dir, enum death how,
     nj_backup_free(b);
 
     int pfd[2];
-    REQUIRE(pipe(pfd) == 0);
-    fflush(NULL);
-    pid_t pid = fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-        close(pfd[0]);
-        struct nj_store *cs = nj_store_open(store, 0);
-        if (!cs)
-            child_die("open store");
-        if (how == DIE_KILL_LOCK_ONLY) {
-            if (nj_backup_lock_domain(cs, d.uuid, d.name) < 0)
-                child_die("lock");
-            send_msg(pfd[1], "locked");
-        } else {
-            /* Half a backup: a staged index and pending chunks. */
-            struct dom cd = d;
-            dom_step(&cd);
-            struct nj_backup *cb = dom_begin(cs, &cd);
-            if (!cb)
-                child_die("begin");
-            struct nj_codec *cc = nj_codec_new(1);
-            if (nj_test_store_disk(cb, cc, targets[0], cd.state[0],
-                                   cd.size[0], &cd.dirty[0], false,
-                                   64u << 10) < 0)
-                child_die("store");
-            send_msg(pfd[1], nj_backup_id(cb));
-            if (how == DIE_EXIT)
-                _exit(0); /* no commit, no free, no close */
-        }
-        for (;;)
-            pause();
-    }
+    REQUIRE(pipe2(pfd, O_CLOEXEC) == 0);
+    NJ_CLEANUP_FREE char *seed = seed_str(d.seed);
+    const char *argv[] = { "test-lock", "dead", store, d.name, d.uuid, seed,
+                           death_names[how], d.ids[1], NULL };
+    pid_t pid = spawn(argv, -1, pfd[1]);
     close(pfd[1]);
     NJ_CLEANUP_FREE char *msg = recv_msg(pfd[0]);
     close(pfd[0]);
@@ -785,8 +845,13 @@ static void test_parents(const char *dir, unsigned *restored)
     dom_free(&q);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    /* Under valgrind /proc/self/exe is valgrind itself. */
+    if (strchr(argv[0], '/'))
+        self_path = argv[0];
+    if (argc > 1)
+        return child_main(argc, argv);
     char *dir = nj_test_tmpdir("lock");
     unsigned restored = 0;
     test_two_processes(dir, &restored);
