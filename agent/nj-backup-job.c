@@ -72,7 +72,7 @@ struct job {
     const struct nj_manifest *parent;
     const char *base_cp;
     char *id, *cp_name;
-    bool started, job_running, cp_created;
+    bool started, job_running, cp_created, frozen;
     char *dir, *socket;
     struct job_disk *disks;
     size_t ndisks;
@@ -113,13 +113,40 @@ static bool referenced_checkpoint(const struct nj_catalog *c, const char *name)
     return false;
 }
 
+/*
+ * Job directories are named nj-<store tag>-<domain key>-<backup id>: short,
+ * because the NBD socket inside must fit a Unix socket path, and specific,
+ * so that a run only ever cleans up after runs of the same store and
+ * domain.
+ */
+static char *job_dir_prefix(const struct job *j)
+{
+    char key[9];
+    size_t k = 0;
+    for (const char *p = j->info->uuid; *p && k < 8; p++)
+        if (*p != '-')
+            key[k++] = *p;
+    key[k] = '\0';
+    return nj_asprintf("nj-%s-%s-", j->store_tag, key);
+}
+
+/* Wait until the domain has no backup job (virDomainAbortJob returns
+ * before libvirt has finished ending it). */
+static void wait_job_gone(struct job *j)
+{
+    for (int i = 0; i < 300 && nj_virt_backup_active(j->dom, NULL); i++) {
+        struct timespec ts = { 0, 100 * 1000 * 1000 };
+        nanosleep(&ts, NULL);
+    }
+}
+
 /* Step 2: what a killed run left behind. */
 static int clean_stale(struct job *j)
 {
     char *xml = NULL;
-    NJ_CLEANUP_FREE char *prefix = nj_asprintf("%s/nightjar-%s-",
-                                               j->a->scratch_dir,
-                                               j->info->uuid);
+    NJ_CLEANUP_FREE char *base = job_dir_prefix(j);
+    NJ_CLEANUP_FREE char *prefix = nj_asprintf("%s/%s", j->a->scratch_dir,
+                                               base);
     if (nj_virt_backup_active(j->dom, &xml)) {
         char *sock = NULL;
         struct nj_backup_export *ex = NULL;
@@ -129,15 +156,16 @@ static int clean_stale(struct job *j)
         nj_backup_exports_free(ex, n > 0 ? (size_t)n : 0);
         free(xml);
         if (!ours)
-            return nj_error("domain '%s' has a backup job that nightjar did "
-                            "not start", j->info->name);
+            return nj_error("domain '%s' already has a backup job running "
+                            "(another tool, or nightjar with another store "
+                            "or scratch directory)", j->info->name);
         if (virDomainAbortJob(j->dom) < 0)
             return nj_virt_error("end the stale backup job of '%s'",
                                  j->info->name);
+        wait_job_gone(j);
         note(j, "ended a backup job left by an interrupted run");
     }
     /* Our job directories: we hold the lock, so their runs are dead. */
-    NJ_CLEANUP_FREE char *base = nj_asprintf("nightjar-%s-", j->info->uuid);
     DIR *d = opendir(j->a->scratch_dir);
     if (d) {
         struct dirent *de;
@@ -294,7 +322,10 @@ static struct nj_checkpoint_info *base_info(struct job *j)
         nj_virt_error("checkpoint '%s'", j->base_cp);
         return NULL;
     }
-    char *xml = virDomainCheckpointGetXMLDesc(cp, VIR_DOMAIN_CHECKPOINT_XML_NO_DOMAIN);
+    /* With SIZE, libvirt reports no size for a disk whose bitmap QEMU no
+     * longer has: that is how a lost or broken bitmap shows. */
+    char *xml = virDomainCheckpointGetXMLDesc(
+        cp, VIR_DOMAIN_CHECKPOINT_XML_NO_DOMAIN | VIR_DOMAIN_CHECKPOINT_XML_SIZE);
     virDomainCheckpointFree(cp);
     if (!xml) {
         nj_virt_error("XML of checkpoint '%s'", j->base_cp);
@@ -384,10 +415,13 @@ static int decide(struct job *j)
         if (!base || d->dd->kind != NJ_DISK_QCOW2)
             continue;
         const struct nj_manifest_disk *pd = nj_manifest_disk(base, d->dd->target);
-        bool in_cp = false;
+        bool in_cp = false, broken = false;
         for (size_t k = 0; ci && k < ci->ndisks; k++)
-            in_cp |= strcmp(ci->disks[k].target, d->dd->target) == 0 &&
-                     ci->disks[k].bitmap;
+            if (strcmp(ci->disks[k].target, d->dd->target) == 0 &&
+                ci->disks[k].bitmap) {
+                in_cp = true;
+                broken = ci->disks[k].size < 0;
+            }
         if (!pd)
             note(j, "disk '%s' is new since backup %s: full", d->dd->target,
                  base->id);
@@ -397,6 +431,9 @@ static int decide(struct job *j)
         else if (!in_cp)
             note(j, "disk '%s' has no bitmap in checkpoint '%s': full",
                  d->dd->target, j->base_cp);
+        else if (broken)
+            note(j, "the bitmap of checkpoint '%s' on disk '%s' is missing "
+                 "or inconsistent in QEMU: full", j->base_cp, d->dd->target);
         else {
             d->full = false;
             any_inc = true;
@@ -404,6 +441,8 @@ static int decide(struct job *j)
     }
     nj_checkpoint_info_free(ci);
     if (base && !any_inc) {
+        if (!a->level_auto)
+            note(j, "no disk can be backed up incrementally: taking a full");
         base = NULL;
         j->base_cp = NULL;
         want = NJ_LEVEL_FULL;
@@ -436,8 +475,18 @@ static int check_space(struct job *j)
  * as its DAC user) can use and nobody else can enter. */
 static int make_job_dir(struct job *j)
 {
-    j->dir = nj_asprintf("%s/nightjar-%s-%s", j->a->scratch_dir,
-                         j->info->uuid, j->id);
+    NJ_CLEANUP_FREE char *base = job_dir_prefix(j);
+    j->dir = nj_asprintf("%s/%s%s", j->a->scratch_dir, base, j->id);
+    /* The socket path must fit sockaddr_un.sun_path (108 bytes). */
+    if (strlen(j->dir) + strlen("/nbd.sock") >= 108) {
+        size_t room = 108 - 1 - strlen("/nbd.sock") - strlen(base) -
+                      strlen(j->id) - 1;
+        free(j->dir);
+        j->dir = NULL;
+        return nj_error("scratch directory '%s' is too long for the NBD "
+                        "socket path: use one of at most %zu characters",
+                        j->a->scratch_dir, room);
+    }
     if (mkdir(j->dir, 0700) < 0) {
         int e = errno;
         free(j->dir);
@@ -458,12 +507,18 @@ static int make_job_dir(struct job *j)
 
 static int quiesce(struct job *j, bool freeze)
 {
-    if (!j->a->quiesce)
+    if (!j->a->quiesce || (!freeze && !j->frozen))
         return 0;
+    if (freeze && j->started) {
+        note(j, "the domain was shut off: nothing to quiesce");
+        return 0;
+    }
     int r = freeze ? virDomainFSFreeze(j->dom, NULL, 0, 0)
                    : virDomainFSThaw(j->dom, NULL, 0, 0);
-    if (r >= 0)
+    if (r >= 0) {
+        j->frozen = freeze;
         return 0;
+    }
     nj_virt_error("%s the file systems of '%s' (guest agent)",
                   freeze ? "freeze" : "thaw", j->info->name);
     if (j->a->quiesce == NJ_QUIESCE_TRY) {
@@ -499,9 +554,21 @@ static int begin_job(struct job *j)
     if (quiesce(j, true) < 0)
         return -1;
     int r = virDomainBackupBegin(j->dom, bxml, cxml, 0);
+    int code = r < 0 ? virGetLastErrorCode() : 0;
     if (r < 0)
         nj_virt_error("start the backup of '%s'", j->info->name);
     quiesce(j, false);
+    if (r < 0 && code == VIR_ERR_CHECKPOINT_INCONSISTENT && j->base_cp) {
+        /* A bitmap libvirt could not see in advance is broken: every
+         * disk goes full rather than no backup at all. */
+        note(j, "%s; taking a full instead", nj_error_get());
+        for (size_t i = 0; i < j->ndisks; i++)
+            j->disks[i].full = true;
+        j->base_cp = NULL;
+        j->parent = NULL;
+        j->level = NJ_LEVEL_FULL;
+        return begin_job(j);
+    }
     if (r < 0)
         return -1;
     j->job_running = true;
@@ -595,9 +662,13 @@ static int run_disks(struct job *j)
 
 static void end_job(struct job *j)
 {
-    if (j->job_running && virDomainAbortJob(j->dom) < 0)
+    if (!j->job_running)
+        return;
+    if (virDomainAbortJob(j->dom) < 0)
         note(j, "warning: %s",
              (nj_virt_error("end the backup job"), nj_error_get()));
+    else
+        wait_job_gone(j);
     j->job_running = false;
 }
 

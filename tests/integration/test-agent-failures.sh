@@ -199,12 +199,14 @@ guest_random() {
 wait_job() {
     local uuid pid=$2 d i
     uuid=$(nj_virsh domuuid "$1")
+    uuid=${uuid:0:8}
     job_id=
     for i in $(seq 1200); do
         kill -0 "$pid" 2>/dev/null || return 1
-        d=$(compgen -G "$SC/nightjar-$uuid-*" | head -n 1 || true)
+        # job directories are nj-<store tag>-<first 8 of the UUID>-<id>
+        d=$(compgen -G "$SC/nj-*-$uuid-*" | head -n 1 || true)
         if [ -n "$d" ]; then
-            job_id=${d##*/nightjar-"$uuid"-}
+            job_id=${d##*/nj-*-"$uuid"-}
             if [ -S "$d/nbd.sock" ] && [ -d "$S/staging/$job_id" ]; then
                 sleep 0.5
                 kill -0 "$pid" 2>/dev/null
@@ -259,7 +261,7 @@ if wait_job "$d1" "$pid"; then
     check test "$killed_cp" = "$(jf k1 .checkpoint | sed "s/\.$k1\$/.$job_id/")"
     # What SIGKILL leaves: the job, its directory, its checkpoint, staging.
     if has_job "$d1"; then ok; else fail "no job left by the SIGKILLed run (the test proves nothing)"; fi
-    check test -d "$SC/nightjar-$(nj_virsh domuuid "$d1")-$job_id"
+    check test -n "$(compgen -G "$SC/nj-*-$(nj_virsh domuuid "$d1" | cut -c1-8)-$job_id")"
     check test -d "$S/staging/$job_id"
 else
     fail "the slow backup ended before it could be killed: $(cat "$T/kill.err")"
