@@ -289,11 +289,42 @@ static int dir_backup_publish(struct nj_store *s, const char *id)
     return 0;
 }
 
+/*
+ * Remove a staging directory, its owner record last: a writer killed
+ * halfway through leaves a directory that its domain's next backup still
+ * recognises and removes, or an empty one, never an orphan with content.
+ */
+static int staging_remove_dir(int atfd, const char *path)
+{
+    int fd = openat(atfd, path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
+                                    O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT ? 0 : nj_error_errno(errno, "open '%s'", path);
+    DIR *d = fdopendir(fd);
+    if (!d) {
+        close(fd);
+        return nj_error_errno(errno, "open directory '%s'", path);
+    }
+    int ret = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL)
+        if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..") &&
+            strcmp(de->d_name, "owner.json") &&
+            nj_remove_tree(dirfd(d), de->d_name) < 0)
+            ret = -1;
+    if (ret == 0 && unlinkat(dirfd(d), "owner.json", 0) < 0 && errno != ENOENT)
+        ret = nj_error_errno(errno, "remove '%s/owner.json'", path);
+    closedir(d);
+    if (ret == 0 && unlinkat(atfd, path, AT_REMOVEDIR) < 0 && errno != ENOENT)
+        ret = nj_error_errno(errno, "remove directory '%s'", path);
+    return ret;
+}
+
 static int dir_staging_remove(struct nj_store *s, const char *id)
 {
     struct dir_store *ds = to_dir(s);
     NJ_CLEANUP_FREE char *path = nj_asprintf("staging/%s", id);
-    return nj_remove_tree(ds->rootfd, path);
+    return staging_remove_dir(ds->rootfd, path);
 }
 
 /* The owner key recorded in staging/<id>/owner.json, or NULL. */
@@ -339,7 +370,7 @@ static int dir_staging_clean(struct nj_store *s, const char *owner_key)
             remove = fstatat(dirfd(d), de->d_name, &st, 0) == 0 &&
                      now - st.st_mtime > STAGING_ORPHAN_AGE;
         }
-        if (remove && nj_remove_tree(dirfd(d), de->d_name) < 0)
+        if (remove && staging_remove_dir(dirfd(d), de->d_name) < 0)
             ret = -1;
     }
     closedir(d);
