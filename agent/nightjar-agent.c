@@ -7,7 +7,10 @@
  * Exit status: 0 success, 1 failure, 2 usage.
  */
 #include "nj-agent.h"
+#include "nj-prune.h"
 #include "nj-util.h"
+
+#include <json-c/json.h>
 
 #include <getopt.h>
 #include <stdarg.h>
@@ -25,13 +28,18 @@ static void usage(FILE *f)
         "                        [--scratch-dir DIR] [--scratch-min BYTES]\n"
         "                        [--max-chain N] [--max-age DAYS]\n"
         "       %s estimate -c URI -s STORE (-d DOMAIN | --all) [--json]\n"
+        "       %s prune -s STORE [-d DOMAIN] [--keep-last N] [--keep-hourly N]\n"
+        "                       [--keep-daily N] [--keep-weekly N] [--keep-monthly N]\n"
+        "                       [--keep-yearly N] [--dry-run] [--json]\n"
+        "       %s gc -s STORE [--grace SECONDS] [--json]\n"
+        "       %s protect -s STORE -b ID [--off]\n"
         "       %s import -s STORE -d NAME --disk TARGET [-l full|inc]\n"
         "                        [--bitmap NAME] [--json] SOURCE\n"
         "  SOURCE is a qcow2 or raw image file, or an nbd:// or nbd+unix:// URI\n"
         "  tuning: [--threads N] [--connections N] [--requests N]\n"
         "          [--grid BYTES] [--zstd-level N] [--max-inflight BYTES]\n"
         "       %s --version\n",
-        prog, prog, prog, prog);
+        prog, prog, prog, prog, prog, prog, prog);
 }
 
 NJ_PRINTF(1, 2) static int usage_error(const char *fmt, ...)
@@ -234,6 +242,191 @@ static int cmd_estimate(int argc, char **argv)
     return 0;
 }
 
+enum { OPT_KEEP = 512, OPT_DRY = OPT_KEEP + 6, OPT_GRACE, OPT_OFF };
+
+static int cmd_prune(int argc, char **argv)
+{
+    static const char *const keeps[] = { "keep-last", "keep-hourly",
+                                         "keep-daily", "keep-weekly",
+                                         "keep-monthly", "keep-yearly" };
+    static const struct option opts[] = {
+        { "store", required_argument, NULL, 's' },
+        { "domain", required_argument, NULL, 'd' },
+        { "keep-last", required_argument, NULL, OPT_KEEP + 0 },
+        { "keep-hourly", required_argument, NULL, OPT_KEEP + 1 },
+        { "keep-daily", required_argument, NULL, OPT_KEEP + 2 },
+        { "keep-weekly", required_argument, NULL, OPT_KEEP + 3 },
+        { "keep-monthly", required_argument, NULL, OPT_KEEP + 4 },
+        { "keep-yearly", required_argument, NULL, OPT_KEEP + 5 },
+        { "dry-run", no_argument, NULL, OPT_DRY },
+        { "json", no_argument, NULL, OPT_JSON },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    const char *store = NULL, *domain = NULL;
+    struct nj_keep_rules r = { 0 };
+    unsigned *slot[] = { &r.last, &r.hourly, &r.daily, &r.weekly, &r.monthly,
+                         &r.yearly };
+    bool dry = false, json = false;
+    uint64_t v = 0;
+    int c;
+    while ((c = getopt_long(argc, argv, "s:d:h", opts, NULL)) != -1) {
+        if (c >= OPT_KEEP && c < OPT_KEEP + 6) {
+            NJ_CLEANUP_FREE char *name = nj_asprintf("--%s", keeps[c - OPT_KEEP]);
+            if (parse_num(name, optarg, 0, 1000000, &v))
+                return 2;
+            *slot[c - OPT_KEEP] = (unsigned)v;
+            continue;
+        }
+        switch (c) {
+        case 's': store = optarg; break;
+        case 'd': domain = optarg; break;
+        case OPT_DRY: dry = true; break;
+        case OPT_JSON: json = true; break;
+        case 'h': usage(stdout); return 0;
+        default: return 2; /* getopt said why */
+        }
+    }
+    if (optind < argc)
+        return usage_error("unexpected argument '%s'", argv[optind]);
+    if (!store)
+        return usage_error("a store is required (-s STORE)");
+    struct nj_store *s = nj_store_open(store, 0);
+    struct nj_prune_decision *d = NULL;
+    size_t n = 0;
+    if (!s || nj_prune_plan(s, domain, &r, &d, &n) < 0) {
+        nj_error_print(prog);
+        nj_store_close(s);
+        return 1;
+    }
+    int ret = dry ? 0 : nj_prune_apply(s, d, n);
+    struct json_object *arr = json_object_new_array();
+    for (size_t i = 0; i < n; i++) {
+        const char *action = d[i].mark == NJ_MARK_REMOVE
+                                 ? (dry ? "remove" : d[i].removed ? "removed" : "failed")
+                                 : "keep";
+        if (json) {
+            struct json_object *o = json_object_new_object();
+            json_object_object_add(o, "id", json_object_new_string(d[i].id));
+            json_object_object_add(o, "domain", json_object_new_string(d[i].domain));
+            json_object_object_add(o, "time", json_object_new_int64(d[i].time));
+            json_object_object_add(o, "level", json_object_new_string(nj_level_name(d[i].level)));
+            json_object_object_add(o, "action", json_object_new_string(action));
+            json_object_object_add(o, "reason", json_object_new_string(d[i].reason));
+            if (d[i].error)
+                json_object_object_add(o, "error", json_object_new_string(d[i].error));
+            json_object_array_add(arr, o);
+        } else {
+            printf("%-8s %-26s %-20s %-4s %s%s%s\n", action, d[i].id,
+                   d[i].domain, nj_level_name(d[i].level), d[i].reason,
+                   d[i].error ? ": " : "", d[i].error ? d[i].error : "");
+        }
+    }
+    if (json)
+        printf("%s\n", json_object_to_json_string_ext(
+                           arr, JSON_C_TO_STRING_PRETTY |
+                                    JSON_C_TO_STRING_NOSLASHESCAPE));
+    json_object_put(arr);
+    if (ret < 0)
+        fprintf(stderr, "%s: prune could not remove every backup it should\n",
+                prog);
+    nj_prune_plan_free(d, n);
+    nj_store_close(s);
+    return ret < 0 ? 1 : 0;
+}
+
+static int cmd_gc(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "store", required_argument, NULL, 's' },
+        { "grace", required_argument, NULL, OPT_GRACE },
+        { "json", no_argument, NULL, OPT_JSON },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    const char *store = NULL;
+    uint64_t grace = 3600;
+    bool json = false;
+    int c;
+    while ((c = getopt_long(argc, argv, "s:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 's': store = optarg; break;
+        case OPT_GRACE:
+            if (parse_num("--grace", optarg, 0, 10ull * 365 * 86400, &grace))
+                return 2;
+            break;
+        case OPT_JSON: json = true; break;
+        case 'h': usage(stdout); return 0;
+        default: return 2; /* getopt said why */
+        }
+    }
+    if (optind < argc)
+        return usage_error("unexpected argument '%s'", argv[optind]);
+    if (!store)
+        return usage_error("a store is required (-s STORE)");
+    struct nj_store *s = nj_store_open(store, 0);
+    struct nj_gc_stats st;
+    if (!s || nj_gc(s, (int64_t)grace, &st) < 0) {
+        nj_error_print(prog);
+        nj_store_close(s);
+        return 1;
+    }
+    nj_store_close(s);
+    if (json) {
+        printf("{\"chunks_freed\": %llu, \"bytes_freed\": %llu, "
+               "\"chunks_kept\": %llu, \"bytes_kept\": %llu, "
+               "\"references\": %llu, \"tmp_removed\": %llu, "
+               "\"seconds\": %.3f}\n",
+               (unsigned long long)st.chunks_freed,
+               (unsigned long long)st.bytes_freed,
+               (unsigned long long)st.chunks_kept,
+               (unsigned long long)st.bytes_kept,
+               (unsigned long long)st.referenced,
+               (unsigned long long)st.tmp_removed, st.seconds);
+    } else {
+        char a[32], b[32];
+        printf("gc: freed %llu chunks (%s), kept %llu chunks (%s) in %.1f s\n",
+               (unsigned long long)st.chunks_freed,
+               nj_human_bytes(st.bytes_freed, a, sizeof a),
+               (unsigned long long)st.chunks_kept,
+               nj_human_bytes(st.bytes_kept, b, sizeof b), st.seconds);
+    }
+    return 0;
+}
+
+static int cmd_protect(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "store", required_argument, NULL, 's' },
+        { "backup", required_argument, NULL, 'b' },
+        { "off", no_argument, NULL, OPT_OFF },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    const char *store = NULL, *id = NULL;
+    bool off = false;
+    int c;
+    while ((c = getopt_long(argc, argv, "s:b:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 's': store = optarg; break;
+        case 'b': id = optarg; break;
+        case OPT_OFF: off = true; break;
+        case 'h': usage(stdout); return 0;
+        default: return 2; /* getopt said why */
+        }
+    }
+    if (!store || !id)
+        return usage_error("protect needs -s STORE and -b ID");
+    struct nj_store *s = nj_store_open(store, 0);
+    if (!s || nj_prune_protect(s, id, !off) < 0) {
+        nj_error_print(prog);
+        nj_store_close(s);
+        return 1;
+    }
+    nj_store_close(s);
+    return 0;
+}
+
 static int cmd_import(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -311,5 +504,11 @@ int main(int argc, char **argv)
         return cmd_import(argc - 1, argv + 1);
     if (!strcmp(cmd, "estimate"))
         return cmd_estimate(argc - 1, argv + 1);
+    if (!strcmp(cmd, "prune"))
+        return cmd_prune(argc - 1, argv + 1);
+    if (!strcmp(cmd, "gc"))
+        return cmd_gc(argc - 1, argv + 1);
+    if (!strcmp(cmd, "protect"))
+        return cmd_protect(argc - 1, argv + 1);
     return usage_error("unknown command '%s'", cmd);
 }

@@ -59,7 +59,7 @@ char *nj_backup_id_new(void)
     return nj_asprintf("%s-%02x%02x%02x%02x", stamp, r[0], r[1], r[2], r[3]);
 }
 
-static char *owner_json(const char *lock_key, const char *domain)
+char *nj_backup_owner_json(const char *lock_key, const char *domain)
 {
     struct json_object *o = json_object_new_object();
     json_object_object_add(o, "lock", json_object_new_string(lock_key));
@@ -73,7 +73,7 @@ static char *owner_json(const char *lock_key, const char *domain)
 
 /* The lock key of a domain: its UUID, if it is a safe name, else a
  * digest of it.  Names never go into paths. */
-static char *lock_key(const char *uuid)
+char *nj_backup_lock_key(const char *uuid)
 {
     if (nj_store_name_valid(uuid) && strlen(uuid) <= 64)
         return nj_strdup(uuid);
@@ -132,7 +132,7 @@ struct nj_backup *nj_backup_begin(struct nj_store *s,
             nj_store_unlock_domain(p->lock_fd);
         return NULL;
     }
-    NJ_CLEANUP_FREE char *key = lock_key(p->domain_uuid);
+    NJ_CLEANUP_FREE char *key = nj_backup_lock_key(p->domain_uuid);
     int lock_fd = p->have_lock ? p->lock_fd
                                : nj_store_lock_domain(s, key, p->domain_name);
     if (lock_fd < 0)
@@ -165,7 +165,7 @@ struct nj_backup *nj_backup_begin(struct nj_store *s,
     b->m.checkpoint_xml =
         p->checkpoint_xml ? nj_strdup(p->checkpoint_xml) : NULL;
     b->m.started = (int64_t)time(NULL);
-    NJ_CLEANUP_FREE char *owner = owner_json(key, p->domain_name);
+    NJ_CLEANUP_FREE char *owner = nj_backup_owner_json(key, p->domain_name);
     if (nj_store_staging_create(s, b->m.id, owner) < 0) {
         nj_backup_free(b);
         return NULL;
@@ -287,7 +287,7 @@ int nj_backup_put_chunk(struct nj_backup *b, struct nj_backup_disk *d,
 int nj_backup_lock_domain(struct nj_store *s, const char *domain_uuid,
                           const char *domain_name)
 {
-    NJ_CLEANUP_FREE char *key = lock_key(domain_uuid);
+    NJ_CLEANUP_FREE char *key = nj_backup_lock_key(domain_uuid);
     return nj_store_lock_domain(s, key, domain_name);
 }
 

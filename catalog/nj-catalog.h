@@ -54,6 +54,11 @@ struct nj_backup_params {
  */
 int nj_backup_lock_domain(struct nj_store *s, const char *domain_uuid,
                           const char *domain_name);
+/* The lock key of a domain (as recorded in staged backups' owner.json). */
+char *nj_backup_lock_key(const char *domain_uuid);
+/* The owner record of a staged backup (JSON: lock key, domain, pid,
+ * start time), so that a dead writer's staging can be recognised. */
+char *nj_backup_owner_json(const char *lock_key, const char *domain);
 
 struct nj_backup;
 struct nj_backup_disk;
@@ -144,6 +149,13 @@ struct nj_view;
 /* Open the merged view of (m, target): every index of the chain. */
 struct nj_view *nj_view_open(struct nj_store *s, const struct nj_catalog *c,
                              const struct nj_manifest *m, const char *target);
+/* A view over explicit layers (newest first) of one disk, clipped to
+ * size.  With gaps, ranges no layer covers read as ZERO; without, they
+ * are left out (for merging indexes, where they must stay uncovered). */
+struct nj_view *nj_view_open_layers(struct nj_store *s,
+                                    const struct nj_manifest *const *chain,
+                                    size_t n, const char *target,
+                                    uint64_t size, bool gaps);
 uint64_t nj_view_size(const struct nj_view *v);
 /* The next segment in disk order: DATA (a chunk range) or ZERO (also used
  * for ranges no backup of the chain covers).  Segments tile [0, size).

@@ -152,3 +152,68 @@ void nj_strv_free(char **v)
         free(*p);
     free(v);
 }
+
+int nj_store_staging_link(struct nj_store *s, const char *id, const char *name,
+                          const char *from_id, const char *from_name)
+{
+    CHECK_NAME("backup id", id);
+    CHECK_NAME("file name", name);
+    CHECK_NAME("backup id", from_id);
+    CHECK_NAME("file name", from_name);
+    return s->ops->staging_link(s, id, name, from_id, from_name);
+}
+
+int nj_store_backup_replace(struct nj_store *s, const char *staged_id,
+                            const char *id)
+{
+    CHECK_NAME("backup id", staged_id);
+    CHECK_NAME("backup id", id);
+    return s->ops->backup_replace(s, staged_id, id);
+}
+
+int nj_store_backup_remove(struct nj_store *s, const char *id)
+{
+    CHECK_NAME("backup id", id);
+    return s->ops->backup_remove(s, id);
+}
+
+int nj_store_backup_set_flag(struct nj_store *s, const char *id,
+                             const char *flag, bool on)
+{
+    CHECK_NAME("backup id", id);
+    CHECK_NAME("flag", flag);
+    return s->ops->backup_set_flag(s, id, flag, on);
+}
+
+int nj_store_backup_has_flag(struct nj_store *s, const char *id,
+                             const char *flag)
+{
+    CHECK_NAME("backup id", id);
+    CHECK_NAME("flag", flag);
+    return s->ops->backup_has_flag(s, id, flag);
+}
+
+int nj_store_chunk_mark(struct nj_store *s, const struct nj_digest *d)
+{
+    return s->ops->chunk_mark(s, d);
+}
+
+int nj_store_gc_sweep(struct nj_store *s, int64_t cutoff, int64_t tmp_cutoff,
+                      uint64_t *kept, uint64_t *kept_bytes, uint64_t *freed,
+                      uint64_t *freed_bytes, uint64_t *tmp_removed)
+{
+    return s->ops->gc_sweep(s, cutoff, tmp_cutoff, kept, kept_bytes, freed,
+                            freed_bytes, tmp_removed);
+}
+
+char **nj_store_staging_list(struct nj_store *s)
+{
+    return s->ops->staging_list(s);
+}
+
+char *nj_store_staging_owner(struct nj_store *s, const char *id)
+{
+    if (!nj_store_name_valid(id))
+        return NULL;
+    return s->ops->staging_owner(s, id);
+}

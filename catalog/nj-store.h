@@ -80,6 +80,38 @@ int nj_store_staging_remove(struct nj_store *s, const char *id);
  * held by the caller), and those with no readable owner older than a day. */
 int nj_store_staging_clean(struct nj_store *s, const char *owner_key);
 
+/* Hard-link a published backup's file into a staged backup. */
+int nj_store_staging_link(struct nj_store *s, const char *id, const char *name,
+                          const char *from_id, const char *from_name);
+/* Atomically exchange the staged backup staged_id with the published
+ * backup id (which must exist), then drop the old one. */
+int nj_store_backup_replace(struct nj_store *s, const char *staged_id,
+                            const char *id);
+/* Atomically unpublish backup id, then delete it. */
+int nj_store_backup_remove(struct nj_store *s, const char *id);
+/* Flags of a published backup (e.g. "protected"), kept beside its
+ * manifest: set or clear (durably), and test (1, 0, or -1). */
+int nj_store_backup_set_flag(struct nj_store *s, const char *id,
+                             const char *flag, bool on);
+int nj_store_backup_has_flag(struct nj_store *s, const char *id,
+                             const char *flag);
+
+/*
+ * Garbage collection (see catalog/nj-gc.c for the safety argument).
+ * mark: set a chunk's modification time to now (0, or 1 when absent).
+ * sweep: remove chunk files last modified before cutoff (Unix seconds),
+ * checking each again after moving it aside, so that a chunk a running
+ * backup touches meanwhile survives; also removes stale temporary files
+ * older than tmp_cutoff.  Counts into the four totals.
+ */
+int nj_store_chunk_mark(struct nj_store *s, const struct nj_digest *d);
+int nj_store_gc_sweep(struct nj_store *s, int64_t cutoff, int64_t tmp_cutoff,
+                      uint64_t *kept, uint64_t *kept_bytes, uint64_t *freed,
+                      uint64_t *freed_bytes, uint64_t *tmp_removed);
+/* Staged backups: ids, and the owner record of one (NULL when none). */
+char **nj_store_staging_list(struct nj_store *s);
+char *nj_store_staging_owner(struct nj_store *s, const char *id);
+
 /* Published backups: list ids (a NULL-terminated array to free with
  * nj_strv_free), read a file of one, open one for reading. */
 char **nj_store_backup_list(struct nj_store *s);

@@ -28,9 +28,12 @@ struct nj_view {
     struct layer *layers;
     size_t n;
     uint64_t size, pos;
+    bool gaps;                /* report uncovered ranges (as zero) */
     struct nj_extent pending; /* a zero segment being merged */
     bool have_pending;
 };
+
+#define KIND_GAP 99 /* internal: a range no layer covers */
 
 static void view_close_layers(struct nj_view *v)
 {
@@ -58,18 +61,21 @@ static int layer_advance(struct layer *l, uint64_t pos)
     return 0;
 }
 
-struct nj_view *nj_view_open(struct nj_store *s, const struct nj_catalog *c,
-                             const struct nj_manifest *m, const char *target)
+struct nj_view *nj_view_open_layers(struct nj_store *s,
+                                    const struct nj_manifest *const *chain,
+                                    size_t n, const char *target,
+                                    uint64_t size, bool gaps)
 {
-    const struct nj_manifest **chain = NULL;
-    int n = nj_catalog_chain(c, m, target, &chain);
-    if (n < 0)
-        return NULL;
     struct nj_view *v = nj_calloc(1, sizeof *v);
-    v->layers = nj_calloc((size_t)n, sizeof *v->layers);
-    v->size = nj_manifest_disk(m, target)->size;
-    for (int i = 0; i < n; i++) {
+    v->layers = nj_calloc(n ? n : 1, sizeof *v->layers);
+    v->size = size;
+    v->gaps = gaps;
+    for (size_t i = 0; i < n; i++) {
         const struct nj_manifest_disk *d = nj_manifest_disk(chain[i], target);
+        if (!d) {
+            nj_error("backup '%s' has no disk '%s'", chain[i]->id, target);
+            goto fail;
+        }
         NJ_CLEANUP_FREE char *name =
             nj_asprintf("%s/%s", chain[i]->id, d->index);
         int fd = nj_store_backup_open(s, chain[i]->id, d->index);
@@ -91,18 +97,29 @@ struct nj_view *nj_view_open(struct nj_store *s, const struct nj_catalog *c,
             goto fail;
         }
         v->layers[i].r = r;
-        v->n = (size_t)i + 1;
+        v->n = i + 1;
         v->layers[i].have = true;
         v->layers[i].cur.length = 0; /* forces the first read */
         if (layer_advance(&v->layers[i], 0) < 0)
             goto fail;
     }
-    free(chain);
     return v;
 fail:
-    free(chain);
     nj_view_free(v);
     return NULL;
+}
+
+struct nj_view *nj_view_open(struct nj_store *s, const struct nj_catalog *c,
+                             const struct nj_manifest *m, const char *target)
+{
+    const struct nj_manifest **chain = NULL;
+    int n = nj_catalog_chain(c, m, target, &chain);
+    if (n < 0)
+        return NULL;
+    struct nj_view *v = nj_view_open_layers(
+        s, chain, (size_t)n, target, nj_manifest_disk(m, target)->size, true);
+    free(chain);
+    return v;
 }
 
 uint64_t nj_view_size(const struct nj_view *v)
@@ -137,7 +154,7 @@ static int view_step(struct nj_view *v, struct nj_extent *e)
     memset(e, 0, sizeof *e);
     e->offset = pos;
     e->length = limit - pos;
-    e->kind = NJ_EXTENT_ZERO;
+    e->kind = v->gaps ? NJ_EXTENT_ZERO : (enum nj_extent_kind)KIND_GAP;
     return 1;
 }
 
@@ -148,6 +165,15 @@ int nj_view_next(struct nj_view *v, struct nj_extent *e)
         if (view_step(v, &s) < 0)
             return -1;
         v->pos += s.length;
+        if ((int)s.kind == KIND_GAP) {
+            /* Not covered: ends a pending zero run, emits nothing. */
+            if (v->have_pending) {
+                *e = v->pending;
+                v->have_pending = false;
+                return 1;
+            }
+            continue;
+        }
         if (s.kind == NJ_EXTENT_ZERO) {
             if (v->have_pending)
                 v->pending.length += s.length;

@@ -30,6 +30,21 @@ struct nj_store_ops {
     int (*backup_open)(struct nj_store *s, const char *id, const char *name);
     int (*lock_domain)(struct nj_store *s, const char *key,
                        const char *display_name);
+    int (*staging_link)(struct nj_store *s, const char *id, const char *name,
+                        const char *from_id, const char *from_name);
+    int (*backup_replace)(struct nj_store *s, const char *staged_id,
+                          const char *id);
+    int (*backup_remove)(struct nj_store *s, const char *id);
+    int (*backup_set_flag)(struct nj_store *s, const char *id,
+                           const char *flag, bool on);
+    int (*backup_has_flag)(struct nj_store *s, const char *id,
+                           const char *flag);
+    int (*chunk_mark)(struct nj_store *s, const struct nj_digest *d);
+    int (*gc_sweep)(struct nj_store *s, int64_t cutoff, int64_t tmp_cutoff,
+                    uint64_t *kept, uint64_t *kept_bytes, uint64_t *freed,
+                    uint64_t *freed_bytes, uint64_t *tmp_removed);
+    char **(*staging_list)(struct nj_store *s);
+    char *(*staging_owner)(struct nj_store *s, const char *id);
 };
 
 struct nj_store {

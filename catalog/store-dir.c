@@ -151,11 +151,13 @@ static int dir_chunk_exists(struct nj_store *s, const struct nj_digest *d)
     struct dir_store *ds = to_dir(s);
     char name[NJ_DIGEST_HEX_LEN + 1];
     chunk_name(d, name);
-    struct stat st;
-    if (fstatat(ds->chunkfd[d->b[0]], name, &st, 0) == 0)
+    /* Finding a chunk touches it: garbage collection spares chunks
+     * touched after its cutoff (nj-gc.c), so a backup that dedups against
+     * a chunk can rely on it. */
+    if (utimensat(ds->chunkfd[d->b[0]], name, NULL, 0) == 0)
         return 1;
     if (errno != ENOENT)
-        return nj_error_errno(errno, "stat chunk '%s'", name);
+        return nj_error_errno(errno, "touch chunk '%s'", name);
     pthread_mutex_lock(&ds->lock);
     bool pend = pending_has(ds, d);
     pthread_mutex_unlock(&ds->lock);
@@ -483,6 +485,223 @@ static void dir_close(struct nj_store *s)
     free(ds);
 }
 
+static int dir_chunk_mark(struct nj_store *s, const struct nj_digest *d)
+{
+    struct dir_store *ds = to_dir(s);
+    char name[NJ_DIGEST_HEX_LEN + 1];
+    chunk_name(d, name);
+    if (utimensat(ds->chunkfd[d->b[0]], name, NULL, 0) == 0)
+        return 0;
+    if (errno == ENOENT)
+        return 1; /* missing: verify reports it, gc has nothing to keep */
+    return nj_error_errno(errno, "mark chunk '%s'", name);
+}
+
+static bool is_chunk_name(const char *n)
+{
+    struct nj_digest d;
+    return strlen(n) == NJ_DIGEST_HEX_LEN && nj_digest_from_hex(n, &d) == 0;
+}
+
+/*
+ * Sweep one chunk directory.  A candidate is renamed aside first and its
+ * mtime read from the moved file: a touch that raced with us is then
+ * visible, and such a chunk goes back under its name (unless a backup
+ * wrote a new copy meanwhile).  See nj-gc.c.
+ */
+static int sweep_dir(int dfd, int64_t cutoff, int64_t tmp_cutoff,
+                     uint64_t *kept, uint64_t *kept_bytes, uint64_t *freed,
+                     uint64_t *freed_bytes, uint64_t *tmp_removed)
+{
+    int fd = dup(dfd);
+    DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+    if (!d) {
+        if (fd >= 0)
+            close(fd);
+        return nj_error_errno(errno, "open chunk directory");
+    }
+    int ret = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        const char *n = de->d_name;
+        struct stat st;
+        if (n[0] == '.' && strncmp(n, ".tmp-", 5) != 0 &&
+            strncmp(n, ".gc-", 4) != 0)
+            continue;
+        if (fstatat(dfd, n, &st, AT_SYMLINK_NOFOLLOW) < 0)
+            continue; /* gone meanwhile */
+        if (strncmp(n, ".tmp-", 5) == 0) {
+            if (st.st_mtime < tmp_cutoff && unlinkat(dfd, n, 0) == 0)
+                (*tmp_removed)++;
+            continue;
+        }
+        if (strncmp(n, ".gc-", 4) == 0) {
+            /* Moved aside by a GC that died: decide again. */
+            const char *orig = n + 4;
+            if (st.st_mtime >= cutoff && is_chunk_name(orig) &&
+                linkat(dfd, n, dfd, orig, 0) < 0 && errno != EEXIST)
+                ret = nj_error_errno(errno, "restore chunk '%s'", orig);
+            unlinkat(dfd, n, 0);
+            continue;
+        }
+        if (!is_chunk_name(n))
+            continue;
+        if (st.st_mtime >= cutoff) {
+            (*kept)++;
+            *kept_bytes += (uint64_t)st.st_size;
+            continue;
+        }
+        char aside[NJ_DIGEST_HEX_LEN + 8];
+        snprintf(aside, sizeof aside, ".gc-%s", n);
+        if (renameat(dfd, n, dfd, aside) < 0) {
+            if (errno != ENOENT)
+                ret = nj_error_errno(errno, "move chunk '%s' aside", n);
+            continue;
+        }
+        if (fstatat(dfd, aside, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+            st.st_mtime >= cutoff) {
+            /* Touched while we looked: it stays. */
+            if (linkat(dfd, aside, dfd, n, 0) < 0 && errno != EEXIST)
+                ret = nj_error_errno(errno, "put chunk '%s' back", n);
+            unlinkat(dfd, aside, 0);
+            (*kept)++;
+            *kept_bytes += (uint64_t)st.st_size;
+            continue;
+        }
+        if (unlinkat(dfd, aside, 0) == 0) {
+            (*freed)++;
+            *freed_bytes += (uint64_t)st.st_size;
+        }
+    }
+    closedir(d);
+    return ret;
+}
+
+static int dir_gc_sweep(struct nj_store *s, int64_t cutoff, int64_t tmp_cutoff,
+                        uint64_t *kept, uint64_t *kept_bytes, uint64_t *freed,
+                        uint64_t *freed_bytes, uint64_t *tmp_removed)
+{
+    struct dir_store *ds = to_dir(s);
+    int ret = 0;
+    for (int i = 0; i < 256; i++)
+        if (sweep_dir(ds->chunkfd[i], cutoff, tmp_cutoff, kept, kept_bytes,
+                      freed, freed_bytes, tmp_removed) < 0)
+            ret = -1;
+    /* Removals need no durability: a chunk that comes back after a crash
+     * is only garbage for the next run. */
+    return ret;
+}
+
+static int dir_staging_link(struct nj_store *s, const char *id,
+                            const char *name, const char *from_id,
+                            const char *from_name)
+{
+    struct dir_store *ds = to_dir(s);
+    NJ_CLEANUP_FREE char *from = nj_asprintf("backups/%s/%s", from_id, from_name);
+    NJ_CLEANUP_FREE char *to = nj_asprintf("staging/%s/%s", id, name);
+    if (linkat(ds->rootfd, from, ds->rootfd, to, 0) < 0)
+        return nj_error_errno(errno, "link '%s' into staging", from);
+    return 0;
+}
+
+static int dir_backup_replace(struct nj_store *s, const char *staged_id,
+                              const char *id)
+{
+    struct dir_store *ds = to_dir(s);
+    if (dir_sync(s) < 0)
+        return -1;
+    if (syncfs(ds->rootfd) < 0)
+        return nj_error_errno(errno, "syncfs '%s'", s->path);
+    NJ_CLEANUP_FREE char *from = nj_asprintf("staging/%s", staged_id);
+    NJ_CLEANUP_FREE char *to = nj_asprintf("backups/%s", id);
+    /* One atomic step: readers see the old backup or the new one. */
+    if (renameat2(ds->rootfd, from, ds->rootfd, to, RENAME_EXCHANGE) < 0)
+        return nj_error_errno(errno, "replace backup '%s'", id);
+    if (nj_fsync_dir(ds->rootfd, "backups") < 0 ||
+        nj_fsync_dir(ds->rootfd, "staging") < 0)
+        return -1;
+    /* The old version is now in staging under staged_id. */
+    return staging_remove_dir(ds->rootfd, from);
+}
+
+static int dir_backup_remove(struct nj_store *s, const char *id)
+{
+    struct dir_store *ds = to_dir(s);
+    NJ_CLEANUP_FREE char *from = nj_asprintf("backups/%s", id);
+    NJ_CLEANUP_FREE char *to = nj_asprintf("staging/removed-%s", id);
+    nj_remove_tree(ds->rootfd, to);
+    if (renameat2(ds->rootfd, from, ds->rootfd, to, RENAME_NOREPLACE) < 0)
+        return nj_error_errno(errno, "remove backup '%s'", id);
+    if (nj_fsync_dir(ds->rootfd, "backups") < 0)
+        return -1;
+    return nj_remove_tree(ds->rootfd, to);
+}
+
+static int dir_backup_set_flag(struct nj_store *s, const char *id,
+                               const char *flag, bool on)
+{
+    struct dir_store *ds = to_dir(s);
+    NJ_CLEANUP_FREE char *dir = nj_asprintf("backups/%s", id);
+    NJ_CLEANUP_FREE char *path = nj_asprintf("backups/%s/%s", id, flag);
+    struct stat st;
+    if (fstatat(ds->rootfd, dir, &st, 0) < 0)
+        return nj_error_errno(errno, "backup '%s'", id);
+    if (on) {
+        NJ_CLEANUP_CLOSE int fd = openat(ds->rootfd, dir,
+                                         O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd < 0)
+            return nj_error_errno(errno, "open '%s'", dir);
+        if (faccessat(fd, flag, F_OK, 0) == 0)
+            return 0;
+        return nj_publish_buffer(fd, flag, "", 0);
+    }
+    if (unlinkat(ds->rootfd, path, 0) < 0 && errno != ENOENT)
+        return nj_error_errno(errno, "clear '%s'", path);
+    return nj_fsync_dir(ds->rootfd, dir);
+}
+
+static int dir_backup_has_flag(struct nj_store *s, const char *id,
+                               const char *flag)
+{
+    struct dir_store *ds = to_dir(s);
+    NJ_CLEANUP_FREE char *path = nj_asprintf("backups/%s/%s", id, flag);
+    if (faccessat(ds->rootfd, path, F_OK, 0) == 0)
+        return 1;
+    return errno == ENOENT ? 0 : nj_error_errno(errno, "'%s'", path);
+}
+
+static char **dir_staging_list(struct nj_store *s)
+{
+    struct dir_store *ds = to_dir(s);
+    int fd = openat(ds->rootfd, "staging", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+    if (!d) {
+        if (fd >= 0)
+            close(fd);
+        nj_error_errno(errno, "open 'staging'");
+        return NULL;
+    }
+    size_t n = 0;
+    char **v = nj_calloc(1, sizeof *v);
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        if (!nj_store_name_valid(de->d_name))
+            continue;
+        v = nj_realloc_array(v, n + 2, sizeof *v);
+        v[n++] = nj_strdup(de->d_name);
+        v[n] = NULL;
+    }
+    closedir(d);
+    return v;
+}
+
+static char *dir_staging_owner(struct nj_store *s, const char *id)
+{
+    struct dir_store *ds = to_dir(s);
+    NJ_CLEANUP_FREE char *path = nj_asprintf("staging/%s/owner.json", id);
+    return nj_read_file(ds->rootfd, path, 65536, NULL);
+}
+
 static const struct nj_store_ops dir_ops = {
     .name = "dir",
     .close = dir_close,
@@ -500,6 +719,15 @@ static const struct nj_store_ops dir_ops = {
     .backup_read = dir_backup_read,
     .backup_open = dir_backup_open,
     .lock_domain = dir_lock_domain,
+    .staging_link = dir_staging_link,
+    .backup_replace = dir_backup_replace,
+    .backup_remove = dir_backup_remove,
+    .backup_set_flag = dir_backup_set_flag,
+    .backup_has_flag = dir_backup_has_flag,
+    .chunk_mark = dir_chunk_mark,
+    .gc_sweep = dir_gc_sweep,
+    .staging_list = dir_staging_list,
+    .staging_owner = dir_staging_owner,
 };
 
 /* Entries of dirfd/path other than "." and ".." (-1 on error); with

@@ -1,0 +1,146 @@
+/*
+ * nj-gc.c: garbage collection of chunks, mark and sweep.
+ *
+ * Why a backup running at the same time never loses a chunk:
+ *
+ * A chunk's modification time is its mark.  GC starts at T0 and computes
+ * a cutoff no later than T0 - grace and no later than the start of the
+ * oldest backup still running (staging with a live owner, seen through
+ * the domain lock).  It then marks, by setting the mtime to now, every
+ * chunk that a committed backup listed after T0 references, and removes
+ * chunks whose mtime is older than the cutoff.  A backup's chunk is either
+ *  (a) one it wrote: written after the backup started, so its mtime is
+ *      after the cutoff; or
+ *  (b) one it found already there and deduplicated against: finding it
+ *      sets its mtime to now (nj_store_chunk_exists touches it), which is
+ *      after the cutoff too.
+ * The last race is between that touch and the sweep's decision, so the
+ * sweep never unlinks a name it has only looked at: it first renames the
+ * chunk aside (atomic), then looks at the mtime of what it moved.  A touch
+ * that came before the rename is seen, and the chunk goes back under its
+ * name; a touch after it finds no file, and the backup writes the chunk
+ * anew.  Either way the chunk the backup relies on exists when it
+ * commits.  Backups that commit during the mark phase are covered by (a)
+ * and (b) as well, and prune's merged indexes reference only chunks that
+ * the indexes they replace referenced.  If any listed backup cannot be
+ * read, GC stops before sweeping: it never removes a chunk on a guess.
+ *
+ * Crash safety: marks are only timestamps; a chunk moved aside by a GC
+ * killed at that instant is put back or removed by the next run by the
+ * same rule.  Memory: indexes are streamed, and repeated references are
+ * skipped with a fixed-size cache, so memory does not grow with the store.
+ */
+#include "nj-prune.h"
+#include "nj-util.h"
+
+#include <json-c/json.h>
+#include <string.h>
+#include <time.h>
+
+#define MARK_CACHE_SLOTS (1u << 18) /* 8 MiB of digests */
+#define START_MARGIN 60             /* seconds of clock slack */
+
+static double now_sec(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* The oldest start of a backup still running; dead runs' staging is
+ * removed on the way (its domain lock is free). */
+/* Returns t0 + 1 when no backup runs. */
+static int64_t oldest_running(struct nj_store *s, int64_t t0)
+{
+    int64_t oldest = t0 + 1;
+    char **ids = nj_store_staging_list(s);
+    for (char **id = ids; id && *id; id++) {
+        NJ_CLEANUP_FREE char *text = nj_store_staging_owner(s, *id);
+        struct json_object *o = text ? json_tokener_parse(text) : NULL;
+        struct json_object *k = NULL, *st = NULL;
+        const char *key = o && json_object_object_get_ex(o, "lock", &k)
+                              ? json_object_get_string(k)
+                              : NULL;
+        int64_t started = o && json_object_object_get_ex(o, "started", &st)
+                              ? json_object_get_int64(st)
+                              : t0; /* unreadable: as if it started now */
+        int fd = key ? nj_store_lock_domain(s, key, key) : -1;
+        if (fd >= 0) {
+            /* Nobody holds it: a dead run's leftovers. */
+            nj_store_staging_remove(s, *id);
+            nj_store_unlock_domain(fd);
+        } else {
+            /* Running (or unreadable: be conservative). */
+            oldest = NJ_MIN(oldest, started);
+        }
+        json_object_put(o);
+    }
+    nj_strv_free(ids);
+    return oldest;
+}
+
+static int mark_backup(struct nj_store *s, const struct nj_manifest *m,
+                       struct nj_digest *cache, struct nj_gc_stats *st)
+{
+    for (size_t k = 0; k < m->ndisks; k++) {
+        const struct nj_manifest_disk *d = &m->disks[k];
+        NJ_CLEANUP_FREE char *name = nj_asprintf("%s/%s", m->id, d->index);
+        int fd = nj_store_backup_open(s, m->id, d->index);
+        struct nj_index_reader *r =
+            fd >= 0 ? nj_index_reader_open(fd, name, &d->index_digest, d->size)
+                    : NULL;
+        if (!r)
+            return nj_error_prefix("gc: cannot read backup '%s'", m->id);
+        struct nj_extent e;
+        int rc;
+        while ((rc = nj_index_reader_next(r, &e)) == 1) {
+            if (e.kind != NJ_EXTENT_DATA)
+                continue;
+            st->referenced++;
+            uint32_t slot;
+            memcpy(&slot, e.digest.b, sizeof slot);
+            slot &= MARK_CACHE_SLOTS - 1;
+            if (nj_digest_eq(&cache[slot], &e.digest))
+                continue;
+            if (nj_store_chunk_mark(s, &e.digest) < 0) {
+                nj_index_reader_free(r);
+                return -1;
+            }
+            cache[slot] = e.digest;
+        }
+        nj_index_reader_free(r);
+        if (rc < 0)
+            return nj_error_prefix("gc: backup '%s'", m->id);
+    }
+    return 0;
+}
+
+int nj_gc(struct nj_store *s, int64_t grace, struct nj_gc_stats *st)
+{
+    memset(st, 0, sizeof *st);
+    double t_start = now_sec();
+    int64_t t0 = (int64_t)time(NULL);
+    int64_t cutoff = t0 - grace;
+    int64_t oldest = oldest_running(s, t0);
+    if (oldest < t0 + 1)
+        cutoff = NJ_MIN(cutoff, oldest - START_MARGIN);
+    struct nj_catalog *c = nj_catalog_open(s);
+    if (!c)
+        return -1;
+    int ret = 0;
+    if (nj_catalog_broken_count(c) > 0)
+        ret = nj_error("gc: backup '%s' is unreadable (%s); not sweeping",
+                       nj_catalog_broken_id(c, 0),
+                       nj_catalog_broken_error(c, 0));
+    struct nj_digest *cache = nj_calloc(MARK_CACHE_SLOTS, sizeof *cache);
+    for (size_t i = 0; ret == 0 && i < nj_catalog_count(c); i++)
+        ret = mark_backup(s, nj_catalog_get(c, i), cache, st);
+    free(cache);
+    nj_catalog_free(c);
+    if (ret == 0)
+        ret = nj_store_gc_sweep(s, cutoff, t0 - 86400, &st->chunks_kept,
+                                &st->bytes_kept, &st->chunks_freed,
+                                &st->bytes_freed, &st->tmp_removed);
+    st->seconds = now_sec() - t_start;
+    return ret;
+}
