@@ -27,15 +27,8 @@ while [ $# -gt 0 ]; do
     shift
 done
 
-here=$(cd "$(dirname "$0")/.." && pwd)
-if [ -z "${NIGHTJAR_AGENT:-}" ]; then
-    if [ ! -d "$here/build-bench" ]; then
-        meson setup "$here/build-bench" -Dbuildtype=release >/dev/null
-    fi
-    ninja -C "$here/build-bench" >/dev/null
-    NIGHTJAR_AGENT=$here/build-bench/agent/nightjar-agent
-    NJ_BENCH_COMPUTE=$here/build-bench/benchmarks/nj-bench-compute
-fi
+. "$(dirname "$0")/lib-bench.sh"
+nj_bench_build build-bench
 : "${NJ_BENCH_COMPUTE:?}"
 for t in qemu-img qemu-nbd nbdcopy jq; do
     command -v $t >/dev/null || { echo "SKIP: $t not installed" >&2; exit 77; }
@@ -52,52 +45,18 @@ else
     mkdir -p "$dir"
 fi
 raw=$dir/image.raw img=$dir/image.qcow2
-stamp="$vsize $bin $rnd $rnd_at"
-if [ ! -f "$img" ] || [ "$(cat "$dir/stamp" 2>/dev/null)" != "$stamp" ]; then
-    echo "generating the image in $dir ..." >&2
-    rm -f "$raw" "$img"
-    truncate -s $vsize "$raw"
-    # real binaries, in a stable order (head ends the pipe early: no pipefail)
-    set +o pipefail
-    find /usr/lib /usr/bin /usr/libexec /usr/sbin -xdev -type f -size +16k 2>/dev/null \
-        | LC_ALL=C sort | xargs -d '\n' cat 2>/dev/null | head -c $bin \
-        | dd of="$raw" conv=notrunc bs=1M iflag=fullblock status=none
-    set -o pipefail
-    head -c $rnd /dev/urandom | dd of="$raw" conv=notrunc bs=1M seek=$((rnd_at >> 20)) \
-        iflag=fullblock status=none
-    qemu-img convert -q -f raw -O qcow2 "$raw" "$img"
-    echo "$stamp" > "$dir/stamp"
-fi
+nj_bench_image "$dir" $vsize $bin $rnd $rnd_at
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/nj-bench-work.XXXXXX")
-qpid=
-cleanup() { [ -n "$qpid" ] && kill $qpid 2>/dev/null; rm -rf "$work"; }
+cleanup() { [ -z "$nj_bench_qpid" ] || kill "$nj_bench_qpid" 2>/dev/null; rm -rf "$work"; }
 trap 'cleanup; [ $tiny = 1 ] && rm -rf "$dir"' EXIT
 
-median() { LC_ALL=C sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+median() { nj_bench_median; }
 
-# --- bound 1: nbdcopy from the same kind of qemu-nbd export ---
-sock=$work/nbd.sock
-qemu-nbd --read-only --persistent --shared=16 --cache=none --aio=native \
-    --format=qcow2 --socket="$sock" "$img" 2>/dev/null &
-qpid=$!
-for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
-t_copy=()
-for _ in $(seq $runs); do
-    s=$(date +%s.%N)
-    nbdcopy "nbd+unix:///?socket=$sock" null:
-    t_copy+=("$(echo "$(date +%s.%N) - $s" | bc)")
-done
-kill $qpid; wait $qpid 2>/dev/null || true; qpid=
-copy=$(printf '%s\n' "${t_copy[@]}" | median)
-
-# --- bound 2: compute on the same bytes ---
-t_cpu=()
-for _ in $(seq $runs); do
-    t_cpu+=("$("$NJ_BENCH_COMPUTE" --json "$raw" | jq .seconds)")
-done
-cpu=$(printf '%s\n' "${t_cpu[@]}" | median)
-cpu_json=$("$NJ_BENCH_COMPUTE" --json "$raw")
+# --- the bounds: nbdcopy from the same kind of qemu-nbd export, and
+# compute on the same bytes ---
+nj_bench_bounds "$img" "$raw" "$runs"
+copy=$nj_bound_copy cpu=$nj_bound_cpu
 
 # --- nightjar-agent import ---
 t_imp=() rss=()
@@ -112,7 +71,7 @@ imp=$(printf '%s\n' "${t_imp[@]}" | median)
 rss_max=$(printf '%s\n' "${rss[@]}" | sort -n | tail -1)
 stored=$(jq '.disks[0].bytes_stored' "$work/imp.json")
 store_du=$(du -sb "$work/store" | cut -f1)
-data=$(echo "$cpu_json" | jq .bytes)
+data=$nj_bound_data
 
 bound=$(echo "if ($copy > $cpu) $copy else $cpu" | bc -l)
 ratio=$(echo "$bound / $imp" | bc -l)
