@@ -274,43 +274,76 @@ static int select_disks(struct job *j)
     return 0;
 }
 
-/* Make the base checkpoint known to libvirt again, redefining the chain
- * from the catalog when the metadata was lost.  0 when usable. */
-static int ensure_base_checkpoint(struct job *j, const struct nj_manifest *base)
+static bool checkpoint_exists(struct job *j, const char *name)
 {
-    virDomainCheckpointPtr cp =
-        virDomainCheckpointLookupByName(j->dom, base->checkpoint_name, 0);
+    virDomainCheckpointPtr cp = virDomainCheckpointLookupByName(j->dom, name, 0);
     if (cp) {
         virDomainCheckpointFree(cp);
-        return 0;
+        return true;
     }
     virResetLastError();
-    /* Redefine root first: a checkpoint's parent must exist. */
+    return false;
+}
+
+/*
+ * Make the base checkpoint known to libvirt again when the metadata was
+ * lost (domain undefined and defined again, moved to another host): every
+ * checkpoint of this domain in the catalog that libvirt no longer knows is
+ * redefined from the XML kept there, oldest first, each validated against
+ * the bitmaps QEMU has.  The <parent> each XML names may be gone (another
+ * tool's checkpoint, or one of an older chain), so each is re-parented to
+ * the newest checkpoint redefined or present before it.  Only a failure on
+ * the base's own chain matters; 0 when the base is usable.
+ */
+static int ensure_base_checkpoint(struct job *j, const struct nj_manifest *base)
+{
+    if (checkpoint_exists(j, base->checkpoint_name))
+        return 0;
+    /* The base's chain, to know which failures matter. */
     const struct nj_manifest *chain[256];
-    size_t n = 0;
-    for (const struct nj_manifest *m = base; m && n < NJ_ARRAY_SIZE(chain);
+    size_t nchain = 0;
+    for (const struct nj_manifest *m = base; m && nchain < NJ_ARRAY_SIZE(chain);
          m = m->parent ? nj_catalog_find(j->cat, m->parent) : NULL)
-        chain[n++] = m;
-    for (size_t i = n; i-- > 0;) {
-        const struct nj_manifest *m = chain[i];
-        if (!m->checkpoint_name || !m->checkpoint_xml)
+        chain[nchain++] = m;
+    const char *prev = NULL;
+    for (size_t i = 0; i < nj_catalog_count(j->cat); i++) {
+        const struct nj_manifest *m = nj_catalog_get(j->cat, i);
+        if (strcmp(m->domain_uuid, j->info->uuid) != 0 || !m->checkpoint_name ||
+            !m->checkpoint_xml)
             continue;
-        cp = virDomainCheckpointLookupByName(j->dom, m->checkpoint_name, 0);
-        if (cp) {
-            virDomainCheckpointFree(cp);
+        if (m->finished_us > base->finished_us)
+            break;
+        bool in_chain = false;
+        for (size_t k = 0; k < nchain; k++)
+            in_chain |= chain[k] == m;
+        if (checkpoint_exists(j, m->checkpoint_name)) {
+            prev = m->checkpoint_name;
             continue;
         }
-        virResetLastError();
-        cp = virDomainCheckpointCreateXML(
-            j->dom, m->checkpoint_xml,
-            VIR_DOMAIN_CHECKPOINT_CREATE_REDEFINE |
-                VIR_DOMAIN_CHECKPOINT_CREATE_REDEFINE_VALIDATE);
-        if (!cp)
-            return nj_virt_error("redefine checkpoint '%s'", m->checkpoint_name);
+        NJ_CLEANUP_FREE char *xml =
+            nj_xml_checkpoint_reparent(m->checkpoint_xml, prev);
+        virDomainCheckpointPtr cp =
+            xml ? virDomainCheckpointCreateXML(
+                      j->dom, xml,
+                      VIR_DOMAIN_CHECKPOINT_CREATE_REDEFINE |
+                          VIR_DOMAIN_CHECKPOINT_CREATE_REDEFINE_VALIDATE)
+                : NULL;
+        if (!cp) {
+            if (xml)
+                nj_virt_error("redefine checkpoint '%s'", m->checkpoint_name);
+            if (in_chain)
+                return -1;
+            virResetLastError();
+            continue; /* an older chain's bitmaps may be gone: not needed */
+        }
         virDomainCheckpointFree(cp);
         note(j, "redefined checkpoint '%s' from the store", m->checkpoint_name);
+        prev = m->checkpoint_name;
     }
-    return 0;
+    return checkpoint_exists(j, base->checkpoint_name)
+               ? 0
+               : nj_error("checkpoint '%s' could not be redefined",
+                          base->checkpoint_name);
 }
 
 /* Bitmap disks of the base checkpoint, as libvirt reports them. */

@@ -756,3 +756,26 @@ void nj_checkpoint_info_free(struct nj_checkpoint_info *c)
     free(c->parent);
     free(c);
 }
+
+char *nj_xml_checkpoint_reparent(const char *xml, const char *parent)
+{
+    CLEANUP_DOC xmlDocPtr doc = parse_doc(xml, "checkpoint XML",
+                                          "domaincheckpoint");
+    if (!doc)
+        return NULL;
+    if (parent && check_checkpoint_name("parent", parent) < 0)
+        return NULL;
+    xmlNodePtr root = xmlDocGetRootElement(doc);
+    for (xmlNodePtr n = root->children, next = NULL; n; n = next) {
+        next = n->next;
+        if (n->type == XML_ELEMENT_NODE && xmlStrEqual(n->name, X("parent"))) {
+            xmlUnlinkNode(n);
+            xmlFreeNode(n);
+        }
+    }
+    if (parent) {
+        xmlNodePtr p = add_child(root, "parent", NULL);
+        add_child(p, "name", parent);
+    }
+    return doc_dump(doc);
+}

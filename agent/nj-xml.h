@@ -136,6 +136,11 @@ struct nj_checkpoint_info {
     struct nj_checkpoint_disk_info *disks;
 };
 struct nj_checkpoint_info *nj_checkpoint_info_parse(const char *xml);
+
+/* The checkpoint XML with its <parent> set to parent (or removed when
+ * parent is NULL), for redefining a checkpoint whose recorded parent is
+ * gone.  New string, or NULL with the last error. */
+char *nj_xml_checkpoint_reparent(const char *xml, const char *parent);
 void nj_checkpoint_info_free(struct nj_checkpoint_info *c);
 
 #endif

@@ -51,7 +51,7 @@ char *nj_backup_id_new(void)
         uint32_t x = (uint32_t)ts.tv_nsec ^ (uint32_t)getpid();
         memcpy(r, &x, sizeof r);
     }
-    time_t now = time(NULL);
+    time_t now = (time_t)(nj_now_us() / 1000000);
     struct tm tm;
     gmtime_r(&now, &tm);
     char stamp[32];
@@ -65,7 +65,7 @@ char *nj_backup_owner_json(const char *lock_key, const char *domain)
     json_object_object_add(o, "lock", json_object_new_string(lock_key));
     json_object_object_add(o, "domain", json_object_new_string(domain));
     json_object_object_add(o, "pid", json_object_new_int64(getpid()));
-    json_object_object_add(o, "started", json_object_new_int64(time(NULL)));
+    json_object_object_add(o, "started", json_object_new_int64(time(NULL))); /* real: gc reads it */
     char *s = nj_strdup(json_object_to_json_string(o));
     json_object_put(o);
     return s;
@@ -164,7 +164,7 @@ struct nj_backup *nj_backup_begin(struct nj_store *s,
         p->checkpoint_name ? nj_strdup(p->checkpoint_name) : NULL;
     b->m.checkpoint_xml =
         p->checkpoint_xml ? nj_strdup(p->checkpoint_xml) : NULL;
-    b->m.started = (int64_t)time(NULL);
+    b->m.started = nj_now_us() / 1000000;
     NJ_CLEANUP_FREE char *owner = nj_backup_owner_json(key, p->domain_name);
     if (nj_store_staging_create(s, b->m.id, owner) < 0) {
         nj_backup_free(b);
@@ -353,10 +353,8 @@ int nj_backup_commit(struct nj_backup *b)
         /* The manifest borrows the disk's strings; see nj_backup_free. */
         b->m.disks[b->m.ndisks++] = d->md;
     }
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    b->m.finished = (int64_t)ts.tv_sec;
-    b->m.finished_us = (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+    b->m.finished_us = nj_now_us();
+    b->m.finished = b->m.finished_us / 1000000;
     NJ_CLEANUP_FREE char *text = nj_manifest_to_json(&b->m);
     if (nj_store_staging_put(b->store, b->m.id, NJ_MANIFEST_NAME, text,
                              strlen(text)) < 0)

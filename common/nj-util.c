@@ -7,6 +7,7 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #define NJ_ERROR_MAX 1024
 
@@ -106,6 +107,24 @@ char *nj_asprintf(const char *fmt, ...)
     if (r < 0)
         nj_oom(0);
     return s;
+}
+
+int64_t nj_now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    int64_t real = (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+    static int64_t offset, init;
+    if (!__atomic_load_n(&init, __ATOMIC_ACQUIRE)) {
+        const char *f = getenv("NIGHTJAR_FAKE_NOW");
+        uint64_t fake = 0;
+        int64_t off = f && nj_parse_u64(f, &fake) == 0
+                          ? (int64_t)fake * 1000000 - real
+                          : 0;
+        __atomic_store_n(&offset, off, __ATOMIC_RELAXED);
+        __atomic_store_n(&init, 1, __ATOMIC_RELEASE);
+    }
+    return real + __atomic_load_n(&offset, __ATOMIC_RELAXED);
 }
 
 unsigned nj_ncpus(void)

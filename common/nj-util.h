@@ -135,6 +135,14 @@ static inline uint64_t nj_get_le64(const unsigned char *p)
 /* True when all len bytes of buf are zero. */
 bool nj_is_zero(const void *buf, size_t len);
 
+/*
+ * The wall clock that backups are stamped with, in microseconds.  When
+ * the environment has NIGHTJAR_FAKE_NOW=<Unix seconds>, the clock starts
+ * there (and runs at real speed): the scheduler uses it to drive simulated
+ * nights in tests.  Garbage collection never uses it.
+ */
+int64_t nj_now_us(void);
+
 /* Number of online CPUs, at least 1. */
 unsigned nj_ncpus(void);
 
