@@ -8,6 +8,7 @@
  */
 #include "nj-agent.h"
 #include "nj-prune.h"
+#include "nj-schedule.h"
 #include "nj-util.h"
 
 #include <json-c/json.h>
@@ -32,6 +33,7 @@ static void usage(FILE *f)
         "                       [--keep-daily N] [--keep-weekly N] [--keep-monthly N]\n"
         "                       [--keep-yearly N] [--dry-run] [--json]\n"
         "       %s gc -s STORE [--grace SECONDS] [--json]\n"
+        "       %s run --config FILE [--once]\n"
         "       %s protect -s STORE -b ID [--off]\n"
         "       %s import -s STORE -d NAME --disk TARGET [-l full|inc]\n"
         "                        [--bitmap NAME] [--json] SOURCE\n"
@@ -39,7 +41,7 @@ static void usage(FILE *f)
         "  tuning: [--threads N] [--connections N] [--requests N]\n"
         "          [--grid BYTES] [--zstd-level N] [--max-inflight BYTES]\n"
         "       %s --version\n",
-        prog, prog, prog, prog, prog, prog, prog);
+        prog, prog, prog, prog, prog, prog, prog, prog);
 }
 
 NJ_PRINTF(1, 2) static int usage_error(const char *fmt, ...)
@@ -242,7 +244,51 @@ static int cmd_estimate(int argc, char **argv)
     return 0;
 }
 
-enum { OPT_KEEP = 512, OPT_DRY = OPT_KEEP + 6, OPT_GRACE, OPT_OFF };
+enum { OPT_KEEP = 512, OPT_DRY = OPT_KEEP + 6, OPT_GRACE, OPT_OFF,
+       OPT_CONFIG, OPT_ONCE, OPT_SIM_FROM, OPT_SIM_RUNS };
+
+static int cmd_run(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "config", required_argument, NULL, OPT_CONFIG },
+        { "once", no_argument, NULL, OPT_ONCE },
+        { "simulate-from", required_argument, NULL, OPT_SIM_FROM },
+        { "simulate-runs", required_argument, NULL, OPT_SIM_RUNS },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    struct nj_run_opts o = { 0 };
+    uint64_t v = 0;
+    int c;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case OPT_CONFIG: o.config = optarg; break;
+        case OPT_ONCE: o.once = true; break;
+        case OPT_SIM_FROM:
+            if (parse_num("--simulate-from", optarg, 1, INT64_MAX, &v)) return 2;
+            o.simulate_from = (int64_t)v;
+            break;
+        case OPT_SIM_RUNS:
+            if (parse_num("--simulate-runs", optarg, 1, 100000, &v)) return 2;
+            o.simulate_runs = (unsigned)v;
+            break;
+        case 'h': usage(stdout); return 0;
+        default: return 2; /* getopt said why */
+        }
+    }
+    if (optind < argc)
+        return usage_error("unexpected argument '%s'", argv[optind]);
+    if (!o.config)
+        return usage_error("run needs --config FILE");
+    if (!o.simulate_from != !o.simulate_runs)
+        return usage_error("--simulate-from and --simulate-runs go together");
+    nj_agent_install_signals();
+    if (nj_agent_run(&o) < 0) {
+        nj_error_print(prog);
+        return 1;
+    }
+    return 0;
+}
 
 static int cmd_prune(int argc, char **argv)
 {
@@ -508,6 +554,8 @@ int main(int argc, char **argv)
         return cmd_prune(argc - 1, argv + 1);
     if (!strcmp(cmd, "gc"))
         return cmd_gc(argc - 1, argv + 1);
+    if (!strcmp(cmd, "run"))
+        return cmd_run(argc - 1, argv + 1);
     if (!strcmp(cmd, "protect"))
         return cmd_protect(argc - 1, argv + 1);
     return usage_error("unknown command '%s'", cmd);
