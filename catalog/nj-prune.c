@@ -3,12 +3,17 @@
  *
  * For a child C of the removed backup X, and each disk of C:
  *  - a full disk of C keeps its index (a hard link of the same file);
- *  - an incremental disk gets a new index: the merged view of [C, X]
- *    without gap filling, i.e. C's entries, and X's entries for every
- *    range C does not cover.  The disk is full in C' when it was in X.
+ *  - an incremental disk gets a new index: the merged view of [C, X],
+ *    i.e. C's entries, and X's entries for every range C does not cover.
+ *    When the disk is full in X, X ends its chain, so a range neither
+ *    covers (beyond X's size, on a disk that grew) restores as zeroes:
+ *    the merge writes it as a zero entry and the disk is full in C'.
+ *    Otherwise such ranges stay uncovered and X's parent shows through,
+ *    as it did.
  * C' has X's parent; when no disk of C' depends on a parent any more it
- * becomes a full.  C' is built in staging and swapped with C in one
- * atomic exchange; only when every child is replaced is X removed.
+ * becomes a full.  C' keeps C's flags (protected).  C' is built in staging
+ * and swapped with C in one atomic exchange; only when every child is
+ * replaced is X removed.
  *
  * A crash before an exchange leaves C and X untouched (the staging
  * directory is cleaned like any other); after it, C' and X both exist and
@@ -24,6 +29,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#define PROTECTED_FLAG "protected"
+
 static int merge_disk(struct nj_store *s, const char *sid,
                       const struct nj_manifest *child,
                       const struct nj_manifest *x,
@@ -36,7 +43,7 @@ static int merge_disk(struct nj_store *s, const char *sid,
                         "'%s' lacks the disk", child->id, out->target, x->id);
     const struct nj_manifest *layers[2] = { child, x };
     struct nj_view *v = nj_view_open_layers(s, layers, 2, out->target,
-                                            cd->size, false);
+                                            cd->size, xd->full);
     if (!v)
         return -1;
     int fd = nj_store_staging_open(s, sid, out->index);
@@ -57,8 +64,7 @@ static int merge_disk(struct nj_store *s, const char *sid,
     if (ret < 0)
         return nj_error_prefix("merge '%s' into '%s' disk '%s'", x->id,
                                child->id, out->target);
-    /* Full when x's disk was full, provided the merge covers it all (a
-     * disk that grew since x keeps uncovered tail: it stays dependent). */
+    /* Full when x's disk was full (then the view filled every gap). */
     out->full = xd->full && out->covered == out->size;
     return 0;
 }
@@ -109,6 +115,8 @@ static int merge_child(struct nj_store *s, const struct nj_manifest *child,
             m.level = NJ_LEVEL_INC;
         }
     }
+    if (ret == 0 && nj_prune_is_protected(s, child->id))
+        ret = nj_store_staging_put(s, sid, PROTECTED_FLAG, "", 0);
     if (ret == 0) {
         NJ_CLEANUP_FREE char *text = nj_manifest_to_json(&m);
         ret = nj_store_staging_put(s, sid, NJ_MANIFEST_NAME, text,
@@ -150,12 +158,12 @@ int nj_prune_remove(struct nj_store *s, const char *id)
 
 int nj_prune_protect(struct nj_store *s, const char *id, bool on)
 {
-    return nj_store_backup_set_flag(s, id, "protected", on);
+    return nj_store_backup_set_flag(s, id, PROTECTED_FLAG, on);
 }
 
 bool nj_prune_is_protected(struct nj_store *s, const char *id)
 {
-    return nj_store_backup_has_flag(s, id, "protected") == 1;
+    return nj_store_backup_has_flag(s, id, PROTECTED_FLAG) == 1;
 }
 
 static int cmp_decision(const void *a, const void *b)
