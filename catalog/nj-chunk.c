@@ -56,6 +56,39 @@ static uint32_t frame_crc(const unsigned char *hdr, const void *rest,
     return nj_crc32c(crc, rest, rest_len);
 }
 
+/*
+ * Already-compressed or encrypted data does not shrink, and compressing a
+ * whole chunk of it costs as much as compressing text.  A large chunk is
+ * therefore sampled first, at its start, middle and end: when none of the
+ * three samples shrinks by 2 % at level 1, the chunk is stored as it is.
+ * (Being wrong costs only compression on a chunk whose three samples
+ * looked random and whose rest did not; the frame is valid either way.)
+ */
+#define SAMPLE (32u << 10)
+
+static bool sample_shrinks(struct nj_codec *c, const unsigned char *p,
+                           void *scratch, size_t cap)
+{
+    size_t n = ZSTD_compressCCtx(c->cctx, scratch, cap, p, SAMPLE, 1);
+    return ZSTD_isError(n) || n < SAMPLE - SAMPLE / 50;
+}
+
+static bool looks_incompressible(struct nj_codec *c, const void *raw,
+                                 size_t raw_len, void *scratch, size_t cap)
+{
+    if (raw_len < 8 * SAMPLE)
+        return false;
+    const unsigned char *p = raw;
+    bool shrinks = sample_shrinks(c, p, scratch, cap) ||
+                   sample_shrinks(c, p + raw_len / 2, scratch, cap) ||
+                   sample_shrinks(c, p + raw_len - SAMPLE, scratch, cap);
+    /* compressCCtx replaced the parameters: restore the codec's. */
+    ZSTD_CCtx_reset(c->cctx, ZSTD_reset_session_and_parameters);
+    ZSTD_CCtx_setParameter(c->cctx, ZSTD_c_compressionLevel, c->level);
+    ZSTD_CCtx_setParameter(c->cctx, ZSTD_c_checksumFlag, 0);
+    return !shrinks;
+}
+
 size_t nj_chunk_encode(struct nj_codec *c, const void *raw, size_t raw_len,
                        void *out, size_t out_cap)
 {
@@ -71,7 +104,9 @@ size_t nj_chunk_encode(struct nj_codec *c, const void *raw, size_t raw_len,
     unsigned char *payload = hdr + NJ_CHUNK_HEADER_LEN;
     size_t cap = out_cap - NJ_CHUNK_HEADER_LEN;
     uint8_t flags = 0;
-    size_t stored = ZSTD_compress2(c->cctx, payload, cap, raw, raw_len);
+    size_t stored = raw_len;
+    if (!looks_incompressible(c, raw, raw_len, payload, cap))
+        stored = ZSTD_compress2(c->cctx, payload, cap, raw, raw_len);
     if (ZSTD_isError(stored)) {
         nj_error("zstd compress: %s", ZSTD_getErrorName(stored));
         return 0;
