@@ -66,6 +66,8 @@ struct stats {
     unsigned became_full, refused;
     uint64_t refs_before, refs_after; /* with repeats, summed */
     uint64_t distinct_before, distinct_after;
+    unsigned refs_grew; /* removals after which references (with repeats)
+                           grew: a parent's entry split around a child's */
 };
 
 struct world {
@@ -594,6 +596,7 @@ static void prune_one(struct world *w, const char *id_in)
     CHECK(digests_subset(&ra, &rb));
     w->st.refs_before += nb;
     w->st.refs_after += na;
+    w->st.refs_grew += na > nb;
     w->st.distinct_before += rb.len;
     w->st.distinct_after += ra.len;
     if (r == 0)
@@ -955,10 +958,11 @@ int main(int argc, char **argv)
            "%u disk restores compared, %u chains resolved, %u verifies\n",
            w.st.removals, w.st.merged_children, w.st.became_full,
            w.st.refused, w.st.restores, w.st.chains, w.st.verifies);
-    printf("chunk references around removals: %llu before, %llu after "
-           "(distinct chunks %llu before, %llu after)\n",
+    printf("chunk references around removals: %llu before, %llu after, "
+           "more after %u removals (entries split); distinct chunks %llu "
+           "before, %llu after, never more\n",
            (unsigned long long)w.st.refs_before,
-           (unsigned long long)w.st.refs_after,
+           (unsigned long long)w.st.refs_after, w.st.refs_grew,
            (unsigned long long)w.st.distinct_before,
            (unsigned long long)w.st.distinct_after);
 
