@@ -270,25 +270,38 @@ static int dir_staging_put(struct nj_store *s, const char *id,
     return nj_publish_buffer(fd, name, buf, len);
 }
 
-static int dir_backup_publish(struct nj_store *s, const char *id)
+/*
+ * Make every chunk and staged file durable, then move staging/<staged_id>
+ * into backups/<id> with one renameat2 (flags: RENAME_NOREPLACE to
+ * publish, RENAME_EXCHANGE to replace).  0; 1 when the rename happened
+ * but a directory fsync after it failed; -1 when nothing moved.
+ */
+static int move_into_backups(struct dir_store *ds, const char *staged_id,
+                             const char *id, unsigned flags)
 {
-    struct dir_store *ds = to_dir(s);
-    if (dir_sync(s) < 0)
+    if (dir_sync(&ds->base) < 0)
         return -1;
     /* Covers the staged files and the chunk links made by dir_sync. */
     if (syncfs(ds->rootfd) < 0)
-        return nj_error_errno(errno, "syncfs '%s'", s->path);
-    NJ_CLEANUP_FREE char *from = nj_asprintf("staging/%s", id);
+        return nj_error_errno(errno, "syncfs '%s'", ds->base.path);
+    NJ_CLEANUP_FREE char *from = nj_asprintf("staging/%s", staged_id);
     NJ_CLEANUP_FREE char *to = nj_asprintf("backups/%s", id);
-    if (renameat2(ds->rootfd, from, ds->rootfd, to, RENAME_NOREPLACE) < 0)
-        return nj_error_errno(errno, "publish backup '%s'", id);
-    /* Published: from here on the backup exists, so a failing directory
-     * fsync is reported as "committed, durability unknown" (1), never as
-     * a failed commit that a caller would roll back. */
+    if (renameat2(ds->rootfd, from, ds->rootfd, to, flags) < 0)
+        return nj_error_errno(errno, "%s backup '%s'",
+                              flags == RENAME_EXCHANGE ? "replace" : "publish",
+                              id);
     if (nj_fsync_dir(ds->rootfd, "backups") < 0 ||
         nj_fsync_dir(ds->rootfd, "staging") < 0)
         return 1;
     return 0;
+}
+
+static int dir_backup_publish(struct nj_store *s, const char *id)
+{
+    /* Once published the backup exists, so a failing directory fsync is
+     * reported as "committed, durability unknown" (1), never as a failed
+     * commit that a caller would roll back. */
+    return move_into_backups(to_dir(s), id, id, RENAME_NOREPLACE);
 }
 
 /*
@@ -608,20 +621,17 @@ static int dir_backup_replace(struct nj_store *s, const char *staged_id,
                               const char *id)
 {
     struct dir_store *ds = to_dir(s);
-    if (dir_sync(s) < 0)
-        return -1;
-    if (syncfs(ds->rootfd) < 0)
-        return nj_error_errno(errno, "syncfs '%s'", s->path);
-    NJ_CLEANUP_FREE char *from = nj_asprintf("staging/%s", staged_id);
-    NJ_CLEANUP_FREE char *to = nj_asprintf("backups/%s", id);
     /* One atomic step: readers see the old backup or the new one. */
-    if (renameat2(ds->rootfd, from, ds->rootfd, to, RENAME_EXCHANGE) < 0)
-        return nj_error_errno(errno, "replace backup '%s'", id);
-    if (nj_fsync_dir(ds->rootfd, "backups") < 0 ||
-        nj_fsync_dir(ds->rootfd, "staging") < 0)
+    int r = move_into_backups(ds, staged_id, id, RENAME_EXCHANGE);
+    if (r < 0)
         return -1;
     /* The old version is now in staging under staged_id. */
-    return staging_remove_dir(ds->rootfd, from);
+    NJ_CLEANUP_FREE char *old = nj_asprintf("staging/%s", staged_id);
+    if (staging_remove_dir(ds->rootfd, old) < 0)
+        return -1;
+    return r > 0 ? nj_error("replaced backup '%s', but could not make the "
+                            "change durable", id)
+                 : 0;
 }
 
 static int dir_backup_remove(struct nj_store *s, const char *id)
