@@ -131,6 +131,8 @@ static int cmd_list(struct nj_store *s, const struct nj_catalog *c,
             json_object_object_add(o, "time", json_object_new_int64(m->finished));
             json_object_object_add(o, "started", json_object_new_int64(m->started));
             json_object_object_add(o, "checkpoint", m->checkpoint_name ? json_object_new_string(m->checkpoint_name) : NULL);
+            json_object_object_add(o, "protected", json_object_new_boolean(
+                                                       nj_store_backup_has_flag(s, m->id, "protected") == 1));
             struct json_object *disks = json_object_new_array();
             for (size_t k = 0; k < m->ndisks; k++) {
                 const struct nj_manifest_disk *d = &m->disks[k];
