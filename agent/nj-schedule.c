@@ -13,13 +13,16 @@
 #include <strings.h>
 #include <time.h>
 
-static const char *const dow_names[] = { "sun", "mon", "tue", "wed",
-                                         "thu", "fri", "sat" };
+static const char *const dow_names[] = { "sunday", "monday", "tuesday",
+                                         "wednesday", "thursday", "friday",
+                                         "saturday" };
 
+/* "Mon" or "Monday", any case. */
 static int parse_dow(const char *s, size_t len)
 {
     for (int i = 0; i < 7; i++)
-        if (len >= 3 && strncasecmp(s, dow_names[i], 3) == 0)
+        if ((len == 3 || len == strlen(dow_names[i])) &&
+            strncasecmp(s, dow_names[i], len) == 0)
             return i;
     return -1;
 }
@@ -42,6 +45,8 @@ static int parse_dow_spec(const char *s, uint8_t *mask)
                 break;
         }
         s += len + (comma ? 1 : 0);
+        if (comma && !*s)
+            return -1; /* "Mon," */
     }
     return *mask ? 0 : -1;
 }
@@ -65,8 +70,8 @@ static int parse_field(const char *s, unsigned limit, uint64_t *mask)
     }
     char buf[128];
     snprintf(buf, sizeof buf, "%s", s);
-    for (char *save = NULL, *t = strtok_r(buf, ",", &save); t;
-         t = strtok_r(NULL, ",", &save)) {
+    /* (strsep, not strtok: an empty item, "1,,2" or "1,", is an error) */
+    for (char *rest = buf, *t; (t = strsep(&rest, ",")) != NULL;) {
         uint64_t v = 0;
         if (nj_parse_u64(t, &v) < 0 || v >= limit)
             return -1;
@@ -92,8 +97,7 @@ static int parse_time(const char *s, struct nj_calendar *c)
     if (c2)
         snprintf(sec, sizeof sec, "%s", c2 + 1);
     uint64_t hours = 0, minutes = 0, zs = 0;
-    if ((h[0] ? parse_field(h, 24, &hours) : (hours = 0xffffff, 0)) < 0 ||
-        parse_field(m, 60, &minutes) < 0 || nj_parse_u64(sec, &zs) < 0 ||
+    if (parse_field(h, 24, &hours) < 0 || parse_field(m, 60, &minutes) < 0 || nj_parse_u64(sec, &zs) < 0 ||
         zs != 0)
         return -1;
     c->hours = (uint32_t)hours;
@@ -137,13 +141,32 @@ int nj_calendar_parse(const char *spec, struct nj_calendar *c)
     return 0;
 }
 
+static bool same_wall_minute(const struct tm *a, int64_t t)
+{
+    time_t tt = (time_t)t;
+    struct tm b;
+    localtime_r(&tt, &b);
+    return a->tm_min == b.tm_min && a->tm_hour == b.tm_hour &&
+           a->tm_mday == b.tm_mday && a->tm_mon == b.tm_mon &&
+           a->tm_year == b.tm_year;
+}
+
+/* The minute t matches, and its local time is not a repeat of an earlier
+ * minute (when clocks go back, the repeated local times fire once, at
+ * their first occurrence: the shifts in use are 30, 60 or 120 minutes). */
 static bool matches(const struct nj_calendar *c, int64_t t)
 {
     time_t tt = (time_t)t;
     struct tm tm;
     localtime_r(&tt, &tm);
-    return (c->dow >> tm.tm_wday & 1) && (c->hours >> tm.tm_hour & 1) &&
-           (c->minutes >> tm.tm_min & 1);
+    if (!((c->dow >> tm.tm_wday & 1) && (c->hours >> tm.tm_hour & 1) &&
+          (c->minutes >> tm.tm_min & 1)))
+        return false;
+    static const int64_t shifts[] = { 1800, 3600, 7200 };
+    for (size_t i = 0; i < NJ_ARRAY_SIZE(shifts); i++)
+        if (same_wall_minute(&tm, t - shifts[i]))
+            return false;
+    return true;
 }
 
 int64_t nj_calendar_next(const struct nj_calendar *c, int64_t t)
@@ -207,6 +230,20 @@ static char *trim(char *s)
     return s;
 }
 
+static int set_string(const char *path, int line, const char *key,
+                      const char *v, char **out)
+{
+    if (!*v)
+        return nj_error("%s:%d: %s: no value", path, line, key);
+    if (!strcmp(key, "level") && strcmp(v, "auto") && strcmp(v, "full") &&
+        strcmp(v, "inc") && strcmp(v, "diff") && strcmp(v, "copy"))
+        return nj_error("%s:%d: level: auto, full, inc, diff or copy, not "
+                        "'%s'", path, line, v);
+    free(*out);
+    *out = nj_strdup(v);
+    return 0;
+}
+
 static int set_uint(const char *path, int line, const char *key,
                     const char *v, unsigned *out)
 {
@@ -236,11 +273,8 @@ static int config_line(struct nj_config *c, const char *path, int line,
         { "state-file", &c->state_file }, { "level", &c->level },
     };
     for (size_t i = 0; i < NJ_ARRAY_SIZE(strs); i++)
-        if (!strcmp(key, strs[i].k)) {
-            free(*strs[i].p);
-            *strs[i].p = nj_strdup(v);
-            return 0;
-        }
+        if (!strcmp(key, strs[i].k))
+            return set_string(path, line, key, v, strs[i].p);
     if (!strcmp(key, "domains") || !strcmp(key, "exclude")) {
         char ***p = !strcmp(key, "domains") ? &c->domains : &c->exclude;
         nj_strv_free(*p);
@@ -287,8 +321,8 @@ struct nj_config *nj_config_load(const char *path)
     c->gc = true;
     c->gc_grace = 3600;
     int line = 0;
-    for (char *save = NULL, *l = strtok_r(text, "\n", &save); l;
-         l = strtok_r(NULL, "\n", &save)) {
+    /* (strsep, not strtok: blank lines count for the line numbers) */
+    for (char *rest = text, *l; (l = strsep(&rest, "\n")) != NULL;) {
         line++;
         char *hash = strchr(l, '#');
         if (hash)

@@ -18,6 +18,13 @@
  *       optional weekday list or range ("Mon..Fri", "Sat,Sun"), the date
  *       part "*-*-*", and hour and minute fields that are a number, "*",
  *       a comma list ("2,14") or a step ("*\/6"); seconds must be 0.
+ * A weekday is "Mon" or "Monday", in any case.
+ *
+ * Times are local.  When clocks go forward, a time in the skipped hour
+ * does not exist and does not fire that day ("daily 02:30" on the
+ * spring-forward day of Europe/Berlin: the next match is the next day's
+ * 02:30).  When clocks go back, a time in the repeated hour fires once,
+ * at its first occurrence; the repeat is no match.
  */
 struct nj_calendar {
     uint8_t dow;        /* bit d: weekday d (0 = Sunday) */
