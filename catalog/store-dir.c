@@ -639,12 +639,14 @@ static int dir_backup_remove(struct nj_store *s, const char *id)
     struct dir_store *ds = to_dir(s);
     NJ_CLEANUP_FREE char *from = nj_asprintf("backups/%s", id);
     NJ_CLEANUP_FREE char *to = nj_asprintf("staging/removed-%s", id);
-    nj_remove_tree(ds->rootfd, to);
+    /* Owner record last, as for any staging directory: a removal killed
+     * halfway leaves one that the domain's next backup still removes. */
+    staging_remove_dir(ds->rootfd, to);
     if (renameat2(ds->rootfd, from, ds->rootfd, to, RENAME_NOREPLACE) < 0)
         return nj_error_errno(errno, "remove backup '%s'", id);
     if (nj_fsync_dir(ds->rootfd, "backups") < 0)
         return -1;
-    return nj_remove_tree(ds->rootfd, to);
+    return staging_remove_dir(ds->rootfd, to);
 }
 
 static int dir_backup_set_flag(struct nj_store *s, const char *id,
