@@ -11,7 +11,8 @@
  * A run that the host missed (it was down at the scheduled time) is made
  * once at start-up: the state file records the last scheduled time served.
  * SIGTERM or SIGINT stops the service: running backups get SIGTERM and
- * roll back (nothing committed is touched), and the state is saved.
+ * roll back (nothing committed is touched), and the state is saved.  A
+ * run that was stopped does not count as served: the next start makes it.
  *
  * The clock can be simulated (--simulate-from, --simulate-runs): each run
  * then happens at the next scheduled time of a virtual clock, with no
@@ -436,7 +437,14 @@ static void run_once(struct service *sv, int64_t fake_now)
         if (running == 0)
             break;
         int status = 0;
-        pid_t pid = waitpid(-1, &status, 0);
+        pid_t pid = waitpid(-1, &status, WNOHANG);
+        if (pid == 0) {
+            /* Polled: a signal that came just before a blocking wait
+             * would go unnoticed until a backup ended by itself. */
+            struct timespec ts = { 0, 100 * 1000 * 1000 };
+            nanosleep(&ts, NULL);
+            continue;
+        }
         if (pid < 0) {
             if (errno == EINTR)
                 continue;
@@ -538,7 +546,8 @@ int nj_agent_run(const struct nj_run_opts *o)
         if (prev > 0 && sv.last_served > 0 && sv.last_served < prev) {
             logline("missed the run of %lld: running now", (long long)prev);
             run_once(&sv, sim ? now : 0);
-            sv.last_served = prev;
+            if (!nj_agent_interrupted)
+                sv.last_served = prev;
             write_status(&sv);
             save_state(&sv);
         } else if (sv.last_served == 0 && prev > 0) {
@@ -559,7 +568,8 @@ int nj_agent_run(const struct nj_run_opts *o)
             if (nj_agent_interrupted)
                 break;
             run_once(&sv, sim ? next : 0);
-            sv.last_served = next;
+            if (!nj_agent_interrupted)
+                sv.last_served = next;
             if (!sim)
                 now = (int64_t)time(NULL);
             runs++;
