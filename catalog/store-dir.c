@@ -533,6 +533,9 @@ static int sweep_dir(int dfd, int64_t cutoff, int64_t tmp_cutoff,
             close(fd);
         return nj_error_errno(errno, "open chunk directory");
     }
+    /* The duplicate shares dfd's offset, which the last sweep through
+     * this store handle left at the end: start from the beginning. */
+    rewinddir(d);
     int ret = 0;
     struct dirent *de;
     while ((de = readdir(d)) != NULL) {
