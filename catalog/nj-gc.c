@@ -25,10 +25,15 @@
  * the indexes they replace referenced.  If any listed backup cannot be
  * read, GC stops before sweeping: it never removes a chunk on a guess.
  *
- * Crash safety: marks are only timestamps; a chunk moved aside by a GC
- * killed at that instant is put back or removed by the next run by the
- * same rule.  Memory: indexes are streamed, and repeated references are
- * skipped with a fixed-size cache, so memory does not grow with the store.
+ * Crash safety: marks are only timestamps.  A chunk moved aside by a GC
+ * killed at that instant (.gc-<name>) is put back by the next run's mark
+ * when a committed backup references it (a backup touched it just before
+ * it was moved: its mark may be older than the next run's cutoff), and
+ * otherwise put back or removed by the sweep's rule.  Until that next
+ * run such a chunk is missing for readers.
+ *
+ * Memory: indexes are streamed, and repeated references are skipped with
+ * a fixed-size cache, so memory does not grow with the store.
  */
 #include "nj-prune.h"
 #include "nj-util.h"

@@ -503,11 +503,24 @@ static int dir_chunk_mark(struct nj_store *s, const struct nj_digest *d)
     struct dir_store *ds = to_dir(s);
     char name[NJ_DIGEST_HEX_LEN + 1];
     chunk_name(d, name);
-    if (utimensat(ds->chunkfd[d->b[0]], name, NULL, 0) == 0)
+    int dfd = ds->chunkfd[d->b[0]];
+    if (utimensat(dfd, name, NULL, 0) == 0)
         return 0;
-    if (errno == ENOENT)
-        return 1; /* missing: verify reports it, gc has nothing to keep */
-    return nj_error_errno(errno, "mark chunk '%s'", name);
+    if (errno != ENOENT)
+        return nj_error_errno(errno, "mark chunk '%s'", name);
+    /* A gc killed between moving a chunk aside and putting it back (a
+     * backup touched it meanwhile) left it as .gc-<name>: referenced, so
+     * it goes back now, whatever its age. */
+    char aside[NJ_DIGEST_HEX_LEN + 8];
+    snprintf(aside, sizeof aside, ".gc-%s", name);
+    if (linkat(dfd, aside, dfd, name, 0) < 0 && errno != EEXIST) {
+        if (errno == ENOENT)
+            return 1; /* missing: verify reports it, gc has nothing to keep */
+        return nj_error_errno(errno, "put chunk '%s' back", name);
+    }
+    if (utimensat(dfd, name, NULL, 0) < 0)
+        return nj_error_errno(errno, "mark chunk '%s'", name);
+    return 0;
 }
 
 static bool is_chunk_name(const char *n)
