@@ -179,7 +179,10 @@ guest_random() {
     local dom=$1 t=$2 off len out f=$T/random.bin qdev
     off=$(nj_bytes "$3") && len=$(nj_bytes "$4") || return 1
     qdev=/machine/peripheral/ua-nj-$t/virtio-backend
-    head -c "$len" /dev/urandom >"$f"
+    # base64 of random bytes: fresh every time (no dedup), and compressible
+    # enough (6 bits a byte) that zstd really runs on it: the slow settings
+    # then make a backup slow (nightjar skips compressing random data).
+    { head -c "$len" /dev/urandom | base64 -w 0 || true; } | head -c "$len" >"$f"
     chmod 0644 "$f"
     out=$(nj_virsh qemu-monitor-command "$dom" --hmp "qemu-io -d $qdev \"write -s $f $off $len\"" 2>&1 \
         | tr -d '\r' | sed '/^[[:space:]]*$/d')

@@ -783,7 +783,9 @@ static void watcher_drain(struct watcher *wt, const struct world *w,
     ssize_t len;
     while ((len = read(wt->fd, buf, sizeof buf)) > 0) {
         for (char *p = buf; p < buf + len;) {
-            const struct inotify_event *ev = (const struct inotify_event *)p;
+            /* Through void *: buf is aligned for the events, and each
+             * event's length keeps the next one aligned. */
+            const struct inotify_event *ev = (const void *)p;
             p += sizeof *ev + ev->len;
             const char *name = ev->len ? ev->name : "";
             enum trigger t = TRIG_COUNT;
