@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libnbd.h>
+#include <pthread.h>
 #include <linux/fs.h>
 #include <stdio.h>
 #include <string.h>
@@ -140,16 +141,156 @@ static struct nj_output *fd_open(const char *path, uint64_t size, bool force)
     return NULL;
 }
 
-/* ---- qcow2 through qemu-nbd ---- */
+/* ---- qcow2 through qemu-nbd ----
+ *
+ * One thread owns the libnbd handle and keeps many asynchronous writes in
+ * flight, so that qemu-nbd allocates and writes clusters in parallel;
+ * synchronous writes from the restore workers would go one at a time.
+ * pwrite copies the data into a queued request and returns; it blocks
+ * only while MAX_QUEUED bytes are queued or in flight, which bounds the
+ * memory.  A write that fails is reported by the next pwrite and by
+ * finish, so a restore never ends well with data missing.
+ */
+
+#define MAX_QUEUED (64u << 20)
+#define MAX_IN_FLIGHT 16
+
+struct wreq {
+    struct wreq *next;
+    struct nbd_output *n;
+    uint64_t off;
+    size_t len;
+    bool zero;
+    char data[];
+};
 
 struct nbd_output {
     struct nj_output base;
     struct nbd_handle *nbd;
+    pthread_t tid;
+    bool started;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    struct wreq *head, *tail; /* queued, not yet submitted */
+    uint64_t queued;          /* bytes queued or in flight */
+    unsigned in_flight;
+    bool stop, failed;
+    char error[512];
 };
 
 static int nbd_err(const char *what, const char *path)
 {
     return nj_error("%s '%s': %s", what, path, nbd_get_error());
+}
+
+static void wfail(struct nbd_output *n, const char *msg)
+{
+    if (!n->failed) {
+        n->failed = true;
+        snprintf(n->error, sizeof n->error, "%s", msg);
+    }
+}
+
+/* Runs in the writer thread, inside libnbd: no libnbd calls here. */
+static int wdone(void *user_data, int *error)
+{
+    struct wreq *r = user_data;
+    struct nbd_output *n = r->n;
+    pthread_mutex_lock(&n->lock);
+    if (*error) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "write '%s' at offset %llu: %s",
+                 n->base.path, (unsigned long long)r->off, strerror(*error));
+        wfail(n, msg);
+    }
+    n->in_flight--;
+    n->queued -= r->zero ? 0 : r->len;
+    pthread_cond_broadcast(&n->cond);
+    pthread_mutex_unlock(&n->lock);
+    free(r);
+    return 1;
+}
+
+static void *writer(void *arg)
+{
+    struct nbd_output *n = arg;
+    for (;;) {
+        pthread_mutex_lock(&n->lock);
+        while (n->head && n->in_flight < MAX_IN_FLIGHT && !n->failed) {
+            struct wreq *r = n->head;
+            n->head = r->next;
+            if (!n->head)
+                n->tail = NULL;
+            n->in_flight++;
+            pthread_mutex_unlock(&n->lock);
+            nbd_completion_callback cb = { .callback = wdone, .user_data = r };
+            int64_t c = r->zero ? nbd_aio_zero(n->nbd, r->len, r->off, cb, 0)
+                                : nbd_aio_pwrite(n->nbd, r->data, r->len,
+                                                 r->off, cb, 0);
+            pthread_mutex_lock(&n->lock);
+            if (c < 0) {
+                char msg[512];
+                snprintf(msg, sizeof msg, "write '%s': %s", n->base.path,
+                         nbd_get_error());
+                wfail(n, msg);
+                n->in_flight--;
+                n->queued -= r->zero ? 0 : r->len;
+                free(r);
+            }
+        }
+        bool done = n->stop && !n->head && n->in_flight == 0;
+        bool idle = !n->head && n->in_flight == 0;
+        bool failed = n->failed;
+        if (idle && !done && !failed)
+            pthread_cond_wait(&n->cond, &n->lock);
+        pthread_mutex_unlock(&n->lock);
+        if (done || (failed && n->in_flight == 0))
+            break;
+        if (!idle && nbd_poll(n->nbd, 5) < 0) {
+            pthread_mutex_lock(&n->lock);
+            char msg[512];
+            snprintf(msg, sizeof msg, "write '%s': %s", n->base.path,
+                     nbd_get_error());
+            wfail(n, msg);
+            n->in_flight = 0; /* the connection is gone */
+            pthread_cond_broadcast(&n->cond);
+            pthread_mutex_unlock(&n->lock);
+            break;
+        }
+    }
+    return NULL;
+}
+
+static int enqueue(struct nbd_output *n, const void *buf, size_t len,
+                   uint64_t off, bool zero)
+{
+    struct wreq *r = nj_malloc(sizeof *r + (zero ? 0 : len));
+    r->next = NULL;
+    r->n = n;
+    r->off = off;
+    r->len = len;
+    r->zero = zero;
+    if (!zero)
+        memcpy(r->data, buf, len);
+    pthread_mutex_lock(&n->lock);
+    while (!n->failed && !zero && n->queued > 0 &&
+           n->queued + len > MAX_QUEUED)
+        pthread_cond_wait(&n->cond, &n->lock);
+    if (n->failed) {
+        nj_error("%s", n->error);
+        pthread_mutex_unlock(&n->lock);
+        free(r);
+        return -1;
+    }
+    n->queued += zero ? 0 : len;
+    if (n->tail)
+        n->tail->next = r;
+    else
+        n->head = r;
+    n->tail = r;
+    pthread_cond_broadcast(&n->cond);
+    pthread_mutex_unlock(&n->lock);
+    return 0;
 }
 
 static int nbd_out_pwrite(struct nj_output *o, const void *buf, size_t len,
@@ -160,8 +301,8 @@ static int nbd_out_pwrite(struct nj_output *o, const void *buf, size_t len,
     const char *p = buf;
     while (len > 0) {
         size_t k = NJ_MIN(len, (size_t)(32u << 20));
-        if (nbd_pwrite(n->nbd, p, k, off, 0) < 0)
-            return nbd_err("write", o->path);
+        if (enqueue(n, p, k, off, false) < 0)
+            return -1;
         p += k;
         off += k;
         len -= k;
@@ -172,16 +313,42 @@ static int nbd_out_pwrite(struct nj_output *o, const void *buf, size_t len,
 static int nbd_out_zero(struct nj_output *o, uint64_t off, uint64_t len)
 {
     struct nbd_output *n = (struct nbd_output *)o;
-    if (nbd_zero(n->nbd, len, off, 0) < 0)
-        return nbd_err("zero", o->path);
+    while (len > 0) {
+        uint64_t k = NJ_MIN(len, (uint64_t)1 << 30);
+        if (enqueue(n, NULL, (size_t)k, off, true) < 0)
+            return -1;
+        off += k;
+        len -= k;
+    }
     return 0;
+}
+
+/* Let the writer drain and end. */
+static void writer_stop(struct nbd_output *n)
+{
+    if (!n->started)
+        return;
+    pthread_mutex_lock(&n->lock);
+    n->stop = true;
+    pthread_cond_broadcast(&n->cond);
+    pthread_mutex_unlock(&n->lock);
+    pthread_join(n->tid, NULL);
+    n->started = false;
+    for (struct wreq *r = n->head, *next = NULL; r; r = next) {
+        next = r->next;
+        free(r);
+    }
+    n->head = n->tail = NULL;
 }
 
 static int nbd_out_finish(struct nj_output *o)
 {
     struct nbd_output *n = (struct nbd_output *)o;
+    writer_stop(n);
     int ret = 0;
-    if (nbd_flush(n->nbd, 0) < 0)
+    if (n->failed)
+        ret = nj_error("%s", n->error);
+    if (ret == 0 && nbd_flush(n->nbd, 0) < 0)
         ret = nbd_err("flush", o->path);
     if (ret == 0 && nbd_shutdown(n->nbd, 0) < 0)
         ret = nbd_err("close", o->path);
@@ -194,9 +361,16 @@ static int nbd_out_finish(struct nj_output *o)
 static void nbd_out_discard(struct nj_output *o)
 {
     struct nbd_output *n = (struct nbd_output *)o;
+    pthread_mutex_lock(&n->lock);
+    wfail(n, "discarded");
+    pthread_cond_broadcast(&n->cond);
+    pthread_mutex_unlock(&n->lock);
+    writer_stop(n);
     nbd_close(n->nbd);
     n->nbd = NULL;
     unlink(o->path);
+    pthread_mutex_destroy(&n->lock);
+    pthread_cond_destroy(&n->cond);
 }
 
 static const struct nj_output_ops nbd_ops = {
@@ -254,6 +428,8 @@ static struct nj_output *qcow2_open(const char *path, uint64_t size,
     n->base.ops = &nbd_ops;
     n->base.path = nj_strdup(path);
     n->base.size = size;
+    pthread_mutex_init(&n->lock, NULL);
+    pthread_cond_init(&n->cond, NULL);
     n->nbd = nbd_create();
     char *serve[] = { (char *)"qemu-nbd", (char *)"-f", (char *)"qcow2",
                       (char *)"--cache=writeback", (char *)"--", (char *)path,
@@ -266,6 +442,14 @@ static struct nj_output *qcow2_open(const char *path, uint64_t size,
         free(n);
         return NULL;
     }
+    if (pthread_create(&n->tid, NULL, writer, n) != 0) {
+        nj_error("cannot start the qcow2 writer thread");
+        nbd_out_discard(&n->base);
+        free(n->base.path);
+        free(n);
+        return NULL;
+    }
+    n->started = true;
     return &n->base;
 }
 

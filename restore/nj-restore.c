@@ -183,6 +183,80 @@ static int pipe_put(struct pipeline *p, const struct job *j)
     return 0;
 }
 
+/*
+ * Batching segments into jobs.  A chunk of a full is often interleaved
+ * with newer data (an incremental's 64 KiB blocks inside a 4 MiB cell), so
+ * its pieces do not come one after the other; decoding the chunk once per
+ * piece would hash and decompress it many times over.  A few jobs stay
+ * open at once, each collecting the pieces of one chunk; a job goes to the
+ * workers when it is full, when it is the oldest and a slot is needed, or
+ * when the sweep has moved WINDOW bytes past its last piece.  Pieces of
+ * one job may thus be written in any order: each byte is still written
+ * exactly once.
+ */
+#define OPEN_JOBS 16
+#define WINDOW (16ull << 20)
+
+struct batcher {
+    struct pipeline *p;
+    struct job open[OPEN_JOBS];
+    uint64_t last_end[OPEN_JOBS];
+    bool failed;
+};
+
+static int batch_flush(struct batcher *b, size_t i)
+{
+    if (b->open[i].npieces == 0)
+        return 0;
+    int r = pipe_put(b->p, &b->open[i]);
+    b->open[i].npieces = 0;
+    if (r < 0)
+        b->failed = true;
+    return r;
+}
+
+static int batch_flush_all(struct batcher *b)
+{
+    int ret = 0;
+    for (size_t i = 0; i < OPEN_JOBS; i++)
+        if (batch_flush(b, i) < 0)
+            ret = -1;
+    return ret;
+}
+
+static int batch_add(struct batcher *b, const struct nj_extent *e)
+{
+    size_t slot = OPEN_JOBS, oldest = 0;
+    for (size_t i = 0; i < OPEN_JOBS; i++) {
+        struct job *j = &b->open[i];
+        if (j->npieces && b->last_end[i] + WINDOW < e->offset &&
+            batch_flush(b, i) < 0)
+            return -1;
+        if (j->npieces && j->npieces < JOB_PIECES &&
+            nj_digest_eq(&j->digest, &e->digest) &&
+            j->chunk_len == e->chunk_len)
+            slot = i;
+        if (b->open[oldest].npieces &&
+            (!j->npieces || b->last_end[i] < b->last_end[oldest]))
+            oldest = i;
+    }
+    if (slot == OPEN_JOBS) {
+        /* A new job: a free slot, or the oldest one's. */
+        slot = oldest;
+        if (batch_flush(b, slot) < 0)
+            return -1;
+        b->open[slot].digest = e->digest;
+        b->open[slot].chunk_len = e->chunk_len;
+    }
+    struct job *j = &b->open[slot];
+    j->pieces[j->npieces++] = (struct piece){ e->offset, e->length,
+                                              e->chunk_offset };
+    b->last_end[slot] = e->offset + e->length;
+    if (j->npieces == JOB_PIECES)
+        return batch_flush(b, slot);
+    return 0;
+}
+
 static double now_sec(void)
 {
     struct timespec ts;
@@ -229,7 +303,7 @@ int nj_restore_disk(struct nj_store *s, const struct nj_catalog *c,
             break;
         }
 
-    struct job j = { .npieces = 0 };
+    struct batcher bt = { .p = &p };
     struct nj_extent e;
     uint64_t zero_bytes = 0, done = 0;
     double start = now_sec(), last = start;
@@ -239,23 +313,8 @@ int nj_restore_disk(struct nj_store *s, const struct nj_catalog *c,
             zero_bytes += e.length;
             if (out->needs_zero && out->ops->zero(out, e.offset, e.length) < 0)
                 ret = -1;
-        } else {
-            /* Same chunk only if the index agrees on its length too: the
-             * decoded buffer is j.chunk_len bytes. */
-            bool same = j.npieces > 0 && j.npieces < JOB_PIECES &&
-                        nj_digest_eq(&j.digest, &e.digest) &&
-                        j.chunk_len == e.chunk_len;
-            if (!same && j.npieces > 0) {
-                if (pipe_put(&p, &j) < 0)
-                    break;
-                j.npieces = 0;
-            }
-            if (j.npieces == 0) {
-                j.digest = e.digest;
-                j.chunk_len = e.chunk_len;
-            }
-            j.pieces[j.npieces++] = (struct piece){ e.offset, e.length,
-                                                    e.chunk_offset };
+        } else if (batch_add(&bt, &e) < 0) {
+            break;
         }
         done = e.offset + e.length;
         if (opts && opts->progress && now_sec() - last > 0.5) {
@@ -268,8 +327,8 @@ int nj_restore_disk(struct nj_store *s, const struct nj_catalog *c,
         ret = -1;
     if (ret < 0)
         pipe_fail(&p, nj_error_get());
-    else if (j.npieces > 0)
-        pipe_put(&p, &j);
+    else
+        batch_flush_all(&bt);
     pthread_mutex_lock(&p.lock);
     p.closed = true;
     pthread_cond_broadcast(&p.can_get);
