@@ -399,7 +399,7 @@ static int decide(struct job *j)
                  a->max_chain);
             want = NJ_LEVEL_FULL;
         } else if (a->max_age_days && last_full &&
-                   time(NULL) - last_full->finished >
+                   nj_now_us() / 1000000 - last_full->finished >
                        (int64_t)a->max_age_days * 86400) {
             note(j, "last full is older than %u days: full", a->max_age_days);
             want = NJ_LEVEL_FULL;

@@ -244,12 +244,29 @@ static char *self_exe(void)
 static bool spawn(struct service *sv, struct child *c, int64_t fake_now)
 {
     const struct nj_config *cfg = sv->cfg;
-    int out[2], err[2];
-    if (pipe2(out, O_CLOEXEC) < 0)
+    /* Unlinked temporary files, not pipes: a child never blocks on a full
+     * pipe while we wait for it, however much it writes. */
+    FILE *fo = tmpfile(), *fe = tmpfile();
+    if (!fo || !fe) {
+        if (fo)
+            fclose(fo);
+        if (fe)
+            fclose(fe);
         return false;
-    if (pipe2(err, O_CLOEXEC) < 0) {
-        close(out[0]);
-        close(out[1]);
+    }
+    int out[2] = { fcntl(fileno(fo), F_DUPFD_CLOEXEC, 0),
+                    fcntl(fileno(fo), F_DUPFD_CLOEXEC, 0) };
+    int err[2] = { fcntl(fileno(fe), F_DUPFD_CLOEXEC, 0),
+                    fcntl(fileno(fe), F_DUPFD_CLOEXEC, 0) };
+    fclose(fo);
+    fclose(fe);
+    if (out[0] < 0 || out[1] < 0 || err[0] < 0 || err[1] < 0) {
+        for (int i = 0; i < 2; i++) {
+            if (out[i] >= 0)
+                close(out[i]);
+            if (err[i] >= 0)
+                close(err[i]);
+        }
         return false;
     }
     NJ_CLEANUP_FREE char *exe = self_exe();
@@ -290,6 +307,7 @@ static bool spawn(struct service *sv, struct child *c, int64_t fake_now)
 
 static char *slurp(int fd)
 {
+    lseek(fd, 0, SEEK_SET);
     size_t len = 0, cap = 4096;
     char *buf = nj_malloc(cap);
     ssize_t r;

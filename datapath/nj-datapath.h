@@ -30,7 +30,7 @@
 
 #define NJ_GRID_DEFAULT (4u << 20)
 #define NJ_BLOCK_DEFAULT (64u << 10)
-#define NJ_INFLIGHT_DEFAULT (32u << 20)
+#define NJ_INFLIGHT_DEFAULT (24u << 20)
 
 struct nj_datapath_opts {
     unsigned threads;      /* workers; 0: one per core, plus one */
