@@ -19,8 +19,12 @@
  * chunk aside (atomic), then looks at the mtime of what it moved.  A touch
  * that came before the rename is seen, and the chunk goes back under its
  * name; a touch after it finds no file, and the backup writes the chunk
- * anew.  Either way the chunk the backup relies on exists when it
- * commits.  Backups that commit during the mark phase are covered by (a)
+ * anew.  A touch looks the name up before it sets the time, so a rename
+ * and the sweep's look can fall in between, the time landing on a file
+ * already judged: the backup therefore counts the chunk as found only if
+ * its name is still there after the touch (a rename after that check is
+ * followed by a look that sees the touch).  Either way the chunk the
+ * backup relies on exists when it commits.  Backups that commit during the mark phase are covered by (a)
  * and (b) as well, and prune's merged indexes reference only chunks that
  * the indexes they replace referenced.  If any listed backup cannot be
  * read, GC stops before sweeping: it never removes a chunk on a guess.

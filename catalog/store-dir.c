@@ -153,8 +153,13 @@ static int dir_chunk_exists(struct nj_store *s, const struct nj_digest *d)
     chunk_name(d, name);
     /* Finding a chunk touches it: garbage collection spares chunks
      * touched after its cutoff (nj-gc.c), so a backup that dedups against
-     * a chunk can rely on it. */
-    if (utimensat(ds->chunkfd[d->b[0]], name, NULL, 0) == 0)
+     * a chunk can rely on it.  The touch lands on the file its name led
+     * to, which a sweep may have moved aside (and judged by its old mark)
+     * in between: only a name still there after the touch counts, as a
+     * sweep that moves it later sees the touch. */
+    int dfd = ds->chunkfd[d->b[0]];
+    if (utimensat(dfd, name, NULL, 0) == 0 &&
+        faccessat(dfd, name, F_OK, 0) == 0)
         return 1;
     if (errno != ENOENT)
         return nj_error_errno(errno, "touch chunk '%s'", name);
