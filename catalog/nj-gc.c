@@ -24,10 +24,11 @@
  * already judged: the backup therefore counts the chunk as found only if
  * its name is still there after the touch (a rename after that check is
  * followed by a look that sees the touch).  Either way the chunk the
- * backup relies on exists when it commits.  Backups that commit during the mark phase are covered by (a)
- * and (b) as well, and prune's merged indexes reference only chunks that
- * the indexes they replace referenced.  If any listed backup cannot be
- * read, GC stops before sweeping: it never removes a chunk on a guess.
+ * backup relies on exists when it commits.  Backups that commit during
+ * the mark phase are covered by (a) and (b) as well, and prune's merged
+ * indexes reference only chunks that the indexes they replace referenced.
+ * If any listed backup cannot be read, GC stops before sweeping: it never
+ * removes a chunk on a guess.
  *
  * Crash safety: marks are only timestamps.  A chunk moved aside by a GC
  * killed at that instant (.gc-<name>) is put back by the next run's mark
