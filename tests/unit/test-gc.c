@@ -742,7 +742,7 @@ static bool gc_fork(const char *store, uint64_t *rng, int64_t delay_us,
             while ((len = read(wfd, buf, sizeof buf)) > 0)
                 for (char *p = buf; p < buf + len;) {
                     const struct inotify_event *ev =
-                        (const struct inotify_event *)p;
+                        (const void *)p; /* buf is aligned for events */
                     p += sizeof *ev + ev->len;
                     seen += ev->len && !strncmp(ev->name, ".gc-", 4);
                 }
