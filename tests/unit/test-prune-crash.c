@@ -447,7 +447,7 @@ static unsigned watch_drain(int fd)
     ssize_t len;
     while ((len = read(fd, buf, sizeof buf)) > 0)
         for (char *p = buf; p < buf + len;) {
-            const struct inotify_event *ev = (const struct inotify_event *)p;
+            const struct inotify_event *ev = (const void *)p;
             p += sizeof *ev + ev->len;
             n++;
         }
