@@ -475,32 +475,30 @@ static bool op_fork(struct world *w, const struct op *o, int64_t delay_us,
         _exit(r < 0 ? 3 : 0);
     }
     unsigned seen = 0;
+    int status = 0;
+    bool reaped = false;
     if (event > 0) {
-        int status = 0;
-        while (seen < event && now_sec() - t0 < 5.0 &&
-               waitpid(pid, &status, WNOHANG) == 0) {
+        while (seen < event && now_sec() - t0 < 5.0) {
+            pid_t r = waitpid(pid, &status, WNOHANG);
+            REQUIRE(r >= 0);
+            if (r == pid) {
+                reaped = true; /* ended before the step was seen */
+                break;
+            }
             struct pollfd pf = { .fd = wfd, .events = POLLIN };
             poll(&pf, 1, 5);
             seen += watch_drain(wfd);
         }
-        if (seen >= event) {
+        if (!reaped && seen >= event) {
             sleep_us(nj_test_rand_below(&w->rng, 400));
             kill(pid, SIGKILL);
-        }
-        int r = waitpid(pid, &status, WNOHANG);
-        if (r == pid) {
-            /* Ended before the step was seen. */
-            *took = now_sec() - t0;
-            close(wfd);
-            CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-            return false;
         }
     } else if (delay_us >= 0) {
         sleep_us((uint64_t)delay_us);
         kill(pid, SIGKILL);
     }
-    int status = 0;
-    REQUIRE(waitpid(pid, &status, 0) == pid);
+    if (!reaped)
+        REQUIRE(waitpid(pid, &status, 0) == pid);
     *took = now_sec() - t0;
     seen += watch_drain(wfd);
     close(wfd);
