@@ -6,6 +6,7 @@
 #include "nj-restore.h"
 #include "nj-util.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
@@ -217,4 +218,59 @@ int nj_test_done(const char *name)
     }
     printf("%s: ok\n", name);
     return 0;
+}
+
+/* Copy a directory tree (regular files and directories), keeping modes
+ * and times: mtimes matter to garbage collection. */
+static void copy_tree(int sfd, int dfd)
+{
+    int fd = dup(sfd);
+    REQUIRE(fd >= 0);
+    DIR *d = fdopendir(fd);
+    REQUIRE(d);
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+            continue;
+        struct stat st;
+        REQUIRE(fstatat(sfd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0);
+        struct timespec t[2] = { st.st_atim, st.st_mtim };
+        if (S_ISDIR(st.st_mode)) {
+            REQUIRE(mkdirat(dfd, de->d_name, st.st_mode & 07777) == 0);
+            int s2 = openat(sfd, de->d_name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+            int d2 = openat(dfd, de->d_name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+            REQUIRE(s2 >= 0 && d2 >= 0);
+            copy_tree(s2, d2);
+            futimens(d2, t);
+            close(s2);
+            close(d2);
+        } else if (S_ISREG(st.st_mode)) {
+            int in = openat(sfd, de->d_name, O_RDONLY | O_CLOEXEC);
+            int out = openat(dfd, de->d_name,
+                             O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
+                             st.st_mode & 07777);
+            REQUIRE(in >= 0 && out >= 0);
+            char buf[65536];
+            ssize_t n;
+            while ((n = read(in, buf, sizeof buf)) > 0)
+                REQUIRE(nj_full_write(out, buf, (size_t)n) == 0);
+            REQUIRE(n == 0);
+            REQUIRE(futimens(out, t) == 0);
+            close(in);
+            close(out);
+        }
+    }
+    closedir(d);
+}
+
+void nj_test_copy_store(const char *from, const char *to)
+{
+    nj_test_rmtree(to);
+    REQUIRE(mkdir(to, 0755) == 0);
+    int sfd = open(from, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int dfd = open(to, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    REQUIRE(sfd >= 0 && dfd >= 0);
+    copy_tree(sfd, dfd);
+    close(sfd);
+    close(dfd);
 }

@@ -80,6 +80,10 @@ int nj_test_restore_compare(struct nj_store *s, const struct nj_catalog *c,
                             const unsigned char *truth, uint64_t size,
                             const char *scratch_path);
 
+/* Copy a store (a directory tree) from one path to a new one, keeping
+ * file modes and times. */
+void nj_test_copy_store(const char *from, const char *to);
+
 /* Exit code for a test: 0, or 1 after printing the failure count. */
 int nj_test_done(const char *name);
 

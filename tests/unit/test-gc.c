@@ -649,58 +649,7 @@ static void part_leftovers(const char *dir)
 
 /* ---- (c) kills ---- */
 
-static void copy_tree(int sfd, int dfd)
-{
-    int fd = dup(sfd);
-    REQUIRE(fd >= 0);
-    DIR *d = fdopendir(fd);
-    REQUIRE(d);
-    struct dirent *de;
-    while ((de = readdir(d)) != NULL) {
-        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
-            continue;
-        struct stat st;
-        REQUIRE(fstatat(sfd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0);
-        struct timespec t[2] = { st.st_atim, st.st_mtim };
-        if (S_ISDIR(st.st_mode)) {
-            REQUIRE(mkdirat(dfd, de->d_name, st.st_mode & 07777) == 0);
-            int s2 = openat(sfd, de->d_name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-            int d2 = openat(dfd, de->d_name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-            REQUIRE(s2 >= 0 && d2 >= 0);
-            copy_tree(s2, d2);
-            futimens(d2, t);
-            close(s2);
-            close(d2);
-        } else if (S_ISREG(st.st_mode)) {
-            int in = openat(sfd, de->d_name, O_RDONLY | O_CLOEXEC);
-            int out = openat(dfd, de->d_name,
-                             O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
-                             st.st_mode & 07777);
-            REQUIRE(in >= 0 && out >= 0);
-            char buf[65536];
-            ssize_t n;
-            while ((n = read(in, buf, sizeof buf)) > 0)
-                REQUIRE(nj_full_write(out, buf, (size_t)n) == 0);
-            REQUIRE(n == 0);
-            REQUIRE(futimens(out, t) == 0);
-            close(in);
-            close(out);
-        }
-    }
-    closedir(d);
-}
 
-static void copy_store(const char *from, const char *to)
-{
-    nj_test_rmtree(to);
-    REQUIRE(mkdir(to, 0755) == 0);
-    int sfd = open(from, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    int dfd = open(to, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    REQUIRE(sfd >= 0 && dfd >= 0);
-    copy_tree(sfd, dfd);
-    close(sfd);
-    close(dfd);
-}
 
 /* Run gc in a child on store and kill it: after delay_us, or a little
  * after it is seen moving the nth chunk aside.  True when killed. */
@@ -748,7 +697,7 @@ static bool gc_fork(const char *store, uint64_t *rng, int64_t delay_us,
             while ((len = read(wfd, buf, sizeof buf)) > 0)
                 for (char *p = buf; p < buf + len;) {
                     const struct inotify_event *ev =
-                        (const struct inotify_event *)p;
+                        (const void *)p; /* buf is aligned for events */
                     p += sizeof *ev + ev->len;
                     seen += ev->len && !strncmp(ev->name, ".gc-", 4);
                 }
@@ -806,7 +755,7 @@ static void part_kills(const char *dir)
     size_t files = cs.chunks.len;
 
     /* One run uninterrupted: its time, and what it leaves. */
-    copy_store(tmpl, work);
+    nj_test_copy_store(tmpl, work);
     double took = 0, shortest;
     CHECK(!gc_fork(work, &ch.rng, -1, 0, &took));
     shortest = took;
@@ -818,7 +767,7 @@ static void part_kills(const char *dir)
     unsigned kills = 0, by_event = 0, finished = 0, left_aside = 0;
     unsigned in_mark = 0, in_sweep = 0;
     while (kills < KILLS) {
-        copy_store(tmpl, work);
+        nj_test_copy_store(tmpl, work);
         unsigned nth = 0;
         uint64_t delay = 0;
         if (nj_test_rand_below(&ch.rng, 2))

@@ -126,59 +126,7 @@ static void sleep_us(uint64_t us)
 
 /* ---- copying a store ---- */
 
-static void copy_tree(int sfd, int dfd)
-{
-    int fd = dup(sfd);
-    REQUIRE(fd >= 0);
-    DIR *d = fdopendir(fd);
-    REQUIRE(d);
-    struct dirent *de;
-    while ((de = readdir(d)) != NULL) {
-        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
-            continue;
-        struct stat st;
-        REQUIRE(fstatat(sfd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0);
-        if (S_ISDIR(st.st_mode)) {
-            REQUIRE(mkdirat(dfd, de->d_name, st.st_mode & 07777) == 0);
-            int s2 = openat(sfd, de->d_name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-            int d2 = openat(dfd, de->d_name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-            REQUIRE(s2 >= 0 && d2 >= 0);
-            copy_tree(s2, d2);
-            struct timespec t[2] = { st.st_atim, st.st_mtim };
-            futimens(d2, t);
-            close(s2);
-            close(d2);
-        } else if (S_ISREG(st.st_mode)) {
-            int in = openat(sfd, de->d_name, O_RDONLY | O_CLOEXEC);
-            int out = openat(dfd, de->d_name,
-                             O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
-                             st.st_mode & 07777);
-            REQUIRE(in >= 0 && out >= 0);
-            char buf[65536];
-            ssize_t n;
-            while ((n = read(in, buf, sizeof buf)) > 0)
-                REQUIRE(nj_full_write(out, buf, (size_t)n) == 0);
-            REQUIRE(n == 0);
-            struct timespec t[2] = { st.st_atim, st.st_mtim };
-            REQUIRE(futimens(out, t) == 0);
-            close(in);
-            close(out);
-        }
-    }
-    closedir(d);
-}
 
-static void copy_store(const char *from, const char *to)
-{
-    nj_test_rmtree(to);
-    REQUIRE(mkdir(to, 0755) == 0);
-    int sfd = open(from, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    int dfd = open(to, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    REQUIRE(sfd >= 0 && dfd >= 0);
-    copy_tree(sfd, dfd);
-    close(sfd);
-    close(dfd);
-}
 
 static int cmp_str(const void *a, const void *b)
 {
@@ -719,7 +667,7 @@ int main(void)
 
     /* Each operation once, uninterrupted: its duration, and its result. */
     for (size_t i = 0; i < w.nops; i++) {
-        copy_store(w.template, w.work);
+        nj_test_copy_store(w.template, w.work);
         double took = 0;
         CHECK(!op_fork(&w, &w.ops[i], -1, 0, &took, &w.ops[i].events));
         w.ops[i].seconds = took;
@@ -733,7 +681,7 @@ int main(void)
     while (w.st.kills < KILLS_MAX &&
            (w.st.kills < KILLS_MIN || now_sec() - start < TIME_BUDGET)) {
         struct op *o = &w.ops[nj_test_rand_below(&w.rng, w.nops)];
-        copy_store(w.template, w.work);
+        nj_test_copy_store(w.template, w.work);
         /* Half the kills a little after a step the child is seen taking;
          * the others uniform over the shortest run seen (a fork's start
          * included), a quarter of those within the first millisecond. */
