@@ -152,7 +152,7 @@ static struct nj_output *fd_open(const char *path, uint64_t size, bool force)
  * finish, so a restore never ends well with data missing.
  */
 
-#define MAX_QUEUED (64u << 20)
+#define MAX_QUEUED (16u << 20)
 #define MAX_IN_FLIGHT 16
 
 struct wreq {
