@@ -224,13 +224,6 @@ struct child {
     double started;
 };
 
-static double mono(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 static char *self_exe(void)
 {
     char buf[4096];
@@ -301,7 +294,7 @@ static bool spawn(struct service *sv, struct child *c, int64_t fake_now)
     close(err[1]);
     c->out = out[0];
     c->err = err[0];
-    c->started = mono();
+    c->started = nj_mono_sec();
     return true;
 }
 
@@ -331,7 +324,7 @@ static void finish(struct service *sv, struct child *c, int status)
     NJ_CLEANUP_FREE char *out = slurp(c->out);
     NJ_CLEANUP_FREE char *err = slurp(c->err);
     struct result *r = result_for(sv, c->name, c->uuid);
-    r->seconds = mono() - c->started;
+    r->seconds = nj_mono_sec() - c->started;
     struct json_object *o = json_tokener_parse(out);
     bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0 && o;
     r->ok = ok;

@@ -43,13 +43,6 @@
 #define CHUNK_LEN 64
 #define PROG "nj-bench-gc"
 
-static double now_sec(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 NJ_PRINTF(1, 2) static void die(const char *fmt, ...)
 {
     va_list ap;
@@ -200,11 +193,11 @@ static int gc_only(const char *dir)
     struct nj_store *s = nj_store_open(dir, 0);
     if (!s)
         die("open store");
-    double t0 = now_sec();
+    double t0 = nj_mono_sec();
     struct nj_gc_stats st;
     if (nj_gc(s, 0, &st) < 0)
         die("gc");
-    double took = now_sec() - t0;
+    double took = nj_mono_sec() - t0;
     nj_store_close(s);
     printf("%.3f %ld %llu %llu %llu %llu %llu\n", took, peak_rss_kib(),
            (unsigned long long)st.chunks_freed,
@@ -283,13 +276,13 @@ int main(int argc, char **argv)
             die("mkdtemp '%s': %s", dir, strerror(errno));
     }
 
-    double t0 = now_sec();
+    double t0 = nj_mono_sec();
     struct nj_store *s = nj_store_open(dir, NJ_STORE_CREATE);
     if (!s)
         die("create store '%s'", dir);
     struct nj_digest *digests = nj_calloc(n + m, sizeof *digests);
     put_chunks(s, digests, n + m, threads);
-    double t_put = now_sec() - t0;
+    double t_put = nj_mono_sec() - t0;
     char *full = backup(s, "bench-gc", "b3c6c000-0000-4000-8000-000000000001",
                         NJ_LEVEL_FULL, NULL, digests, n);
     char *inc = backup(s, "bench-gc", "b3c6c000-0000-4000-8000-000000000001",
@@ -298,7 +291,7 @@ int main(int argc, char **argv)
                          "b3c6c000-0000-4000-8000-000000000002",
                          NJ_LEVEL_FULL, NULL, digests, n);
     nj_store_close(s);
-    double t_build = now_sec() - t0;
+    double t_build = nj_mono_sec() - t0;
     /* Past the second of the last chunk written, so that grace 0 sees
      * every unreferenced chunk as old. */
     usleep(1100 * 1000);
@@ -307,7 +300,7 @@ int main(int argc, char **argv)
     if (pipe(pfd) < 0)
         die("pipe: %s", strerror(errno));
     fflush(NULL);
-    double t_gc0 = now_sec();
+    double t_gc0 = nj_mono_sec();
     pid_t pid = fork();
     if (pid < 0)
         die("fork: %s", strerror(errno));
@@ -330,7 +323,7 @@ int main(int argc, char **argv)
     if (wait4(pid, &status, 0, &ru) != pid || !WIFEXITED(status) ||
         WEXITSTATUS(status) != 0)
         die("gc process failed (status 0x%x)", status);
-    double t_gc_proc = now_sec() - t_gc0;
+    double t_gc_proc = nj_mono_sec() - t_gc0;
     double took = 0;
     long rss = 0;
     unsigned long long freed = 0, kept = 0, refs = 0, bfreed = 0, bkept = 0;
@@ -339,14 +332,14 @@ int main(int argc, char **argv)
         die("gc process printed '%s'", line);
 
     /* What gc left: every referenced chunk, no other. */
-    double t_chk = now_sec();
+    double t_chk = nj_mono_sec();
     uint64_t missing = 0, left = 0;
     for (uint64_t i = 0; i < n + m; i++) {
         bool there = chunk_present(dir, &digests[i]);
         missing += i < n && !there;
         left += i >= n && there;
     }
-    t_chk = now_sec() - t_chk;
+    t_chk = nj_mono_sec() - t_chk;
     int ret = 0;
     if (freed != m || kept != n || missing || left) {
         fprintf(stderr, "%s: gc freed %llu (expected %llu), kept %llu "

@@ -50,13 +50,6 @@
 #define MARK_CACHE_SLOTS (1u << 18) /* 8 MiB of digests */
 #define START_MARGIN 60             /* seconds of clock slack */
 
-static double now_sec(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 /* The oldest start of a backup still running; dead runs' staging is
  * removed on the way (its domain lock is free). */
 /* Returns t0 + 1 when no backup runs. */
@@ -128,7 +121,7 @@ static int mark_backup(struct nj_store *s, const struct nj_manifest *m,
 int nj_gc(struct nj_store *s, int64_t grace, struct nj_gc_stats *st)
 {
     memset(st, 0, sizeof *st);
-    double t_start = now_sec();
+    double t_start = nj_mono_sec();
     int64_t t0 = (int64_t)time(NULL);
     int64_t cutoff = t0 - grace;
     int64_t oldest = oldest_running(s, t0);
@@ -151,6 +144,6 @@ int nj_gc(struct nj_store *s, int64_t grace, struct nj_gc_stats *st)
         ret = nj_store_gc_sweep(s, cutoff, t0 - 86400, &st->chunks_kept,
                                 &st->bytes_kept, &st->chunks_freed,
                                 &st->bytes_freed, &st->tmp_removed);
-    st->seconds = now_sec() - t_start;
+    st->seconds = nj_mono_sec() - t_start;
     return ret;
 }

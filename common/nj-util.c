@@ -127,6 +127,13 @@ int64_t nj_now_us(void)
     return real + __atomic_load_n(&offset, __ATOMIC_RELAXED);
 }
 
+double nj_mono_sec(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
 unsigned nj_ncpus(void)
 {
     long n = sysconf(_SC_NPROCESSORS_ONLN);

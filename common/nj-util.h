@@ -143,6 +143,9 @@ bool nj_is_zero(const void *buf, size_t len);
  */
 int64_t nj_now_us(void);
 
+/* Seconds on the monotonic clock, for measuring durations. */
+double nj_mono_sec(void);
+
 /* Number of online CPUs, at least 1. */
 unsigned nj_ncpus(void);
 

@@ -459,17 +459,10 @@ static void *worker(void *arg)
 
 /* ---- committer and set-up ---- */
 
-static double now_sec(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 static void show_progress(struct dp *dp, uint64_t pos, double start,
                           bool final)
 {
-    double el = now_sec() - start;
+    double el = nj_mono_sec() - start;
     const struct nj_disk_stats *st = nj_backup_disk_stats(dp->disk);
     double rate = el > 0 ? (double)st->bytes_read / el : 0;
     char a[32], b[32], r[32];
@@ -485,7 +478,7 @@ static void show_progress(struct dp *dp, uint64_t pos, double start,
 static int commit_loop(struct dp *dp, bool progress, volatile int *cancel)
 {
     uint64_t seq = 0;
-    double start = now_sec(), last = start;
+    double start = nj_mono_sec(), last = start;
     for (;;) {
         pthread_mutex_lock(&dp->lock);
         struct slot *s = NULL;
@@ -539,8 +532,8 @@ static int commit_loop(struct dp *dp, bool progress, volatile int *cancel)
         pthread_cond_broadcast(&dp->cond_free);
         pthread_mutex_unlock(&dp->lock);
         seq++;
-        if (progress && now_sec() - last > 0.5) {
-            last = now_sec();
+        if (progress && nj_mono_sec() - last > 0.5) {
+            last = nj_mono_sec();
             show_progress(dp, pos, start, false);
         }
     }
@@ -615,7 +608,7 @@ int nj_datapath_backup_disk(struct nj_backup *b, const char *target,
     struct nj_datapath_opts def = { 0 };
     if (!o)
         o = &def;
-    double t0 = now_sec();
+    double t0 = nj_mono_sec();
     struct dp *dp = nj_calloc(1, sizeof *dp);
     dp->b = b;
     dp->target = target;
@@ -672,13 +665,13 @@ out:
         nbd_close(dp->conns[i].h);
     }
     if (ret == 0)
-        nj_backup_disk_set_usec(dp->disk, (uint64_t)((now_sec() - t0) * 1e6));
+        nj_backup_disk_set_usec(dp->disk, (uint64_t)((nj_mono_sec() - t0) * 1e6));
     if (res) {
         res->size = dp->size;
         res->planned_data = dp->planned_data;
         res->planned_zero = dp->planned_zero;
         res->skipped = dp->skipped;
-        res->seconds = now_sec() - t0;
+        res->seconds = nj_mono_sec() - t0;
     }
     for (size_t i = 0; i < dp->nslots; i++) {
         free(dp->slots[i].buf);

@@ -257,17 +257,10 @@ static int batch_add(struct batcher *b, const struct nj_extent *e)
     return 0;
 }
 
-static double now_sec(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 static void progress(const char *target, uint64_t done, uint64_t total,
                      double start, bool final)
 {
-    double el = now_sec() - start;
+    double el = nj_mono_sec() - start;
     double rate = el > 0 ? (double)done / el : 0;
     char a[32], b[32], r[32];
     fprintf(stderr, "\rrestore '%s': %s of %s, %s/s%s", target,
@@ -306,7 +299,7 @@ int nj_restore_disk(struct nj_store *s, const struct nj_catalog *c,
     struct batcher bt = { .p = &p };
     struct nj_extent e;
     uint64_t zero_bytes = 0, done = 0;
-    double start = now_sec(), last = start;
+    double start = nj_mono_sec(), last = start;
     int r = 0;
     while (ret == 0 && (r = nj_view_next(v, &e)) == 1) {
         if (e.kind == NJ_EXTENT_ZERO) {
@@ -317,8 +310,8 @@ int nj_restore_disk(struct nj_store *s, const struct nj_catalog *c,
             break;
         }
         done = e.offset + e.length;
-        if (opts && opts->progress && now_sec() - last > 0.5) {
-            last = now_sec();
+        if (opts && opts->progress && nj_mono_sec() - last > 0.5) {
+            last = nj_mono_sec();
             progress(target, done, nj_view_size(v), start,
                      false);
         }

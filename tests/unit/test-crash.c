@@ -67,13 +67,6 @@ struct world {
     char *dir, *store, *truthdir, *scratch;
 };
 
-static double now_sec(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 /* ---- the content of each step ---- */
 
 static enum nj_level step_level(uint64_t n)
@@ -846,12 +839,12 @@ static void run_and_kill(const struct world *w, uint64_t *rng,
     close(pfd[0]);
     if (!is_ready)
         fprintf(stderr, "writer died before it was ready\n");
-    double t0 = now_sec();
+    double t0 = nj_mono_sec();
     if (is_ready && by_event) {
         /* Kill a little after the nth time the writer reaches the step. */
         unsigned want = 1 + (unsigned)nj_test_rand_below(rng, 2);
         unsigned seen = 0;
-        while (seen < want && now_sec() - t0 < 2.0) {
+        while (seen < want && nj_mono_sec() - t0 < 2.0) {
             struct pollfd pf = { .fd = wt.fd, .events = POLLIN };
             poll(&pf, 1, 10);
             watcher_drain(&wt, w, trig, &seen);
@@ -918,7 +911,7 @@ int main(void)
         char c = 0;
         REQUIRE(read(pfd[0], &c, 1) == 1);
         close(pfd[0]);
-        double t0 = now_sec();
+        double t0 = nj_mono_sec();
         sleep_us(300 * 1000);
         kill(pid, SIGKILL);
         int status = 0;
@@ -927,7 +920,7 @@ int main(void)
             fprintf(stderr, "calibration writer ended by itself (status "
                     "0x%x)\n", status);
         CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
-        double ran = now_sec() - t0;
+        double ran = nj_mono_sec() - t0;
         struct str_vec none = { 0 }, staging = { 0 };
         survey(&w, &none, &staging, &st);
         str_vec_free(&staging);
@@ -942,7 +935,7 @@ int main(void)
     }
 
     struct str_vec prev = { 0 }, must_go = { 0 };
-    double start = now_sec();
+    double start = nj_mono_sec();
     {
         /* The calibration run's leftovers count as the first "previous". */
         NJ_CLEANUP_FREE char *sdir = nj_asprintf("%s/staging", w.store);
@@ -950,7 +943,7 @@ int main(void)
         mark_staging(&w, &prev, &must_go, &rng, &st);
     }
     while (st.kills < KILLS_MAX &&
-           (st.kills < KILLS_MIN || now_sec() - start < TIME_BUDGET)) {
+           (st.kills < KILLS_MIN || nj_mono_sec() - start < TIME_BUDGET)) {
         uint64_t before = st.last_step;
         struct timespec began;
         clock_gettime(CLOCK_REALTIME, &began);
@@ -980,7 +973,7 @@ int main(void)
     }
     /* Last: restore everything once more. */
     check_store(&w, true, &rng, &checked, &checked_len, &st);
-    double took = now_sec() - start;
+    double took = nj_mono_sec() - start;
 
     /* With every orphan a day old, a backup begun now clears all that the
      * kills left, and its abort leaves staging empty. */

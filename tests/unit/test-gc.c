@@ -58,13 +58,6 @@
 
 static const char *targets[NDISKS] = { "vda", "sdb" };
 
-static double now_sec(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 static void sleep_us(uint64_t us)
 {
     struct timespec ts = { (time_t)(us / 1000000), (long)(us % 1000000) * 1000 };
@@ -666,7 +659,7 @@ static bool gc_fork(const char *store, uint64_t *rng, int64_t delay_us,
         }
     }
     fflush(NULL);
-    double t0 = now_sec();
+    double t0 = nj_mono_sec();
     pid_t pid = fork();
     REQUIRE(pid >= 0);
     if (pid == 0) {
@@ -684,7 +677,7 @@ static bool gc_fork(const char *store, uint64_t *rng, int64_t delay_us,
         unsigned seen = 0;
         char buf[8192]
             __attribute__((aligned(__alignof__(struct inotify_event))));
-        while (seen < nth && now_sec() - t0 < 10.0) {
+        while (seen < nth && nj_mono_sec() - t0 < 10.0) {
             pid_t r = waitpid(pid, &status, WNOHANG);
             REQUIRE(r >= 0);
             if (r == pid) {
@@ -713,7 +706,7 @@ static bool gc_fork(const char *store, uint64_t *rng, int64_t delay_us,
     }
     if (!reaped)
         REQUIRE(waitpid(pid, &status, 0) == pid);
-    *took = now_sec() - t0;
+    *took = nj_mono_sec() - t0;
     if (WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL)
         return true;
     CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
@@ -1165,10 +1158,10 @@ static void part_concurrency(const char *dir, double seconds)
     unsigned commits = 0, fulls = 0, incs = 0, prunes = 0, retries = 0;
     unsigned verifies = 0;
     uint64_t dedup = 0;
-    double t0 = now_sec();
+    double t0 = nj_mono_sec();
     unsigned char *reuse = nj_malloc(size);
     int reuse_dom = -1; /* a pruned backup's content, to back up again */
-    for (unsigned step = 0; now_sec() - t0 < seconds; step++) {
+    for (unsigned step = 0; nj_mono_sec() - t0 < seconds; step++) {
         int di = (int)nj_test_rand_below(&rng, CW_DOMS);
         if (reuse_dom >= 0 && di == reuse_dom)
             di = (di + 1) % CW_DOMS;
@@ -1265,7 +1258,7 @@ static void part_concurrency(const char *dir, double seconds)
     int status = 0;
     REQUIRE(waitpid(gc_pid, &status, 0) == gc_pid);
     CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-    double took = now_sec() - t0;
+    double took = nj_mono_sec() - t0;
 
     /* Every backup still there restores exactly; the store verifies. */
     struct nj_catalog *c = nj_catalog_open(s);

@@ -222,13 +222,6 @@ static long lock_file_pid(const char *store, const char *uuid)
     return nj_parse_u64(buf, &v) == 0 ? (long)v : -1;
 }
 
-static double now_sec(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 /* ---- pipes between the test and its children ---- */
 
 static void send_msg(int fd, const char *msg)
@@ -684,9 +677,9 @@ static void test_dead_writer(const char *dir, enum death how,
 
     /* The next begin goes through at once and clears the dead run. */
     dom_step(&d);
-    double t0 = now_sec();
+    double t0 = nj_mono_sec();
     b = dom_begin(s, &d);
-    double took = now_sec() - t0;
+    double took = nj_mono_sec() - t0;
     CHECK(b != NULL);
     CHECK(took < 2.0);
     if (how != DIE_KILL_LOCK_ONLY)

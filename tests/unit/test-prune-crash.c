@@ -110,13 +110,6 @@ struct world {
     struct stats st;
 };
 
-static double now_sec(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 static void sleep_us(uint64_t us)
 {
     struct timespec ts = { (time_t)(us / 1000000), (long)(us % 1000000) * 1000 };
@@ -413,7 +406,7 @@ static bool op_fork(struct world *w, const struct op *o, int64_t delay_us,
 {
     int wfd = watch_open(w);
     fflush(NULL);
-    double t0 = now_sec();
+    double t0 = nj_mono_sec();
     pid_t pid = fork();
     REQUIRE(pid >= 0);
     if (pid == 0) {
@@ -426,7 +419,7 @@ static bool op_fork(struct world *w, const struct op *o, int64_t delay_us,
     int status = 0;
     bool reaped = false;
     if (event > 0) {
-        while (seen < event && now_sec() - t0 < 5.0) {
+        while (seen < event && nj_mono_sec() - t0 < 5.0) {
             pid_t r = waitpid(pid, &status, WNOHANG);
             REQUIRE(r >= 0);
             if (r == pid) {
@@ -447,7 +440,7 @@ static bool op_fork(struct world *w, const struct op *o, int64_t delay_us,
     }
     if (!reaped)
         REQUIRE(waitpid(pid, &status, 0) == pid);
-    *took = now_sec() - t0;
+    *took = nj_mono_sec() - t0;
     seen += watch_drain(wfd);
     close(wfd);
     if (events)
@@ -677,9 +670,9 @@ int main(void)
                w.ops[i].events);
     }
 
-    double start = now_sec();
+    double start = nj_mono_sec();
     while (w.st.kills < KILLS_MAX &&
-           (w.st.kills < KILLS_MIN || now_sec() - start < TIME_BUDGET)) {
+           (w.st.kills < KILLS_MIN || nj_mono_sec() - start < TIME_BUDGET)) {
         struct op *o = &w.ops[nj_test_rand_below(&w.rng, w.nops)];
         nj_test_copy_store(w.template, w.work);
         /* Half the kills a little after a step the child is seen taking;
@@ -714,7 +707,7 @@ int main(void)
         check_work(&w, o, true);
         check_staging(&w, o);
     }
-    double took = now_sec() - start;
+    double took = nj_mono_sec() - start;
 
     printf("%u kills (%u after a step seen) in %.1f s (%u runs finished "
            "before their kill); template: %zu backups, %zu chunk files\n",
