@@ -142,6 +142,13 @@ int nj_catalog_chain(const struct nj_catalog *c, const struct nj_manifest *m,
 const char *nj_catalog_chain_root(const struct nj_catalog *c,
                                   const struct nj_manifest *m);
 
+/* Open the index of disk d of backup m: its digest checked against the
+ * manifest, and its coverage and entry count too.  NULL with the last
+ * error naming the index. */
+struct nj_index_reader *nj_manifest_index_open(struct nj_store *s,
+                                               const struct nj_manifest *m,
+                                               const struct nj_manifest_disk *d);
+
 /* ---- merged view ---- */
 
 struct nj_view;

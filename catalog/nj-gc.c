@@ -87,11 +87,7 @@ static int mark_backup(struct nj_store *s, const struct nj_manifest *m,
 {
     for (size_t k = 0; k < m->ndisks; k++) {
         const struct nj_manifest_disk *d = &m->disks[k];
-        NJ_CLEANUP_FREE char *name = nj_asprintf("%s/%s", m->id, d->index);
-        int fd = nj_store_backup_open(s, m->id, d->index);
-        struct nj_index_reader *r =
-            fd >= 0 ? nj_index_reader_open(fd, name, &d->index_digest, d->size)
-                    : NULL;
+        struct nj_index_reader *r = nj_manifest_index_open(s, m, d);
         if (!r)
             return nj_error_prefix("gc: cannot read backup '%s'", m->id);
         struct nj_extent e;

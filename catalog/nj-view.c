@@ -61,6 +61,30 @@ static int layer_advance(struct layer *l, uint64_t pos)
     return 0;
 }
 
+struct nj_index_reader *nj_manifest_index_open(struct nj_store *s,
+                                               const struct nj_manifest *m,
+                                               const struct nj_manifest_disk *d)
+{
+    NJ_CLEANUP_FREE char *name = nj_asprintf("%s/%s", m->id, d->index);
+    int fd = nj_store_backup_open(s, m->id, d->index);
+    if (fd < 0)
+        return NULL;
+    struct nj_index_reader *r =
+        nj_index_reader_open(fd, name, &d->index_digest, d->size);
+    if (r && (nj_index_reader_covered(r) != d->covered ||
+              nj_index_reader_count(r) != d->entries)) {
+        nj_error("index '%s' covers %llu bytes in %llu entries, its "
+                 "manifest says %llu in %llu", name,
+                 (unsigned long long)nj_index_reader_covered(r),
+                 (unsigned long long)nj_index_reader_count(r),
+                 (unsigned long long)d->covered,
+                 (unsigned long long)d->entries);
+        nj_index_reader_free(r);
+        return NULL;
+    }
+    return r;
+}
+
 struct nj_view *nj_view_open_layers(struct nj_store *s,
                                     const struct nj_manifest *const *chain,
                                     size_t n, const char *target,
@@ -76,26 +100,9 @@ struct nj_view *nj_view_open_layers(struct nj_store *s,
             nj_error("backup '%s' has no disk '%s'", chain[i]->id, target);
             goto fail;
         }
-        NJ_CLEANUP_FREE char *name =
-            nj_asprintf("%s/%s", chain[i]->id, d->index);
-        int fd = nj_store_backup_open(s, chain[i]->id, d->index);
-        if (fd < 0)
-            goto fail;
-        struct nj_index_reader *r =
-            nj_index_reader_open(fd, name, &d->index_digest, d->size);
+        struct nj_index_reader *r = nj_manifest_index_open(s, chain[i], d);
         if (!r)
             goto fail;
-        if (nj_index_reader_covered(r) != d->covered ||
-            nj_index_reader_count(r) != d->entries) {
-            nj_error("index '%s' covers %llu bytes in %llu entries, its "
-                     "manifest says %llu in %llu", name,
-                     (unsigned long long)nj_index_reader_covered(r),
-                     (unsigned long long)nj_index_reader_count(r),
-                     (unsigned long long)d->covered,
-                     (unsigned long long)d->entries);
-            nj_index_reader_free(r);
-            goto fail;
-        }
         v->layers[i].r = r;
         v->n = i + 1;
         v->layers[i].have = true;

@@ -77,26 +77,6 @@ static bool selected_has(const struct manifest_vec *v,
     return false;
 }
 
-/* Open an index of (m, disk); NULL with the last error. */
-static struct nj_index_reader *open_index(struct nj_store *s,
-                                          const struct nj_manifest *m,
-                                          const struct nj_manifest_disk *d)
-{
-    NJ_CLEANUP_FREE char *name = nj_asprintf("%s/%s", m->id, d->index);
-    int fd = nj_store_backup_open(s, m->id, d->index);
-    if (fd < 0)
-        return NULL;
-    struct nj_index_reader *r =
-        nj_index_reader_open(fd, name, &d->index_digest, d->size);
-    if (r && (nj_index_reader_covered(r) != d->covered ||
-              nj_index_reader_count(r) != d->entries)) {
-        nj_error("index '%s' does not match its manifest (coverage or entry "
-                 "count)", name);
-        nj_index_reader_free(r);
-        return NULL;
-    }
-    return r;
-}
 
 struct checker {
     struct nj_store *store;
@@ -220,7 +200,7 @@ int nj_verify(struct nj_store *s, const struct nj_catalog *c,
     for (size_t i = 0; i < sel.len; i++) {
         const struct nj_manifest *m = sel.ptr[i];
         for (size_t k = 0; k < m->ndisks; k++) {
-            struct nj_index_reader *r = open_index(s, m, &m->disks[k]);
+            struct nj_index_reader *r = nj_manifest_index_open(s, m, &m->disks[k]);
             struct nj_extent e;
             int rc = r ? 1 : -1;
             while (r && (rc = nj_index_reader_next(r, &e)) == 1) {
@@ -269,7 +249,7 @@ int nj_verify(struct nj_store *s, const struct nj_catalog *c,
     for (size_t i = 0; damaged.len && i < sel.len; i++) {
         const struct nj_manifest *m = sel.ptr[i];
         for (size_t k = 0; k < m->ndisks; k++) {
-            struct nj_index_reader *r = open_index(s, m, &m->disks[k]);
+            struct nj_index_reader *r = nj_manifest_index_open(s, m, &m->disks[k]);
             struct nj_extent e;
             while (r && nj_index_reader_next(r, &e) == 1) {
                 if (e.kind != NJ_EXTENT_DATA)
