@@ -274,3 +274,50 @@ void nj_test_copy_store(const char *from, const char *to)
     close(sfd);
     close(dfd);
 }
+
+int nj_test_cmp_digest(const void *a, const void *b)
+{
+    return memcmp(a, b, sizeof(struct nj_digest));
+}
+
+void nj_test_digests_sort_unique(struct digest_vec *v)
+{
+    if (v->len)
+        qsort(v->ptr, v->len, sizeof *v->ptr, nj_test_cmp_digest);
+    size_t n = 0;
+    for (size_t i = 0; i < v->len; i++)
+        if (n == 0 || nj_test_cmp_digest(&v->ptr[n - 1], &v->ptr[i]) != 0)
+            v->ptr[n++] = v->ptr[i];
+    v->len = n;
+}
+
+void nj_test_referenced(struct nj_store *s, struct digest_vec *out,
+                        uint64_t *refs)
+{
+    out->len = 0;
+    if (refs)
+        *refs = 0;
+    struct nj_catalog *c = nj_catalog_open(s);
+    REQUIRE(c);
+    REQUIRE(nj_catalog_broken_count(c) == 0);
+    for (size_t i = 0; i < nj_catalog_count(c); i++) {
+        const struct nj_manifest *m = nj_catalog_get(c, i);
+        for (size_t k = 0; k < m->ndisks; k++) {
+            struct nj_index_reader *r =
+                nj_manifest_index_open(s, m, &m->disks[k]);
+            REQUIRE(r);
+            struct nj_extent e;
+            int rc;
+            while ((rc = nj_index_reader_next(r, &e)) == 1)
+                if (e.kind == NJ_EXTENT_DATA) {
+                    digest_vec_append(out, e.digest);
+                    if (refs)
+                        (*refs)++;
+                }
+            REQUIRE(rc == 0);
+            nj_index_reader_free(r);
+        }
+    }
+    nj_catalog_free(c);
+    nj_test_digests_sort_unique(out);
+}

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 
 #include "nj-catalog.h"
+#include "nj-util.h"
 
 #define NJ_TEST_GRANULARITY (64u * 1024)
 
@@ -79,6 +80,16 @@ int nj_test_restore_compare(struct nj_store *s, const struct nj_catalog *c,
                             const struct nj_manifest *m, const char *target,
                             const unsigned char *truth, uint64_t size,
                             const char *scratch_path);
+
+/* Sets of chunk digests. */
+NJ_VECTOR(digest_vec, struct nj_digest);
+int nj_test_cmp_digest(const void *a, const void *b);
+void nj_test_digests_sort_unique(struct digest_vec *v);
+/* Every chunk the committed backups' indexes reference, distinct and
+ * sorted into out; *refs (when not NULL) counts references with repeats.
+ * Requires a store with no unreadable backup. */
+void nj_test_referenced(struct nj_store *s, struct digest_vec *out,
+                        uint64_t *refs);
 
 /* Copy a store (a directory tree) from one path to a new one, keeping
  * file modes and times. */

@@ -74,65 +74,14 @@ static char *scratch_path(const char *dir)
 
 /* ---- digests and chunk files ---- */
 
-NJ_VECTOR(digest_vec, struct nj_digest);
 
-static int cmp_digest(const void *a, const void *b)
-{
-    return memcmp(a, b, sizeof(struct nj_digest));
-}
-
-static void digests_sort_unique(struct digest_vec *v)
-{
-    if (v->len)
-        qsort(v->ptr, v->len, sizeof *v->ptr, cmp_digest);
-    size_t n = 0;
-    for (size_t i = 0; i < v->len; i++)
-        if (n == 0 || cmp_digest(&v->ptr[n - 1], &v->ptr[i]) != 0)
-            v->ptr[n++] = v->ptr[i];
-    v->len = n;
-}
 
 static bool digests_has(const struct digest_vec *v, const struct nj_digest *d)
 {
     return v->len &&
-           bsearch(d, v->ptr, v->len, sizeof *v->ptr, cmp_digest) != NULL;
+           bsearch(d, v->ptr, v->len, sizeof *v->ptr, nj_test_cmp_digest) != NULL;
 }
 
-/* Every chunk the store's indexes reference (distinct, sorted); *refs
- * counts references with repeats. */
-static void referenced(struct nj_store *s, struct digest_vec *out,
-                       uint64_t *refs)
-{
-    out->len = 0;
-    if (refs)
-        *refs = 0;
-    struct nj_catalog *c = nj_catalog_open(s);
-    REQUIRE(c);
-    REQUIRE(nj_catalog_broken_count(c) == 0);
-    for (size_t i = 0; i < nj_catalog_count(c); i++) {
-        const struct nj_manifest *m = nj_catalog_get(c, i);
-        for (size_t k = 0; k < m->ndisks; k++) {
-            const struct nj_manifest_disk *md = &m->disks[k];
-            int fd = nj_store_backup_open(s, m->id, md->index);
-            REQUIRE(fd >= 0);
-            struct nj_index_reader *r = nj_index_reader_open(
-                fd, md->index, &md->index_digest, md->size);
-            REQUIRE(r);
-            struct nj_extent e;
-            int rc;
-            while ((rc = nj_index_reader_next(r, &e)) == 1)
-                if (e.kind == NJ_EXTENT_DATA) {
-                    digest_vec_append(out, e.digest);
-                    if (refs)
-                        (*refs)++;
-                }
-            REQUIRE(rc == 0);
-            nj_index_reader_free(r);
-        }
-    }
-    nj_catalog_free(c);
-    digests_sort_unique(out);
-}
 
 /* What the chunk directories hold. */
 struct chunk_census {
@@ -172,7 +121,7 @@ static void census(const char *store, struct chunk_census *cs)
         }
         closedir(d);
     }
-    digests_sort_unique(&cs->chunks);
+    nj_test_digests_sort_unique(&cs->chunks);
 }
 
 static char *chunk_path(const char *store, const struct nj_digest *d,
@@ -410,7 +359,7 @@ static void part_exact(const char *dir)
 
     struct digest_vec ref = { 0 };
     uint64_t refs = 0;
-    referenced(s, &ref, &refs);
+    nj_test_referenced(s, &ref, &refs);
     struct chunk_census before = { 0 }, after = { 0 };
     census(store, &before);
     size_t garbage = 0;
@@ -467,7 +416,7 @@ static void part_exact(const char *dir)
     CHECK(after.chunks.len == ref.len);
     bool same = after.chunks.len == ref.len;
     for (size_t i = 0; same && i < ref.len; i++)
-        same = !cmp_digest(&after.chunks.ptr[i], &ref.ptr[i]);
+        same = !nj_test_cmp_digest(&after.chunks.ptr[i], &ref.ptr[i]);
     CHECK(same);
     CHECK(st.chunks_freed == garbage);
     CHECK(st.chunks_kept == ref.len);
@@ -560,7 +509,7 @@ static void part_leftovers(const char *dir)
     chains_add(&ch, s, codec, 4);
     struct digest_vec garbage = { 0 }, ref = { 0 };
     put_garbage(s, codec, &ch.rng, 4, &garbage);
-    referenced(s, &ref, NULL);
+    nj_test_referenced(s, &ref, NULL);
     int64_t now = (int64_t)time(NULL);
     age_chunks(store, now - 7200);
 
@@ -739,7 +688,7 @@ static void part_kills(const char *dir)
     chains_prune(&ch, s, 8);
     put_garbage(s, codec, &ch.rng, 3000, NULL);
     struct digest_vec ref = { 0 };
-    referenced(s, &ref, NULL);
+    nj_test_referenced(s, &ref, NULL);
     nj_store_close(s);
     age_chunks(tmpl, (int64_t)time(NULL) - 7200);
     make_tmp(tmpl, 0x42, "chunk-stale", (int64_t)time(NULL) - 3 * DAY);
@@ -1073,7 +1022,7 @@ static void cw_age_garbage(struct nj_store *s, const char *store,
 {
     garbage->len = 0;
     struct digest_vec ref = { 0 };
-    referenced(s, &ref, NULL);
+    nj_test_referenced(s, &ref, NULL);
     struct timespec ts[2] = { { .tv_nsec = UTIME_OMIT },
                               { .tv_sec = time(NULL) - 7200 } };
     for (int i = 0; i < 256; i++) {
@@ -1092,7 +1041,7 @@ static void cw_age_garbage(struct nj_store *s, const char *store,
         }
         closedir(d);
     }
-    digests_sort_unique(garbage);
+    nj_test_digests_sort_unique(garbage);
     digest_vec_reset(&ref);
 }
 

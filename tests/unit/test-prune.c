@@ -354,59 +354,16 @@ static bool chunks_same(const struct chunk_vec *a, const struct chunk_vec *b)
     return true;
 }
 
-NJ_VECTOR(digest_vec, struct nj_digest);
 
-static int cmp_digest(const void *a, const void *b)
-{
-    return memcmp(a, b, sizeof(struct nj_digest));
-}
-
-/* Every chunk reference of every index in the store: *refs counts
- * repeats, out gets the distinct digests, sorted. */
-static void referenced(struct world *w, struct digest_vec *out, uint64_t *refs)
-{
-    out->len = 0;
-    *refs = 0;
-    struct nj_catalog *c = nj_catalog_open(w->s);
-    REQUIRE(c);
-    for (size_t i = 0; i < nj_catalog_count(c); i++) {
-        const struct nj_manifest *m = nj_catalog_get(c, i);
-        for (size_t k = 0; k < m->ndisks; k++) {
-            const struct nj_manifest_disk *md = &m->disks[k];
-            int fd = nj_store_backup_open(w->s, m->id, md->index);
-            REQUIRE(fd >= 0);
-            struct nj_index_reader *r = nj_index_reader_open(
-                fd, md->index, &md->index_digest, md->size);
-            REQUIRE(r);
-            struct nj_extent e;
-            int rc;
-            while ((rc = nj_index_reader_next(r, &e)) == 1)
-                if (e.kind == NJ_EXTENT_DATA) {
-                    digest_vec_append(out, e.digest);
-                    (*refs)++;
-                }
-            CHECK(rc == 0);
-            nj_index_reader_free(r);
-        }
-    }
-    nj_catalog_free(c);
-    if (out->len)
-        qsort(out->ptr, out->len, sizeof *out->ptr, cmp_digest);
-    size_t n = 0;
-    for (size_t i = 0; i < out->len; i++)
-        if (n == 0 || cmp_digest(&out->ptr[n - 1], &out->ptr[i]) != 0)
-            out->ptr[n++] = out->ptr[i];
-    out->len = n;
-}
 
 static bool digests_subset(const struct digest_vec *a,
                            const struct digest_vec *b)
 {
     size_t j = 0;
     for (size_t i = 0; i < a->len; i++) {
-        while (j < b->len && cmp_digest(&b->ptr[j], &a->ptr[i]) < 0)
+        while (j < b->len && nj_test_cmp_digest(&b->ptr[j], &a->ptr[i]) < 0)
             j++;
-        if (j == b->len || cmp_digest(&b->ptr[j], &a->ptr[i]) != 0)
+        if (j == b->len || nj_test_cmp_digest(&b->ptr[j], &a->ptr[i]) != 0)
             return false;
     }
     return true;
@@ -575,7 +532,7 @@ static void prune_one(struct world *w, const char *id_in)
     struct chunk_vec cb = { 0 }, ca = { 0 };
     struct digest_vec rb = { 0 }, ra = { 0 };
     uint64_t nb = 0, na = 0;
-    referenced(w, &rb, &nb);
+    nj_test_referenced(w->s, &rb, &nb);
     chunks_snapshot(w, &cb);
 
     int fd = nj_backup_lock_domain(w->s, d->uuid, d->name);
@@ -592,7 +549,7 @@ static void prune_one(struct world *w, const char *id_in)
 
     chunks_snapshot(w, &ca);
     CHECK(chunks_same(&cb, &ca));
-    referenced(w, &ra, &na);
+    nj_test_referenced(w->s, &ra, &na);
     CHECK(digests_subset(&ra, &rb));
     w->st.refs_before += nb;
     w->st.refs_after += na;
