@@ -31,8 +31,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-virt=qemu
-if [ -c /dev/kvm ] && $V domcapabilities --virttype kvm >/dev/null 2>&1; then virt=kvm; fi
+virt=$(bash scripts/virt-type.sh)     # kvm only when QEMU's user can open /dev/kvm
 say "creating domain '$dom' ($virt) with two qcow2 disks in $work"
 qemu-img create -q -f qcow2 "$work/vda.qcow2" 256M
 qemu-img create -q -f qcow2 "$work/vdb.qcow2" 64M

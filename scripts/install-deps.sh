@@ -13,6 +13,9 @@ packages=(
     # tests and tools: jq for JSON checks, GNU time for peak RSS, loop
     # devices, valgrind, the libFuzzer runtime for clang
     jq time util-linux valgrind libclang-rt-14-dev zstd bc libxml2-utils
+    # the peer, for the benchmark smoke run in the suite (virtnbdbackup -z
+    # needs python3-lz4)
+    virtnbdbackup python3-lz4
 )
 
 missing=()

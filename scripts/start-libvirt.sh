@@ -2,7 +2,30 @@
 # Start virtlogd and libvirtd when they are not running (there is no
 # systemd on the machines nightjar is tested on).  Waits until the system
 # connection answers.
+#
+# /dev/kvm first: on a machine where no udev ran, the device node is
+# crw------- root root and QEMU, which libvirt runs as its own user
+# (libvirt-qemu on Debian), cannot open it.  Debian's udev rules
+# (50-udev-default.rules, 60-qemu-system-common.rules) give it root:kvm
+# 0660, and Debian puts QEMU's user in group kvm; do the same here, so the
+# machine behaves like a real host.  Nothing is done when the group or the
+# user is missing; callers still decide KVM versus TCG by whether QEMU's
+# user can open the device (nj_virt_type in tests/integration/lib-libvirt.sh,
+# scripts/demo.sh).
 set -euo pipefail
+
+qemu_user=$(sed -n 's/^[[:space:]]*user[[:space:]]*=[[:space:]]*"\(.*\)".*/\1/p' \
+    /etc/libvirt/qemu.conf 2>/dev/null | tail -n 1)
+qemu_user=${qemu_user:-libvirt-qemu}
+qemu_user=${qemu_user#+}
+if [ -c /dev/kvm ] && getent group kvm >/dev/null \
+    && id -nG "$qemu_user" 2>/dev/null | tr ' ' '\n' | grep -qx kvm; then
+    if [ "$(stat -c '%G %a' /dev/kvm)" != "kvm 660" ]; then
+        chgrp kvm /dev/kvm
+        chmod 0660 /dev/kvm
+        echo "start-libvirt: /dev/kvm set to root:kvm 0660, as udev sets it" >&2
+    fi
+fi
 
 if ! pgrep -x virtlogd >/dev/null; then
     virtlogd -d

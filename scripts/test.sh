@@ -5,6 +5,8 @@
 #
 #   bash scripts/test.sh            everything
 #   NJ_SKIP_SANITIZE=1 / NJ_SKIP_FUZZ=1  to leave a stage out (local use)
+#
+# With CI=true (as CI runs it) a skipped test fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,10 +24,14 @@ run_suite() { # builddir label meson-test-args...
     f=$(jq -s '[.[] | select(.result == "FAIL" or .result == "TIMEOUT" or .result == "ERROR" or .result == "UNEXPECTEDPASS")] | length' "$log")
     s=$(jq -s '[.[] | select(.result == "SKIP")] | length' "$log")
     results+=("$label: $p passed, $f failed, $s skipped")
+    if [ "$s" -gt 0 ]; then
+        skipped+=($(jq -rs --arg l "$label" '.[] | select(.result == "SKIP") | "\($l)/\(.name)"' "$log"))
+    fi
     total_pass=$((total_pass + p)); total_fail=$((total_fail + f)); total_skip=$((total_skip + s))
     return $rc
 }
 total_pass=0 total_fail=0 total_skip=0
+skipped=()
 status=0
 
 # 1. Strict build and every suite.
@@ -55,6 +61,15 @@ if [ -z "${NJ_SKIP_FUZZ:-}" ] && [ -x scripts/fuzz.sh ]; then
     fi
 fi
 
+# In CI a skip is a failure: CI installs every tool a test needs, so a
+# test that still cannot run is a broken install step, not an option.
+if [ "${#skipped[@]}" -gt 0 ]; then
+    echo "skipped: ${skipped[*]} (see the test logs for why)"
+    if [ "${CI:-}" = true ]; then
+        echo "CI=true: skipped tests count as failures"
+        total_fail=$((total_fail + total_skip)); total_skip=0; status=1
+    fi
+fi
 printf '%s\n' "${results[@]}"
 echo "tests: $total_pass passed, $total_fail failed, $total_skip skipped"
 exit $status

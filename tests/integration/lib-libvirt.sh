@@ -91,18 +91,10 @@ _nj_as_qemu() {
     esac
 }
 
-# nj_virt_type: "kvm" when QEMU can use /dev/kvm, "qemu" (TCG) otherwise.
+# nj_virt_type: "kvm" when QEMU's user can open /dev/kvm and libvirt offers
+# KVM, "qemu" (TCG) otherwise (scripts/virt-type.sh; NJ_VIRT_TYPE forces it).
 nj_virt_type() {
-    local caps
-    if [ -n "${NJ_VIRT_TYPE:-}" ]; then echo "$NJ_VIRT_TYPE"; return; fi
-    if [ -c /dev/kvm ] && { : <>/dev/kvm; } 2>/dev/null \
-        && _nj_as_qemu sh -c ': <>/dev/kvm' 2>/dev/null \
-        && caps=$(nj_virsh domcapabilities --virttype kvm 2>/dev/null) \
-        && [[ $caps == *'<domain>kvm</domain>'* ]]; then
-        echo kvm
-    else
-        echo qemu
-    fi
+    NJ_LIBVIRT_URI=$NJ_LIBVIRT_URI bash "$_nj_lib_dir/../../scripts/virt-type.sh"
 }
 
 # nj_require_libvirt: skip the test (exit 77, with the reason) unless a
