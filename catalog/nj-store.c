@@ -5,6 +5,7 @@
 #include "nj-util.h"
 #include "store-backend.h"
 
+#include <errno.h>
 #include <json-c/json.h>
 #include <string.h>
 #include <sys/file.h>
@@ -118,6 +119,7 @@ char *nj_store_backup_read(struct nj_store *s, const char *id,
 {
     if (!nj_store_name_valid(id) || !nj_store_name_valid(name)) {
         nj_error("invalid backup id or file name '%s/%s'", id, name);
+        errno = EINVAL;
         return NULL;
     }
     return s->ops->backup_read(s, id, name, max, len);
