@@ -2,7 +2,7 @@
  * nightjar-agent: back up libvirt domains and disk images into a store.
  *
  *   nightjar-agent import -s STORE -d NAME --disk TARGET [-l full|inc]
- *                         [--bitmap NAME] [--json] SOURCE
+ *                         [--format raw|qcow2] [--bitmap NAME] [--json] SOURCE
  *
  * Exit status: 0 success, 1 failure, 2 usage.
  */
@@ -36,8 +36,11 @@ static void usage(FILE *f)
         "       %s run --config FILE [--once]\n"
         "       %s protect -s STORE -b ID [--off]\n"
         "       %s import -s STORE -d NAME --disk TARGET [-l full|inc]\n"
-        "                        [--bitmap NAME] [--json] SOURCE\n"
+        "                        [--format raw|qcow2] [--bitmap NAME] [--json] SOURCE\n"
         "  SOURCE is a qcow2 or raw image file, or an nbd:// or nbd+unix:// URI\n"
+        "  --format: the image file's format, never guessed from its content;\n"
+        "    without it, qcow2 if the name ends in .qcow2, else raw, and a file\n"
+        "    taken as raw that starts like an image format is refused\n"
         "  tuning: [--threads N] [--connections N] [--requests N]\n"
         "          [--grid BYTES] [--zstd-level N] [--max-inflight BYTES]\n"
         "       %s --version\n",
@@ -58,7 +61,7 @@ NJ_PRINTF(1, 2) static int usage_error(const char *fmt, ...)
 enum {
     OPT_DISK = 256, OPT_JSON, OPT_BITMAP, OPT_THREADS, OPT_CONNS,
     OPT_REQUESTS, OPT_GRID, OPT_ZLEVEL, OPT_INFLIGHT, OPT_QUIESCE,
-    OPT_SCRATCH, OPT_SCRATCH_MIN, OPT_MAX_CHAIN, OPT_MAX_AGE,
+    OPT_SCRATCH, OPT_SCRATCH_MIN, OPT_MAX_CHAIN, OPT_MAX_AGE, OPT_FORMAT,
 };
 
 #define TUNING_OPTIONS                                                     \
@@ -481,6 +484,7 @@ static int cmd_import(int argc, char **argv)
         { "level", required_argument, NULL, 'l' },
         { "disk", required_argument, NULL, OPT_DISK },
         { "bitmap", required_argument, NULL, OPT_BITMAP },
+        { "format", required_argument, NULL, OPT_FORMAT },
         { "json", no_argument, NULL, OPT_JSON },
         TUNING_OPTIONS,
         { "help", no_argument, NULL, 'h' },
@@ -502,6 +506,11 @@ static int cmd_import(int argc, char **argv)
         case 'l': level = optarg; break;
         case OPT_DISK: a.target = optarg; break;
         case OPT_BITMAP: a.bitmap = optarg; break;
+        case OPT_FORMAT:
+            if (strcmp(optarg, "raw") != 0 && strcmp(optarg, "qcow2") != 0)
+                return usage_error("--format: raw or qcow2, not '%s'", optarg);
+            a.format = optarg;
+            break;
         case OPT_JSON: a.json = true; break;
         case 'h': usage(stdout); return 0;
         default: return 2; /* getopt said why */
