@@ -307,6 +307,12 @@ static int check_qcow2_chain(const char *path, int depth)
         return nj_error("image '%s' has backing file '%s' of format '%s': "
                         "only raw and qcow2 backing files can be imported",
                         path, backing, bfmt);
+    /* a protocol ("nbd://", "ssh:", ...) or a json: name is no file */
+    if (strncmp(backing, "json:", 5) == 0 ||
+        (strchr(backing, ':') && backing[0] != '/' &&
+         strcspn(backing, ":") < strcspn(backing, "/")))
+        return nj_error("image '%s' has backing file '%s': only files can be "
+                        "imported", path, backing);
     if (strcmp(bfmt, "raw") == 0)
         return 0;
     /* qemu resolves a relative name against the image's directory */
@@ -316,9 +322,6 @@ static int check_qcow2_chain(const char *path, int depth)
         next = nj_strdup(backing);
     else
         next = nj_asprintf("%.*s/%s", (int)(slash - path), path, backing);
-    if (strstr(next, "://") || strncmp(next, "json:", 5) == 0)
-        return nj_error("image '%s' has backing file '%s': only files can be "
-                        "imported", path, backing);
     return check_qcow2_chain(next, depth + 1);
 }
 

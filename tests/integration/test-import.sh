@@ -163,6 +163,10 @@ qemu-io -f qcow2 -c "write -P 0x22 1M 1M" "$F/overlay.qcow2" >/dev/null
 "$R" restore -s "$S" -d overlay -o "$F/overlay.out"
 qemu-img convert -f qcow2 -O raw "$F/overlay.qcow2" "$F/overlay.truth"
 check cmp "$F/overlay.out" "$F/overlay.truth"
+# a backing "file" that is a protocol (qemu would connect to it): refused
+qemu-img create -q -f qcow2 -u -b "nbd+unix:///?socket=$F/none.sock" -F raw "$F/proto.qcow2" 1M
+expect_fail "has backing file 'nbd+unix:///?socket=$F/none.sock': only files can be imported" \
+    "$A" import -s "$S" -d proto --disk vda "$F/proto.qcow2"
 # an external data file names another host file: refused
 qemu-img create -q -f qcow2 -o data_file="$F/data.raw" "$F/datafile.qcow2" 1M
 expect_fail "external data file" "$A" import -s "$S" -d df --disk vda "$F/datafile.qcow2"
