@@ -235,8 +235,9 @@ static int check_qcow2_chain(const char *path, int depth)
     NJ_CLEANUP_CLOSE int fd = image_open(path);
     if (fd < 0)
         return -1;
-    /* header, extensions and backing file name: all in the first cluster,
-     * at most 2 MiB; qemu itself keeps them within 64 KiB in practice */
+    /* qemu writes the header, its extensions and the backing file name
+     * at the start of the first cluster: the first 64 KiB hold them, and
+     * a backing file name found beyond is refused (fail closed) */
     enum { HEAD = 65536 };
     NJ_CLEANUP_FREE unsigned char *h = nj_malloc(HEAD);
     ssize_t n = read_head(fd, path, h, HEAD);
