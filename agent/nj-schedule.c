@@ -7,6 +7,7 @@
 #include "nj-util.h"
 
 #include <ctype.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
@@ -308,7 +309,16 @@ static int config_line(struct nj_config *c, const char *path, int line,
 struct nj_config *nj_config_load(const char *path)
 {
     size_t len = 0;
-    NJ_CLEANUP_FREE char *text = nj_read_file(AT_FDCWD, path, 1 << 20, &len);
+    /* The configuration is the administrator's, named on the command line
+     * or in a unit: a symlink to it (configuration management does that)
+     * is followed, once, by realpath; the file itself must still be a
+     * regular file (nj_read_file refuses FIFOs and devices). */
+    NJ_CLEANUP_FREE char *real = realpath(path, NULL);
+    if (!real) {
+        nj_error_errno(errno, "open '%s'", path);
+        return NULL;
+    }
+    NJ_CLEANUP_FREE char *text = nj_read_file(AT_FDCWD, real, 1 << 20, &len);
     if (!text)
         return NULL;
     struct nj_config *c = nj_calloc(1, sizeof *c);

@@ -18,6 +18,8 @@ packages=(
     virtnbdbackup python3-lz4
     # fake guest agent and syscall tracing in tests
     socat strace
+    # systemd-analyze verify of the units (the package, not systemd as init)
+    systemd
 )
 
 missing=()

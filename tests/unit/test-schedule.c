@@ -30,7 +30,9 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 static void set_tz(const char *tz)
 {
@@ -513,6 +515,25 @@ static void test_config_errors(void)
     NJ_CLEANUP_FREE char *missing = nj_asprintf("%s/no-such.conf", dir);
     CHECK(nj_config_load(missing) == NULL);
     CHECK(strstr(nj_error_get(), "no-such.conf") != NULL);
+
+    /* The administrator's configuration may be a symlink (configuration
+     * management); a FIFO there is refused, not waited on. */
+    NJ_CLEANUP_FREE char *real = nj_asprintf("%s/real.conf", dir);
+    NJ_CLEANUP_FREE char *link = nj_asprintf("%s/link.conf", dir);
+    NJ_CLEANUP_FREE char *fifo = nj_asprintf("%s/fifo.conf", dir);
+    FILE *f = fopen(real, "w");
+    CHECK(f != NULL);
+    if (f) {
+        fputs("store = /s\nschedule = hourly\n", f);
+        fclose(f);
+    }
+    CHECK(symlink(real, link) == 0);
+    struct nj_config *c = nj_config_load(link);
+    CHECK(c != NULL && !strcmp(c->store, "/s"));
+    nj_config_free(c);
+    CHECK(mkfifo(fifo, 0600) == 0);
+    CHECK(nj_config_load(fifo) == NULL);
+    CHECK(strstr(nj_error_get(), "not a regular file") != NULL);
 }
 
 int main(void)
