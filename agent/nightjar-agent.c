@@ -2,7 +2,7 @@
  * nightjar-agent: back up libvirt domains and disk images into a store.
  *
  *   nightjar-agent import -s STORE -d NAME --disk TARGET [-l full|inc]
- *                         [--bitmap NAME] [--json] SOURCE
+ *                         [--format raw|qcow2] [--bitmap NAME] [--json] SOURCE
  *
  * Exit status: 0 success, 1 failure, 2 usage.
  */
@@ -36,8 +36,11 @@ static void usage(FILE *f)
         "       %s run --config FILE [--once]\n"
         "       %s protect -s STORE -b ID [--off]\n"
         "       %s import -s STORE -d NAME --disk TARGET [-l full|inc]\n"
-        "                        [--bitmap NAME] [--json] SOURCE\n"
+        "                        [--format raw|qcow2] [--bitmap NAME] [--json] SOURCE\n"
         "  SOURCE is a qcow2 or raw image file, or an nbd:// or nbd+unix:// URI\n"
+        "  --format: the image file's format, never guessed from its content;\n"
+        "    without it, qcow2 if the name ends in .qcow2, else raw, and a file\n"
+        "    taken as raw that starts like an image format is refused\n"
         "  tuning: [--threads N] [--connections N] [--requests N]\n"
         "          [--grid BYTES] [--zstd-level N] [--max-inflight BYTES]\n"
         "       %s --version\n",
@@ -55,10 +58,24 @@ NJ_PRINTF(1, 2) static int usage_error(const char *fmt, ...)
     return 2;
 }
 
+/* getopt_long's '?' or ':' (opterr is 0): one line naming the command
+ * and the option, exit status 2.  optstring: the loop's short options. */
+static int bad_option(int c, char **argv, const char *optstring)
+{
+    const char *arg = optind > 0 ? argv[optind - 1] : "";
+    if (c == ':')
+        return usage_error("%s: option '%s' needs a value", argv[0], arg);
+    if (optopt == 0)
+        return usage_error("%s: unknown option '%s'", argv[0], arg);
+    if (optopt < 256 && !strchr(optstring, optopt))
+        return usage_error("%s: unknown option '-%c'", argv[0], optopt);
+    return usage_error("%s: option '%s' takes no value", argv[0], arg);
+}
+
 enum {
     OPT_DISK = 256, OPT_JSON, OPT_BITMAP, OPT_THREADS, OPT_CONNS,
     OPT_REQUESTS, OPT_GRID, OPT_ZLEVEL, OPT_INFLIGHT, OPT_QUIESCE,
-    OPT_SCRATCH, OPT_SCRATCH_MIN, OPT_MAX_CHAIN, OPT_MAX_AGE,
+    OPT_SCRATCH, OPT_SCRATCH_MIN, OPT_MAX_CHAIN, OPT_MAX_AGE, OPT_FORMAT,
 };
 
 #define TUNING_OPTIONS                                                     \
@@ -143,7 +160,7 @@ static int cmd_backup(int argc, char **argv)
     const char **disks = nj_calloc((size_t)argc + 1, sizeof *disks);
     uint64_t v = 0;
     int c, r;
-    while ((c = getopt_long(argc, argv, "c:s:d:l:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":c:s:d:l:h", opts, NULL)) != -1) {
         if ((r = parse_tuning(c, &a.dp)) != 0) {
             if (r < 0)
                 return 2;
@@ -188,7 +205,7 @@ static int cmd_backup(int argc, char **argv)
             a.max_age_days = (unsigned)v;
             break;
         case 'h': usage(stdout); return 0;
-        default: return 2; /* getopt said why */
+        default: return bad_option(c, argv, ":c:s:d:l:h");
         }
     }
     if (optind < argc)
@@ -220,7 +237,7 @@ static int cmd_estimate(int argc, char **argv)
     const char *uri = "qemu:///system", *store = NULL, *domain = NULL;
     bool all = false, json = false;
     int c;
-    while ((c = getopt_long(argc, argv, "c:s:d:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":c:s:d:h", opts, NULL)) != -1) {
         switch (c) {
         case 'c': uri = optarg; break;
         case 's': store = optarg; break;
@@ -228,7 +245,7 @@ static int cmd_estimate(int argc, char **argv)
         case 'a': all = true; break;
         case OPT_JSON: json = true; break;
         case 'h': usage(stdout); return 0;
-        default: return 2; /* getopt said why */
+        default: return bad_option(c, argv, ":c:s:d:h");
         }
     }
     if (optind < argc)
@@ -260,7 +277,7 @@ static int cmd_run(int argc, char **argv)
     struct nj_run_opts o = { 0 };
     uint64_t v = 0;
     int c;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
         switch (c) {
         case OPT_CONFIG: o.config = optarg; break;
         case OPT_ONCE: o.once = true; break;
@@ -273,7 +290,7 @@ static int cmd_run(int argc, char **argv)
             o.simulate_runs = (unsigned)v;
             break;
         case 'h': usage(stdout); return 0;
-        default: return 2; /* getopt said why */
+        default: return bad_option(c, argv, ":h");
         }
     }
     if (optind < argc)
@@ -288,6 +305,28 @@ static int cmd_run(int argc, char **argv)
         return 1;
     }
     return 0;
+}
+
+/* s with control characters (newline, ESC, ...) shown as \xNN and a
+ * backslash doubled: a domain name cannot forge table rows or drive the
+ * terminal.  A new string. */
+static char *printable(const char *s)
+{
+    char *out = nj_malloc(4 * strlen(s) + 1), *p = out;
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch < 0x20 || ch == 0x7f) {
+            snprintf(p, 5, "\\x%02x", ch);
+            p += 4;
+        } else if (ch == '\\') {
+            *p++ = '\\';
+            *p++ = '\\';
+        } else {
+            *p++ = (char)ch;
+        }
+    }
+    *p = '\0';
+    return out;
 }
 
 static int cmd_prune(int argc, char **argv)
@@ -316,7 +355,7 @@ static int cmd_prune(int argc, char **argv)
     bool dry = false, json = false;
     uint64_t v = 0;
     int c;
-    while ((c = getopt_long(argc, argv, "s:d:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":s:d:h", opts, NULL)) != -1) {
         if (c >= OPT_KEEP && c < OPT_KEEP + 6) {
             NJ_CLEANUP_FREE char *name = nj_asprintf("--%s", keeps[c - OPT_KEEP]);
             if (parse_num(name, optarg, 0, 1000000, &v))
@@ -330,18 +369,28 @@ static int cmd_prune(int argc, char **argv)
         case OPT_DRY: dry = true; break;
         case OPT_JSON: json = true; break;
         case 'h': usage(stdout); return 0;
-        default: return 2; /* getopt said why */
+        default: return bad_option(c, argv, ":s:d:h");
         }
     }
     if (optind < argc)
         return usage_error("unexpected argument '%s'", argv[optind]);
     if (!store)
         return usage_error("a store is required (-s STORE)");
+    if (nj_keep_rules_empty(&r))
+        return usage_error("prune needs a rule (--keep-last N, --keep-daily "
+                           "N, ...): with none it would remove everything");
     struct nj_store *s = nj_store_open(store, 0);
     struct nj_prune_decision *d = NULL;
     size_t n = 0;
     if (!s || nj_prune_plan(s, domain, &r, &d, &n) < 0) {
         nj_error_print(prog);
+        nj_store_close(s);
+        return 1;
+    }
+    if (domain && n == 0) {
+        /* a mistyped name must not look like "nothing to remove" */
+        fprintf(stderr, "%s: no backup of domain '%s' in store '%s'\n", prog,
+                domain, store);
         nj_store_close(s);
         return 1;
     }
@@ -363,8 +412,9 @@ static int cmd_prune(int argc, char **argv)
                 json_object_object_add(o, "error", json_object_new_string(d[i].error));
             json_object_array_add(arr, o);
         } else {
-            printf("%-8s %-26s %-20s %-4s %s%s%s\n", action, d[i].id,
-                   d[i].domain, nj_level_name(d[i].level), d[i].reason,
+            NJ_CLEANUP_FREE char *dom = printable(d[i].domain);
+            printf("%-8s %-26s %-20s %-4s %s%s%s\n", action, d[i].id, dom,
+                   nj_level_name(d[i].level), d[i].reason,
                    d[i].error ? ": " : "", d[i].error ? d[i].error : "");
         }
     }
@@ -394,7 +444,7 @@ static int cmd_gc(int argc, char **argv)
     uint64_t grace = 3600;
     bool json = false;
     int c;
-    while ((c = getopt_long(argc, argv, "s:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":s:h", opts, NULL)) != -1) {
         switch (c) {
         case 's': store = optarg; break;
         case OPT_GRACE:
@@ -403,7 +453,7 @@ static int cmd_gc(int argc, char **argv)
             break;
         case OPT_JSON: json = true; break;
         case 'h': usage(stdout); return 0;
-        default: return 2; /* getopt said why */
+        default: return bad_option(c, argv, ":s:h");
         }
     }
     if (optind < argc)
@@ -452,25 +502,35 @@ static int cmd_protect(int argc, char **argv)
     const char *store = NULL, *id = NULL;
     bool off = false;
     int c;
-    while ((c = getopt_long(argc, argv, "s:b:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":s:b:h", opts, NULL)) != -1) {
         switch (c) {
         case 's': store = optarg; break;
         case 'b': id = optarg; break;
         case OPT_OFF: off = true; break;
         case 'h': usage(stdout); return 0;
-        default: return 2; /* getopt said why */
+        default: return bad_option(c, argv, ":s:b:h");
         }
     }
+    if (optind < argc)
+        return usage_error("unexpected argument '%s'", argv[optind]);
     if (!store || !id)
         return usage_error("protect needs -s STORE and -b ID");
+    if (!nj_store_name_valid(id))
+        return usage_error("'%s' is not a backup id", id);
     struct nj_store *s = nj_store_open(store, 0);
-    if (!s || nj_prune_protect(s, id, !off) < 0) {
+    struct nj_catalog *cat = s ? nj_catalog_open(s) : NULL;
+    int ret = 0;
+    if (!cat)
+        ret = -1;
+    else if (!nj_catalog_find(cat, id))
+        ret = nj_error("no backup '%s' in store '%s'", id, store);
+    else
+        ret = nj_prune_protect(s, id, !off);
+    if (ret < 0)
         nj_error_print(prog);
-        nj_store_close(s);
-        return 1;
-    }
+    nj_catalog_free(cat);
     nj_store_close(s);
-    return 0;
+    return ret < 0 ? 1 : 0;
 }
 
 static int cmd_import(int argc, char **argv)
@@ -481,6 +541,7 @@ static int cmd_import(int argc, char **argv)
         { "level", required_argument, NULL, 'l' },
         { "disk", required_argument, NULL, OPT_DISK },
         { "bitmap", required_argument, NULL, OPT_BITMAP },
+        { "format", required_argument, NULL, OPT_FORMAT },
         { "json", no_argument, NULL, OPT_JSON },
         TUNING_OPTIONS,
         { "help", no_argument, NULL, 'h' },
@@ -490,7 +551,7 @@ static int cmd_import(int argc, char **argv)
     a.dp.progress = isatty(STDERR_FILENO);
     const char *level = NULL;
     int c, r;
-    while ((c = getopt_long(argc, argv, "s:d:l:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":s:d:l:h", opts, NULL)) != -1) {
         if ((r = parse_tuning(c, &a.dp)) != 0) {
             if (r < 0)
                 return 2;
@@ -502,9 +563,14 @@ static int cmd_import(int argc, char **argv)
         case 'l': level = optarg; break;
         case OPT_DISK: a.target = optarg; break;
         case OPT_BITMAP: a.bitmap = optarg; break;
+        case OPT_FORMAT:
+            if (strcmp(optarg, "raw") != 0 && strcmp(optarg, "qcow2") != 0)
+                return usage_error("--format: raw or qcow2, not '%s'", optarg);
+            a.format = optarg;
+            break;
         case OPT_JSON: a.json = true; break;
         case 'h': usage(stdout); return 0;
-        default: return 2; /* getopt said why */
+        default: return bad_option(c, argv, ":s:d:l:h");
         }
     }
     if (argc - optind != 1)
@@ -531,6 +597,7 @@ static int cmd_import(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
+    opterr = 0; /* bad_option() says what is wrong, once */
     if (argc < 2) {
         usage(stderr);
         return 2;

@@ -19,6 +19,10 @@ struct nj_import_args {
     const char *domain;      /* a name for the imported chain */
     const char *target;      /* disk target */
     const char *source;      /* image file or nbd:// / nbd+unix:// URI */
+    const char *format;      /* "raw", "qcow2", or NULL: qcow2 when the
+                                file's name ends in ".qcow2", else raw
+                                (refused if it starts like an image
+                                format); never probed */
     const char *bitmap;      /* persistent bitmap (files) or dirty bitmap
                                 (URIs) for an incremental */
     enum nj_level level;     /* full or inc */

@@ -9,14 +9,30 @@
  * cannot check that promise: it is the contract of --bitmap).  The parent
  * of an incremental is the newest committed backup of the same name that
  * has this disk at the same size.
+ *
+ * The format of an image file is never guessed from its content: a raw
+ * guest disk holds whatever the guest wrote, and a guest that writes a
+ * qcow2 header naming a host file as its backing file would otherwise
+ * have that host file backed up (and restored) as its disk.  The format
+ * is --format, else qcow2 for a name ending in ".qcow2", else raw, and
+ * qemu-nbd always gets it explicitly.  Without --format, a file taken as
+ * raw whose first bytes are the magic of an image format (qcow2, QED,
+ * VMDK, VHDX, VHD, VDI, LUKS, ...) is refused: the user says which it
+ * is.  A qcow2 image may have a backing chain (the user named the image,
+ * the chain is theirs), but every member must record its backing file's
+ * format, raw or qcow2, so that qemu never probes one, and no member may
+ * use an external data file.
  */
 #include "nj-agent.h"
 #include "nj-nbd.h"
 #include "nj-util.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <json-c/json.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 
 volatile int nj_agent_interrupted;
 
@@ -118,6 +134,240 @@ void nj_agent_print_result(const struct nj_manifest *m, bool json,
     json_object_put(o);
 }
 
+/* ---- image files: the format, without probing ---- */
+
+/* The magic numbers qemu's probes look for at the start of a file. */
+static const struct {
+    const char *name;
+    size_t off, len;
+    const char *magic;
+} image_magic[] = {
+    { "qcow2", 0, 4, "QFI\xfb" },  /* qcow and qcow2 */
+    { "qed", 0, 4, "QED\0" },
+    { "vmdk", 0, 4, "KDMV" },
+    { "vmdk", 0, 4, "COWD" },
+    { "vmdk", 0, 21, "# Disk DescriptorFile" },
+    { "vhdx", 0, 8, "vhdxfile" },
+    { "vpc", 0, 8, "conectix" },
+    { "vdi", 0x40, 4, "\x7f\x10\xda\xbe" },
+    { "luks", 0, 6, "LUKS\xba\xbe" },
+    { "parallels", 0, 16, "WithoutFreeSpace" },
+    { "parallels", 0, 16, "WithouFreSpacExt" },
+    { "bochs", 0, 22, "Bochs Virtual HD Image" },
+    { "cloop", 0, 37, "#!/bin/sh\n#V2.0 Format\nmodprobe cloop" },
+};
+
+/* The first image format whose magic buf[0, len) holds, or NULL. */
+static const char *magic_format(const unsigned char *buf, size_t len)
+{
+    for (size_t i = 0; i < NJ_ARRAY_SIZE(image_magic); i++)
+        if (image_magic[i].off + image_magic[i].len <= len &&
+            memcmp(buf + image_magic[i].off, image_magic[i].magic,
+                   image_magic[i].len) == 0)
+            return image_magic[i].name;
+    return NULL;
+}
+
+static uint32_t get_be32(const unsigned char *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 |
+           p[3];
+}
+
+static uint64_t get_be64(const unsigned char *p)
+{
+    return (uint64_t)get_be32(p) << 32 | get_be32(p + 4);
+}
+
+/* Open an image file for reading its header: not blocking on a FIFO, a
+ * regular file or a block device.  Returns the fd or -1. */
+static int image_open(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
+        return nj_error_errno(errno, "open '%s'", path);
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        int e = errno;
+        close(fd);
+        return nj_error_errno(e, "stat '%s'", path);
+    }
+    if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
+        close(fd);
+        return nj_error("'%s' is not a regular file or a block device", path);
+    }
+    return fd;
+}
+
+/* Read up to len bytes from the start of fd; the count, or -1. */
+static ssize_t read_head(int fd, const char *path, unsigned char *buf,
+                         size_t len)
+{
+    size_t n = 0;
+    while (n < len) {
+        ssize_t r = pread(fd, buf + n, len - n, (off_t)n);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return nj_error_errno(errno, "read '%s'", path);
+        if (r == 0)
+            break;
+        n += (size_t)r;
+    }
+    return (ssize_t)n;
+}
+
+#define QCOW2_EXT_BACKING_FORMAT 0xe2792acau
+#define QCOW2_EXT_DATA_FILE 0x44415441u
+#define QCOW2_INCOMPAT_DATA_FILE (1u << 2)
+#define QCOW2_CHAIN_MAX 16
+
+/*
+ * Check the qcow2 image at path and, through the formats it records, its
+ * backing chain: every member is a qcow2 image (raw ends the chain) that
+ * records its backing file's format, none uses an external data file.
+ */
+static int check_qcow2_chain(const char *path, int depth)
+{
+    if (depth >= QCOW2_CHAIN_MAX)
+        return nj_error("image '%s': backing chain longer than %d images",
+                        path, QCOW2_CHAIN_MAX);
+    NJ_CLEANUP_CLOSE int fd = image_open(path);
+    if (fd < 0)
+        return -1;
+    /* qemu writes the header, its extensions and the backing file name
+     * at the start of the first cluster: the first 64 KiB hold them, and
+     * a backing file name found beyond is refused (fail closed) */
+    enum { HEAD = 65536 };
+    NJ_CLEANUP_FREE unsigned char *h = nj_malloc(HEAD);
+    ssize_t n = read_head(fd, path, h, HEAD);
+    if (n < 0)
+        return -1;
+    size_t len = (size_t)n;
+    if (len < 72 || memcmp(h, "QFI\xfb", 4) != 0)
+        return nj_error("'%s' has no qcow2 header: pass --format raw if it "
+                        "is a raw image", path);
+    uint32_t version = get_be32(h + 4);
+    if (version != 2 && version != 3)
+        return nj_error("image '%s' is qcow version %u: only qcow2 (versions "
+                        "2 and 3) can be imported", path, version);
+    uint64_t boff = get_be64(h + 8);
+    uint32_t blen = get_be32(h + 16);
+    size_t hdr = 72;
+    if (version == 3) {
+        if (len < 104)
+            return nj_error("image '%s': truncated qcow2 header", path);
+        if (get_be64(h + 72) & QCOW2_INCOMPAT_DATA_FILE)
+            return nj_error("image '%s' keeps its data in an external data "
+                            "file: not supported by import", path);
+        hdr = get_be32(h + 100);
+        if (hdr < 104 || hdr > len)
+            return nj_error("image '%s': bad qcow2 header length %zu", path,
+                            hdr);
+    }
+    /* header extensions: type, length, data padded to 8 bytes, up to an
+     * end marker or the backing file name (where qemu stops too) */
+    NJ_CLEANUP_FREE char *bfmt = NULL;
+    size_t end = boff != 0 && boff < len ? (size_t)boff : len;
+    for (size_t off = hdr; off + 8 <= end;) {
+        uint32_t type = get_be32(h + off), elen = get_be32(h + off + 4);
+        off += 8;
+        if (type == 0)
+            break;
+        if (elen > end - off)
+            return nj_error("image '%s': bad qcow2 header extension", path);
+        if (type == QCOW2_EXT_DATA_FILE)
+            return nj_error("image '%s' names an external data file: not "
+                            "supported by import", path);
+        if (type == QCOW2_EXT_BACKING_FORMAT) {
+            free(bfmt);
+            bfmt = nj_malloc(elen + 1);
+            memcpy(bfmt, h + off, elen);
+            bfmt[elen] = '\0';
+        }
+        off += ((size_t)elen + 7) & ~(size_t)7;
+    }
+    if (boff == 0)
+        return 0;
+    if (blen == 0 || blen > 1023 || boff > len || blen > len - boff)
+        return nj_error("image '%s': bad backing file name in its qcow2 "
+                        "header", path);
+    NJ_CLEANUP_FREE char *backing = nj_malloc(blen + 1);
+    memcpy(backing, h + boff, blen);
+    backing[blen] = '\0';
+    if (strlen(backing) != blen)
+        return nj_error("image '%s': bad backing file name in its qcow2 "
+                        "header", path);
+    if (!bfmt || !*bfmt)
+        return nj_error("image '%s' has backing file '%s' but does not record "
+                        "its format (qemu would guess it from the content): "
+                        "record it with qemu-img rebase -u -F raw|qcow2 -b "
+                        "'%s', or import a flattened copy", path, backing,
+                        backing);
+    if (strcmp(bfmt, "raw") != 0 && strcmp(bfmt, "qcow2") != 0)
+        return nj_error("image '%s' has backing file '%s' of format '%s': "
+                        "only raw and qcow2 backing files can be imported",
+                        path, backing, bfmt);
+    /* a protocol ("nbd://", "ssh:", ...) or a json: name is no file */
+    if (strncmp(backing, "json:", 5) == 0 ||
+        (strchr(backing, ':') && backing[0] != '/' &&
+         strcspn(backing, ":") < strcspn(backing, "/")))
+        return nj_error("image '%s' has backing file '%s': only files can be "
+                        "imported", path, backing);
+    if (strcmp(bfmt, "raw") == 0)
+        return 0;
+    /* qemu resolves a relative name against the image's directory */
+    NJ_CLEANUP_FREE char *next = NULL;
+    const char *slash = strrchr(path, '/');
+    if (backing[0] == '/' || !slash)
+        next = nj_strdup(backing);
+    else
+        next = nj_asprintf("%.*s/%s", (int)(slash - path), path, backing);
+    return check_qcow2_chain(next, depth + 1);
+}
+
+static bool ends_with(const char *s, const char *suffix)
+{
+    size_t a = strlen(s), b = strlen(suffix);
+    return a >= b && strcmp(s + a - b, suffix) == 0;
+}
+
+/*
+ * The format to serve the image file path with: format when the user
+ * gave it, else by the name, refusing a file taken as raw whose content
+ * looks like an image format.  Returns a new string or NULL.
+ */
+static char *import_file_format(const char *path, const char *format)
+{
+    const char *fmt = format ? format
+                      : ends_with(path, ".qcow2") ? "qcow2" : "raw";
+    if (strcmp(fmt, "qcow2") == 0) {
+        if (check_qcow2_chain(path, 0) < 0)
+            return NULL;
+        return nj_strdup(fmt);
+    }
+    NJ_CLEANUP_CLOSE int fd = image_open(path);
+    if (fd < 0)
+        return NULL;
+    if (!format) {
+        unsigned char h[512];
+        ssize_t n = read_head(fd, path, h, sizeof h);
+        if (n < 0)
+            return NULL;
+        const char *looks = magic_format(h, (size_t)n);
+        if (looks) {
+            nj_error("'%s' is taken as a raw image (its name does not end in "
+                     ".qcow2) but starts like a %s image: pass --format raw "
+                     "to back up its bytes as they are%s", path, looks,
+                     strcmp(looks, "qcow2") == 0
+                         ? ", or --format qcow2 if it is a qcow2 image"
+                         : "");
+            return NULL;
+        }
+    }
+    return nj_strdup("raw");
+}
+
 struct import_state {
     struct nj_store *store;
     struct nj_qemu_nbd *qemu_nbd;
@@ -158,10 +408,7 @@ static int import_source(struct import_state *st,
                           ? nj_strdup(a->bitmap)
                           : nj_asprintf("qemu:dirty-bitmap:%s", a->bitmap);
     } else {
-        st->format = nj_image_format(a->source);
-        if (!st->format)
-            return nj_error_prefix("import '%s'", a->source);
-        if (inc && strcmp(st->format, "qcow2") == 0 &&
+        if (inc &&
             nj_image_check_bitmap(a->source, a->bitmap) < 0)
             return -1;
         unsigned conns = a->dp.connections ? a->dp.connections : 4;
@@ -184,6 +431,19 @@ static int import_run(struct import_state *st, const struct nj_import_args *a)
         return nj_error("import does levels full and inc only");
     if (a->level == NJ_LEVEL_INC && !a->bitmap)
         return nj_error("an incremental import needs --bitmap NAME");
+    /* the source's format first: a refused source creates no store */
+    if (is_uri(a->source)) {
+        if (a->format && strcmp(a->format, "raw") != 0)
+            return nj_error("an NBD export is read as raw: --format %s "
+                            "applies to image files only", a->format);
+    } else {
+        st->format = import_file_format(a->source, a->format);
+        if (!st->format)
+            return -1;
+        if (a->level == NJ_LEVEL_INC && strcmp(st->format, "qcow2") != 0)
+            return nj_error("image '%s' is %s: persistent bitmaps need qcow2",
+                            a->source, st->format);
+    }
     st->uuid = nj_agent_name_uuid(a->domain);
     st->store = nj_store_open(a->store, NJ_STORE_CREATE);
     if (!st->store)

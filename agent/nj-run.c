@@ -33,6 +33,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -71,8 +72,13 @@ static struct result *result_for(struct service *sv, const char *name,
                                  const char *uuid)
 {
     for (size_t i = 0; i < sv->nres; i++)
-        if (!strcmp(sv->res[i].uuid, uuid))
+        if (!strcmp(sv->res[i].uuid, uuid)) {
+            if (strcmp(sv->res[i].name, name) != 0) { /* renamed */
+                free(sv->res[i].name);
+                sv->res[i].name = nj_strdup(name);
+            }
             return &sv->res[i];
+        }
     sv->res = nj_realloc_array(sv->res, sv->nres + 1, sizeof *sv->res);
     struct result *r = &sv->res[sv->nres++];
     memset(r, 0, sizeof *r);
@@ -81,49 +87,252 @@ static struct result *result_for(struct service *sv, const char *name,
     return r;
 }
 
-/* ---- state and status files ---- */
+/* ---- state and status files ----
+ *
+ * Both files are replaced whole: the new text goes to a temporary file
+ * created exclusively (O_EXCL, a random name) in the same directory, is
+ * fsync'ed, renamed over the old name (rename replaces a symlink planted
+ * there, it never writes through one), and the directory is fsync'ed so
+ * that the rename itself survives a crash.
+ *
+ * The state file is read as hostile input: it may sit in a directory
+ * others can write, and a hand edit may break it.  It is opened without
+ * following a symlink and without blocking on a FIFO, must be a regular
+ * file of at most STATE_MAX bytes, and every value is checked for its
+ * JSON type and range before use.  A bad value costs that value (with a
+ * warning), never the service: a bad last_served counts as "never
+ * served", a bad domain entry is dropped.  The uuid and name of an entry
+ * end up as labels in the status file: the uuid must have the canonical
+ * 36-character form, the name must be UTF-8 without control characters,
+ * and every label value is escaped anyway.
+ */
+
+#define STATE_MAX (1 << 20)
+/* Times in the state file: from the epoch to the end of year 9999. */
+#define TIME_MAX INT64_C(253402300799)
+#define NAME_MAX_LEN 1024
+
+/* 8-4-4-4-12 lowercase hex digits, as libvirt and nj_agent_name_uuid
+ * print them. */
+static bool uuid_ok(const char *s)
+{
+    if (strlen(s) != 36)
+        return false;
+    for (int i = 0; i < 36; i++) {
+        bool dash = i == 8 || i == 13 || i == 18 || i == 23;
+        if (dash ? s[i] != '-'
+                 : !((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+            return false;
+    }
+    return true;
+}
+
+/* Non-empty, at most NAME_MAX_LEN bytes of valid UTF-8, no control
+ * characters. */
+static bool name_ok(const char *s, size_t len)
+{
+    if (len == 0 || len > NAME_MAX_LEN || strlen(s) != len)
+        return false;
+    const unsigned char *p = (const unsigned char *)s, *e = p + len;
+    while (p < e) {
+        unsigned c = *p;
+        size_t n = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3
+                              : (c & 0xf8) == 0xf0 ? 4 : 0;
+        if (n == 0 || (size_t)(e - p) < n)
+            return false;
+        if (n == 1 && (c < 0x20 || c == 0x7f))
+            return false;
+        uint32_t cp = n == 1 ? c : c & (0x7fu >> n);
+        for (size_t k = 1; k < n; k++) {
+            if ((p[k] & 0xc0) != 0x80)
+                return false;
+            cp = cp << 6 | (p[k] & 0x3fu);
+        }
+        /* overlong forms, surrogates, beyond U+10FFFF, C1 controls */
+        static const uint32_t min[] = { 0, 0, 0x80, 0x800, 0x10000 };
+        if (cp < min[n] || (cp >= 0xd800 && cp <= 0xdfff) || cp > 0x10ffff ||
+            (cp >= 0x80 && cp <= 0x9f))
+            return false;
+        p += n;
+    }
+    return true;
+}
+
+/* An integer member key of o in [0, TIME_MAX]: 1 and *out set; 0 when
+ * absent; -1 when present with a wrong type or out of range. */
+static int get_time(struct json_object *o, const char *key, int64_t *out)
+{
+    struct json_object *v = NULL;
+    if (!json_object_object_get_ex(o, key, &v))
+        return 0;
+    if (!json_object_is_type(v, json_type_int))
+        return -1;
+    errno = 0;
+    int64_t t = json_object_get_int64(v);
+    if (errno != 0 || t < 0 || t > TIME_MAX)
+        return -1;
+    *out = t;
+    return 1;
+}
+
+/* The text of the state file, or NULL: *missing tells "no such file"
+ * (not worth a warning) from every other failure (last error set). */
+static char *read_state_text(const char *path, bool *missing)
+{
+    *missing = false;
+    NJ_CLEANUP_CLOSE int fd =
+        open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) {
+        int e = errno;
+        if (e == ENOENT)
+            *missing = true;
+        else if (e == ELOOP)
+            nj_error("'%s' is a symbolic link: not followed", path);
+        else
+            nj_error_errno(e, "open '%s'", path);
+        return NULL;
+    }
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        nj_error_errno(errno, "stat '%s'", path);
+        return NULL;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        nj_error("'%s' is not a regular file", path);
+        return NULL;
+    }
+    if (st.st_size > STATE_MAX) {
+        nj_error("'%s' is too large (%lld bytes, limit %d)", path,
+                 (long long)st.st_size, STATE_MAX);
+        return NULL;
+    }
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0) {
+        nj_error_errno(errno, "fcntl '%s'", path);
+        return NULL;
+    }
+    size_t len = (size_t)st.st_size;
+    NJ_CLEANUP_FREE char *buf = nj_malloc(len + 1);
+    /* (a file that shrank under us reads short: ENODATA, an error) */
+    if (nj_full_read(fd, buf, len) < 0) {
+        nj_error_errno(errno, "read '%s'", path);
+        return NULL;
+    }
+    buf[len] = '\0';
+    if (strlen(buf) != len) {
+        nj_error("'%s' holds a NUL byte", path);
+        return NULL;
+    }
+    return NJ_STEAL(&buf);
+}
+
+/* One entry of "domains"; a warning and nothing else when it is bad. */
+static void load_state_domain(struct service *sv, const char *path, size_t i,
+                              struct json_object *d)
+{
+    struct json_object *n = NULL, *u = NULL;
+    int64_t t = 0;
+    const char *why = NULL;
+    if (!json_object_is_type(d, json_type_object))
+        why = "not an object";
+    else if (!json_object_object_get_ex(d, "name", &n) ||
+             !json_object_is_type(n, json_type_string))
+        why = "no \"name\" string";
+    else if (!name_ok(json_object_get_string(n),
+                      (size_t)json_object_get_string_len(n)))
+        why = "\"name\" is empty, too long, not UTF-8 or holds control "
+              "characters";
+    else if (!json_object_object_get_ex(d, "uuid", &u) ||
+             !json_object_is_type(u, json_type_string))
+        why = "no \"uuid\" string";
+    else if (!uuid_ok(json_object_get_string(u)) ||
+             (size_t)json_object_get_string_len(u) != 36)
+        why = "\"uuid\" is not a UUID (36 characters, 8-4-4-4-12 lowercase hex)";
+    else if (get_time(d, "last_success", &t) < 0)
+        why = "\"last_success\" is not a number of seconds since 1970";
+    else
+        for (size_t k = 0; k < sv->nres; k++)
+            if (!strcmp(sv->res[k].uuid, json_object_get_string(u)))
+                why = "a second entry for this uuid";
+    if (why) {
+        logline("warning: state file '%s': domains[%zu] ignored: %s", path, i,
+                why);
+        return;
+    }
+    struct result *r = result_for(sv, json_object_get_string(n),
+                                  json_object_get_string(u));
+    r->finished = t;
+}
 
 static void load_state(struct service *sv)
 {
-    NJ_CLEANUP_FREE char *text =
-        nj_read_file(AT_FDCWD, sv->cfg->state_file, 1 << 20, NULL);
-    struct json_object *o = text ? json_tokener_parse(text) : NULL;
-    struct json_object *v = NULL, *doms = NULL;
-    if (o && json_object_object_get_ex(o, "last_served", &v))
-        sv->last_served = json_object_get_int64(v);
-    if (o && json_object_object_get_ex(o, "domains", &doms))
-        for (size_t i = 0; i < json_object_array_length(doms); i++) {
-            struct json_object *d = json_object_array_get_idx(doms, i);
-            struct json_object *n = NULL, *u = NULL, *t = NULL;
-            if (!json_object_object_get_ex(d, "name", &n) ||
-                !json_object_object_get_ex(d, "uuid", &u))
-                continue;
-            struct result *r = result_for(sv, json_object_get_string(n),
-                                          json_object_get_string(u));
-            if (json_object_object_get_ex(d, "last_success", &t))
-                r->finished = json_object_get_int64(t);
-        }
+    const char *path = sv->cfg->state_file;
+    bool missing = false;
+    NJ_CLEANUP_FREE char *text = read_state_text(path, &missing);
+    if (!text) {
+        if (!missing)
+            logline("warning: state file ignored: %s", nj_error_get());
+        return;
+    }
+    struct json_object *o = json_tokener_parse(text);
+    if (!o || !json_object_is_type(o, json_type_object)) {
+        logline("warning: state file '%s' ignored: not a JSON object", path);
+        json_object_put(o);
+        return;
+    }
+    if (get_time(o, "last_served", &sv->last_served) < 0) {
+        sv->last_served = 0;
+        logline("warning: state file '%s': \"last_served\" ignored: not a "
+                "number of seconds since 1970", path);
+    }
+    struct json_object *doms = NULL;
+    if (json_object_object_get_ex(o, "domains", &doms)) {
+        if (!json_object_is_type(doms, json_type_array))
+            logline("warning: state file '%s': \"domains\" ignored: not an "
+                    "array", path);
+        else
+            for (size_t i = 0; i < json_object_array_length(doms); i++)
+                load_state_domain(sv, path, i,
+                                  json_object_array_get_idx(doms, i));
+    }
     json_object_put(o);
 }
 
-/* Write path atomically: a temporary file beside it, then rename. */
-static int write_atomic(const char *path, const char *text)
+/*
+ * Replace path with text durably (see the note above); the new file has
+ * the given mode whatever the umask.  On failure the old file is left as
+ * it was and no temporary file is left behind.
+ */
+static int replace_file(const char *path, const char *text, mode_t mode)
 {
-    NJ_CLEANUP_FREE char *tmp = nj_asprintf("%s.tmp-%d", path, (int)getpid());
-    NJ_CLEANUP_CLOSE int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
-                                   0644);
+    NJ_CLEANUP_FREE char *copy = nj_strdup(path);
+    char *slash = strrchr(copy, '/');
+    const char *dir = slash ? (slash == copy ? "/" : copy) : ".";
+    const char *base = slash ? slash + 1 : copy;
+    if (slash)
+        *slash = '\0';
+    if (!*base)
+        return nj_error("'%s' names no file", path);
+    NJ_CLEANUP_CLOSE int dfd =
+        open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0)
+        return nj_error_errno(errno, "open directory '%s'", dir);
+    char tmp[64];
+    NJ_CLEANUP_CLOSE int fd = nj_tmpfile_open(dfd, "nightjar", tmp, sizeof tmp);
     if (fd < 0)
-        return nj_error_errno(errno, "write '%s'", tmp);
-    if (nj_full_write(fd, text, strlen(text)) < 0 || fsync(fd) < 0) {
-        int e = errno;
-        unlink(tmp);
-        return nj_error_errno(e, "write '%s'", tmp);
+        return nj_error_prefix("write '%s'", path);
+    int e = 0;
+    if (fchmod(fd, mode) < 0 || nj_full_write(fd, text, strlen(text)) < 0 ||
+        fsync(fd) < 0)
+        e = errno;
+    else if (renameat(dfd, tmp, dfd, base) < 0)
+        e = errno;
+    if (e) {
+        unlinkat(dfd, tmp, 0);
+        return nj_error_errno(e, "write '%s'", path);
     }
-    if (rename(tmp, path) < 0) {
-        int e = errno;
-        unlink(tmp);
-        return nj_error_errno(e, "rename to '%s'", path);
-    }
+    if (fsync(dfd) < 0)
+        return nj_error_errno(errno, "fsync directory '%s'", dir);
     return 0;
 }
 
@@ -142,11 +351,13 @@ static void save_state(struct service *sv)
     json_object_object_add(o, "domains", doms);
     NJ_CLEANUP_FREE char *text = nj_asprintf("%s\n", json_object_to_json_string(o));
     json_object_put(o);
-    if (write_atomic(sv->cfg->state_file, text) < 0)
-        logline("warning: %s", nj_error_get());
+    /* 0600: it names the domains, and only the service reads it */
+    if (replace_file(sv->cfg->state_file, text, 0600) < 0)
+        logline("warning: state file: %s", nj_error_get());
 }
 
-/* A Prometheus label value: backslash, quote and newline escaped. */
+/* A Prometheus label value: backslash, double quote and newline escaped,
+ * as the text exposition format defines. */
 static char *label(const char *s)
 {
     size_t n = 0;
@@ -173,12 +384,17 @@ static void write_status(struct service *sv)
     char *text = NULL;
     size_t len = 0;
     FILE *f = open_memstream(&text, &len);
+    if (!f) {
+        logline("warning: status file: %s", strerror(errno));
+        return;
+    }
     fprintf(f, "# HELP nightjar_backup_success 1 if the last backup of the domain succeeded.\n"
                "# TYPE nightjar_backup_success gauge\n");
     for (size_t i = 0; i < sv->nres; i++) {
         NJ_CLEANUP_FREE char *l = label(sv->res[i].name);
+        NJ_CLEANUP_FREE char *u = label(sv->res[i].uuid);
         fprintf(f, "nightjar_backup_success{domain=\"%s\",uuid=\"%s\"} %d\n", l,
-                sv->res[i].uuid, sv->res[i].ok ? 1 : 0);
+                u, sv->res[i].ok ? 1 : 0);
     }
     static const struct { const char *name, *help; } m[] = {
         { "nightjar_backup_last_success_timestamp_seconds",
@@ -193,12 +409,13 @@ static void write_status(struct service *sv)
         for (size_t i = 0; i < sv->nres; i++) {
             const struct result *r = &sv->res[i];
             NJ_CLEANUP_FREE char *l = label(r->name);
+            NJ_CLEANUP_FREE char *u = label(r->uuid);
             double v = k == 0 ? (double)r->finished
                        : k == 1 ? r->seconds
                        : k == 2 ? (double)r->bytes_read
                                 : (double)r->bytes_stored;
             fprintf(f, "%s{domain=\"%s\",uuid=\"%s\"} %.17g\n", m[k].name, l,
-                    r->uuid, v);
+                    u, v);
         }
     }
     fprintf(f, "# HELP nightjar_gc_bytes_freed_total Bytes freed by garbage collection since the service started.\n"
@@ -208,8 +425,13 @@ static void write_status(struct service *sv)
                "# TYPE nightjar_scheduler_last_run_timestamp_seconds gauge\n"
                "nightjar_scheduler_last_run_timestamp_seconds %lld\n",
             (unsigned long long)sv->gc_freed, (long long)sv->last_run);
-    fclose(f);
-    if (write_atomic(sv->cfg->status_file, text) < 0)
+    if (fclose(f) != 0) {
+        logline("warning: status file: %s", strerror(errno));
+        free(text);
+        return;
+    }
+    /* 0644: a textfile collector running as another user reads it */
+    if (replace_file(sv->cfg->status_file, text, 0644) < 0)
         logline("warning: status file: %s", nj_error_get());
     free(text);
 }
@@ -329,16 +551,25 @@ static void finish(struct service *sv, struct child *c, int status)
     bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0 && o;
     r->ok = ok;
     if (ok) {
+        /* (our own child's output, but a wrong type must not abort:
+         * json-c asserts on an array call with a non-array) */
         struct json_object *v = NULL, *disks = NULL;
         r->bytes_read = r->bytes_stored = 0;
-        if (json_object_object_get_ex(o, "disks", &disks))
+        if (json_object_object_get_ex(o, "disks", &disks) &&
+            json_object_is_type(disks, json_type_array))
             for (size_t i = 0; i < json_object_array_length(disks); i++) {
                 struct json_object *d = json_object_array_get_idx(disks, i);
-                r->bytes_read += json_object_get_uint64(json_object_object_get(d, "bytes_read"));
-                r->bytes_stored += json_object_get_uint64(json_object_object_get(d, "bytes_stored"));
+                struct json_object *br = NULL, *bs = NULL;
+                if (json_object_object_get_ex(d, "bytes_read", &br) &&
+                    json_object_is_type(br, json_type_int))
+                    r->bytes_read += json_object_get_uint64(br);
+                if (json_object_object_get_ex(d, "bytes_stored", &bs) &&
+                    json_object_is_type(bs, json_type_int))
+                    r->bytes_stored += json_object_get_uint64(bs);
             }
-        if (json_object_object_get_ex(o, "time", &v))
-            r->finished = json_object_get_int64(v);
+        int64_t t = 0;
+        if (get_time(o, "time", &t) > 0)
+            r->finished = t;
         snprintf(r->level, sizeof r->level, "%s",
                  json_object_object_get_ex(o, "level", &v) ? json_object_get_string(v) : "?");
         char a[32], b[32];

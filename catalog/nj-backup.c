@@ -100,9 +100,13 @@ static int check_parent(struct nj_store *s, const struct nj_backup_params *p,
     NJ_CLEANUP_FREE char *text =
         nj_store_backup_read(s, p->parent, NJ_MANIFEST_NAME,
                              NJ_MANIFEST_MAX, &len);
-    if (!text)
-        return nj_error("parent backup '%s' not found in store '%s'",
-                        p->parent, nj_store_path(s));
+    if (!text) {
+        /* Absent, or there but unreadable (a symlink, a FIFO): say which. */
+        if (errno == ENOENT)
+            return nj_error("parent backup '%s' not found in store '%s'",
+                            p->parent, nj_store_path(s));
+        return nj_error_prefix("parent backup '%s'", p->parent);
+    }
     struct nj_manifest *pm = nj_manifest_from_json(text, len);
     if (!pm)
         return nj_error_prefix("parent backup '%s'", p->parent);

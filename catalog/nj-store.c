@@ -5,6 +5,8 @@
 #include "nj-util.h"
 #include "store-backend.h"
 
+#include <errno.h>
+#include <json-c/json.h>
 #include <string.h>
 #include <sys/file.h>
 
@@ -117,6 +119,7 @@ char *nj_store_backup_read(struct nj_store *s, const char *id,
 {
     if (!nj_store_name_valid(id) || !nj_store_name_valid(name)) {
         nj_error("invalid backup id or file name '%s/%s'", id, name);
+        errno = EINVAL;
         return NULL;
     }
     return s->ops->backup_read(s, id, name, max, len);
@@ -211,9 +214,28 @@ char **nj_store_staging_list(struct nj_store *s)
     return s->ops->staging_list(s);
 }
 
+int nj_store_staging_owner_get(struct nj_store *s, const char *id,
+                               struct nj_store_owner *o)
+{
+    CHECK_NAME("backup id", id);
+    return s->ops->staging_owner(s, id, o);
+}
+
 char *nj_store_staging_owner(struct nj_store *s, const char *id)
 {
-    if (!nj_store_name_valid(id))
+    struct nj_store_owner o;
+    int r = nj_store_staging_owner_get(s, id, &o);
+    if (r <= 0) {
+        if (r == 0)
+            nj_error("staged backup '%s' has no owner record", id);
         return NULL;
-    return s->ops->staging_owner(s, id);
+    }
+    struct json_object *j = json_object_new_object();
+    json_object_object_add(j, "lock", json_object_new_string(o.lock));
+    json_object_object_add(j, "started", json_object_new_int64(o.started));
+    if (o.pid > 0)
+        json_object_object_add(j, "pid", json_object_new_int64(o.pid));
+    char *text = nj_strdup(json_object_to_json_string(j));
+    json_object_put(j);
+    return text;
 }

@@ -8,6 +8,13 @@
  *
  * Thread safety: after nj_store_open() every call may be made from several
  * threads at once, except nj_store_close().
+ *
+ * A store is hostile ground: whoever can write into it may put a symlink,
+ * a FIFO or a stray file anywhere.  No call follows a symlink inside the
+ * store, blocks on a FIFO, or writes outside it; a file or directory that
+ * is not what nightjar expects fails the call that needs it with one line
+ * naming it ("'backups/ID/manifest.json' is not a regular file").  Stores
+ * are created with directories 0700 and files 0600, whatever the umask.
  */
 #ifndef NJ_STORE_H
 #define NJ_STORE_H
@@ -28,8 +35,10 @@ enum nj_store_open_flags {
                                  an empty directory */
 };
 
-/* Open the store at path.  Fails with a clear message when path is not a
- * store or has an unknown format version. */
+/* Open the store at path (symlinks in path itself are followed: that is
+ * the caller's choice; none inside the store is).  Fails with a clear
+ * message when path is not a store, has an unknown format version or an
+ * invalid nightjar-store.json, or lacks one of its directories. */
 struct nj_store *nj_store_open(const char *path, unsigned flags);
 void nj_store_close(struct nj_store *s);
 /* Borrowed: the path the store was opened with. */
@@ -46,10 +55,14 @@ const char *nj_store_path(const struct nj_store *s);
  */
 int nj_store_chunk_put(struct nj_store *s, const struct nj_digest *d,
                        const void *frame, size_t frame_len);
-/* 1 when present (or pending), 0 when absent, -1 on error. */
+/* 1 when present (or pending), 0 when absent, -1 on error (also when
+ * something other than a regular file has the chunk's name: deduplicating
+ * against it would store a reference to damage).  Finding a chunk sets its
+ * mtime (never through a symlink); see nj-gc.c. */
 int nj_store_chunk_exists(struct nj_store *s, const struct nj_digest *d);
 /* Read a frame into *buf (grown with realloc as needed; *cap is its size).
- * Returns the frame length, or -1 with the last error (ENOENT: missing). */
+ * Returns the frame length, or -1 with the last error (ENOENT: missing;
+ * EINVAL: not a regular file). */
 ssize_t nj_store_chunk_get(struct nj_store *s, const struct nj_digest *d,
                            void **buf, size_t *cap);
 /* Make every chunk put so far durable and visible. */
@@ -76,8 +89,11 @@ int nj_store_staging_put(struct nj_store *s, const char *id, const char *name,
 int nj_store_backup_publish(struct nj_store *s, const char *id);
 /* Drop a staged backup. */
 int nj_store_staging_remove(struct nj_store *s, const char *id);
-/* Remove staged backups whose owner matches owner_key (a domain lock is
- * held by the caller), and those with no readable owner older than a day. */
+/* Remove staged backups whose valid owner record names owner_key (a
+ * domain lock is held by the caller), and directories with no owner record
+ * older than a day that hold nothing but temporary files.  Anything else
+ * in staging/ (a file, a symlink, an invalid owner record, an ownerless
+ * directory with content) is left alone and fails nothing. */
 int nj_store_staging_clean(struct nj_store *s, const char *owner_key);
 
 /* Hard-link a published backup's file into a staged backup. */
@@ -90,7 +106,10 @@ int nj_store_backup_replace(struct nj_store *s, const char *staged_id,
 /* Atomically unpublish backup id, then delete it. */
 int nj_store_backup_remove(struct nj_store *s, const char *id);
 /* Flags of a published backup (e.g. "protected"), kept beside its
- * manifest: set or clear (durably), and test (1, 0, or -1). */
+ * manifest: set or clear (durably), and test (1, 0, or -1).  The backup's
+ * directory is never followed if it is a symlink, and a flag that is not a
+ * regular file is an error (-1), never followed; callers that decide a
+ * deletion from has_flag must treat -1 as "do not delete". */
 int nj_store_backup_set_flag(struct nj_store *s, const char *id,
                              const char *flag, bool on);
 int nj_store_backup_has_flag(struct nj_store *s, const char *id,
@@ -98,22 +117,52 @@ int nj_store_backup_has_flag(struct nj_store *s, const char *id,
 
 /*
  * Garbage collection (see catalog/nj-gc.c for the safety argument).
- * mark: set a chunk's modification time to now (0, or 1 when absent).
+ * mark: set a chunk's modification time to now (0, or 1 when absent or
+ * not a regular file: damage that verify reports; it is never followed).
  * sweep: remove chunk files last modified before cutoff (Unix seconds),
  * checking each again after moving it aside, so that a chunk a running
  * backup touches meanwhile survives; also removes stale temporary files
- * older than tmp_cutoff.  Counts into the four totals.
+ * older than tmp_cutoff.  Counts into the four totals.  The sweep only
+ * ever renames or removes regular files: any other entry in chunks/ is
+ * left where it is, uncounted.
  */
 int nj_store_chunk_mark(struct nj_store *s, const struct nj_digest *d);
 int nj_store_gc_sweep(struct nj_store *s, int64_t cutoff, int64_t tmp_cutoff,
                       uint64_t *kept, uint64_t *kept_bytes, uint64_t *freed,
                       uint64_t *freed_bytes, uint64_t *tmp_removed);
-/* Staged backups: ids, and the owner record of one (NULL when none). */
+/*
+ * Staged backups.  list: the ids of the directories in staging/ (not
+ * symlinks, not files), as a NULL-terminated array, EMPTY (not NULL) when
+ * there is none.  NULL, with the last error set, means staging/ could not
+ * be read: the caller cannot tell whether a backup is running and must
+ * act as if one were (gc must not sweep).
+ */
 char **nj_store_staging_list(struct nj_store *s);
+
+/* A staged backup's owner record, validated: lock is a store name,
+ * started a Unix time in [0, 2^40], pid positive or 0 when not recorded. */
+struct nj_store_owner {
+    char lock[129];
+    int64_t started;
+    int64_t pid;
+};
+/* 1 with *o filled; 0 when the staged backup (or its owner record) does
+ * not exist; -1 with the last error set when the record is unreadable or
+ * invalid (a FIFO, a symlink, bad JSON, a value out of range).  Callers
+ * that decide deletions treat -1 as "owner unknown, maybe running". */
+int nj_store_staging_owner_get(struct nj_store *s, const char *id,
+                               struct nj_store_owner *o);
+/* The same record as JSON text {"lock","started","pid"} rebuilt from the
+ * validated values, or NULL (absent, unreadable or invalid: the last error
+ * says which).  Prefer nj_store_staging_owner_get(). */
 char *nj_store_staging_owner(struct nj_store *s, const char *id);
 
 /* Published backups: list ids (a NULL-terminated array to free with
- * nj_strv_free), read a file of one, open one for reading. */
+ * nj_strv_free; NULL with the last error when backups/ cannot be read to
+ * its end; every entry with a store name is listed, so that one that is
+ * not a backup directory is reported as unreadable, never skipped), read a
+ * file of one, open one for reading (a regular file, its fd positioned at
+ * 0; no symlink followed, no FIFO waited on). */
 char **nj_store_backup_list(struct nj_store *s);
 char *nj_store_backup_read(struct nj_store *s, const char *id,
                            const char *name, size_t max, size_t *len);
@@ -123,7 +172,9 @@ int nj_store_backup_open(struct nj_store *s, const char *id, const char *name);
  * Domain locks: one backup per domain at a time.  The lock is an flock on
  * a file in the store, so the kernel drops it when its holder dies and a
  * crashed writer never blocks the next one.  Returns a lock fd, or -1 with
- * "domain 'NAME' is already being backed up (pid N)".
+ * "domain 'NAME' is already being backed up (pid N)".  The lock file is
+ * created exclusively, or used only when it is a regular file with one
+ * link: a symlink or hard link planted there is refused, never written.
  */
 int nj_store_lock_domain(struct nj_store *s, const char *key,
                          const char *display_name);

@@ -1,6 +1,20 @@
 /*
  * store-backend.h: the interface a store backend implements (private to
  * catalog/).  struct nj_store is the base every backend embeds first.
+ *
+ * Each op implements the nj_store_* call of the same name, with the
+ * contract written in nj-store.h; names passed in have been checked with
+ * nj_store_name_valid() by the front end.  What every backend guarantees
+ * on top, because the store's content is hostile:
+ *  - no op follows a symlink found in the store, blocks on a FIFO or
+ *    device found there, or creates, writes, truncates or touches a file
+ *    outside the store;
+ *  - files handed out as fds (staging_open, backup_open) are regular
+ *    files; values read from the store (owner records) are validated;
+ *  - list ops distinguish failure (NULL, last error set) from an empty
+ *    listing (an array holding only NULL): callers decide deletions on
+ *    them and must be able to fail closed;
+ *  - new files are created 0600 and new directories 0700.
  */
 #ifndef NJ_STORE_BACKEND_H
 #define NJ_STORE_BACKEND_H
@@ -44,7 +58,9 @@ struct nj_store_ops {
                     uint64_t *kept, uint64_t *kept_bytes, uint64_t *freed,
                     uint64_t *freed_bytes, uint64_t *tmp_removed);
     char **(*staging_list)(struct nj_store *s);
-    char *(*staging_owner)(struct nj_store *s, const char *id);
+    /* 1 filled, 0 no record, -1 unreadable or invalid. */
+    int (*staging_owner)(struct nj_store *s, const char *id,
+                         struct nj_store_owner *o);
 };
 
 struct nj_store {

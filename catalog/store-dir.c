@@ -25,6 +25,28 @@
  * chunks/XX/.tmp-* files are left for garbage collection (issue #6) to
  * remove, as scanning every chunk directory at each backup would cost too
  * much on a large store.
+ *
+ * A hostile store.  Anyone who can write into the store may plant a
+ * symlink, a FIFO, a device or a stray file where nightjar expects its own
+ * file or directory, or an owner record with nonsense in it.  Therefore:
+ *  - the store's top directories (chunks/XX, staging, backups, locks) are
+ *    opened once, at open, with O_NOFOLLOW; every path below them is
+ *    opened with nj_open_regular()/nj_open_dir() (common/nj-io.h), which
+ *    follow no symlink in any component and never block on a FIFO;
+ *  - chunks are touched and marked with AT_SYMLINK_NOFOLLOW and then
+ *    checked to be regular files; a chunk name that is anything else is
+ *    damage: a backup that would dedup against it fails with its name,
+ *    gc's mark treats it as missing, and the sweep leaves it where it is
+ *    (it never renames, removes or follows a non-regular entry);
+ *  - a lock file is created exclusively, or opened as an existing regular
+ *    file with a single link, before anything is written into it;
+ *  - staging cleanup looks only at directories with store names and an
+ *    owner record that parses and validates; it leaves everything else
+ *    alone (an admin's README, a symlink, a directory it cannot account
+ *    for) and fails on none of them;
+ *  - every directory is created 0700 and every file 0600, so no umask
+ *    makes a guest's disk readable to other local users.  (An existing
+ *    store keeps the modes it has.)
  */
 #include "nj-chunk.h"
 #include "nj-io.h"
@@ -59,6 +81,7 @@ NJ_VECTOR(pending_vec, struct pending);
 struct dir_store {
     struct nj_store base;
     int rootfd;
+    int chunksfd, stagingfd, backupsfd, locksfd;
     int chunkfd[256];
     pthread_mutex_t lock; /* protects the fields below */
     pthread_cond_t flushed;
@@ -158,9 +181,17 @@ static int dir_chunk_exists(struct nj_store *s, const struct nj_digest *d)
      * in between: only a name still there after the touch counts, as a
      * sweep that moves it later sees the touch. */
     int dfd = ds->chunkfd[d->b[0]];
-    if (utimensat(dfd, name, NULL, 0) == 0 &&
-        faccessat(dfd, name, F_OK, 0) == 0)
-        return 1;
+    struct stat st;
+    if (utimensat(dfd, name, NULL, AT_SYMLINK_NOFOLLOW) == 0 &&
+        fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+        if (S_ISREG(st.st_mode))
+            return 1;
+        /* Not ours: deduplicating against it would reference damage, and
+         * a new copy could not take its name. */
+        errno = EINVAL;
+        return nj_error("'chunks/%02x/%s' is not a regular file", d->b[0],
+                        name);
+    }
     if (errno != ENOENT)
         return nj_error_errno(errno, "touch chunk '%s'", name);
     pthread_mutex_lock(&ds->lock);
@@ -211,10 +242,13 @@ static ssize_t dir_chunk_get(struct nj_store *s, const struct nj_digest *d,
     char name[NJ_DIGEST_HEX_LEN + 1];
     chunk_name(d, name);
     NJ_CLEANUP_CLOSE int fd =
-        openat(ds->chunkfd[d->b[0]], name, O_RDONLY | O_CLOEXEC);
+        nj_open_regular(ds->chunkfd[d->b[0]], name, O_RDONLY);
     if (fd < 0) {
         int e = errno;
-        nj_error_errno(e, "chunk %.16s", name);
+        if (e == EINVAL)
+            nj_error("'chunks/%02x/%s' is not a regular file", d->b[0], name);
+        else
+            nj_error_errno(e, "chunk %.16s", name);
         errno = e;
         return -1;
     }
@@ -241,12 +275,11 @@ static int dir_staging_create(struct nj_store *s, const char *id,
 {
     struct dir_store *ds = to_dir(s);
     NJ_CLEANUP_FREE char *path = nj_asprintf("staging/%s", id);
-    if (mkdirat(ds->rootfd, path, 0755) < 0)
+    if (mkdirat(ds->stagingfd, id, 0700) < 0)
         return nj_error_errno(errno, "create '%s' in store", path);
-    NJ_CLEANUP_CLOSE int fd =
-        openat(ds->rootfd, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    NJ_CLEANUP_CLOSE int fd = nj_open_dir(ds->rootfd, path);
     if (fd < 0)
-        return nj_error_errno(errno, "open '%s'", path);
+        return -1;
     return nj_publish_buffer(fd, "owner.json", owner_json,
                              strlen(owner_json));
 }
@@ -256,10 +289,9 @@ static int dir_staging_open(struct nj_store *s, const char *id,
 {
     struct dir_store *ds = to_dir(s);
     NJ_CLEANUP_FREE char *path = nj_asprintf("staging/%s/%s", id, name);
-    int fd = openat(ds->rootfd, path,
-                    O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    int fd = nj_open_regular(ds->rootfd, path, O_RDWR | O_CREAT | O_EXCL);
     if (fd < 0)
-        return nj_error_errno(errno, "create '%s' in store", path);
+        return nj_error_prefix("create in store");
     return fd;
 }
 
@@ -268,10 +300,9 @@ static int dir_staging_put(struct nj_store *s, const char *id,
 {
     struct dir_store *ds = to_dir(s);
     NJ_CLEANUP_FREE char *path = nj_asprintf("staging/%s", id);
-    NJ_CLEANUP_CLOSE int fd =
-        openat(ds->rootfd, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    NJ_CLEANUP_CLOSE int fd = nj_open_dir(ds->rootfd, path);
     if (fd < 0)
-        return nj_error_errno(errno, "open '%s'", path);
+        return -1;
     return nj_publish_buffer(fd, name, buf, len);
 }
 
@@ -289,15 +320,18 @@ static int move_into_backups(struct dir_store *ds, const char *staged_id,
     /* Covers the staged files and the chunk links made by dir_sync. */
     if (syncfs(ds->rootfd) < 0)
         return nj_error_errno(errno, "syncfs '%s'", ds->base.path);
-    NJ_CLEANUP_FREE char *from = nj_asprintf("staging/%s", staged_id);
-    NJ_CLEANUP_FREE char *to = nj_asprintf("backups/%s", id);
-    if (renameat2(ds->rootfd, from, ds->rootfd, to, flags) < 0)
+    if (renameat2(ds->stagingfd, staged_id, ds->backupsfd, id, flags) < 0)
         return nj_error_errno(errno, "%s backup '%s'",
                               flags == RENAME_EXCHANGE ? "replace" : "publish",
                               id);
-    if (nj_fsync_dir(ds->rootfd, "backups") < 0 ||
-        nj_fsync_dir(ds->rootfd, "staging") < 0)
+    if (fsync(ds->backupsfd) < 0) {
+        nj_error_errno(errno, "fsync directory 'backups'");
         return 1;
+    }
+    if (fsync(ds->stagingfd) < 0) {
+        nj_error_errno(errno, "fsync directory 'staging'");
+        return 1;
+    }
     return 0;
 }
 
@@ -310,20 +344,26 @@ static int dir_backup_publish(struct nj_store *s, const char *id)
 }
 
 /*
- * Remove a staging directory, its owner record last: a writer killed
- * halfway through leaves a directory that its domain's next backup still
+ * Remove staging/<name>, its owner record last: a writer killed halfway
+ * through leaves a directory that its domain's next backup still
  * recognises and removes, or an empty one, never an orphan with content.
+ * A symlink or non-directory at that name is refused, never followed.
  */
-static int staging_remove_dir(int atfd, const char *path)
+static int staging_remove_dir(int stagingfd, const char *name)
 {
-    int fd = openat(atfd, path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
-                                    O_CLOEXEC);
-    if (fd < 0)
-        return errno == ENOENT ? 0 : nj_error_errno(errno, "open '%s'", path);
+    int fd = openat(stagingfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
+                                         O_CLOEXEC);
+    if (fd < 0) {
+        if (errno == ENOENT)
+            return 0;
+        if (errno == ENOTDIR || errno == ELOOP)
+            return nj_error("'staging/%s' is not a directory", name);
+        return nj_error_errno(errno, "open 'staging/%s'", name);
+    }
     DIR *d = fdopendir(fd);
     if (!d) {
         close(fd);
-        return nj_error_errno(errno, "open directory '%s'", path);
+        return nj_error_errno(errno, "open directory 'staging/%s'", name);
     }
     int ret = 0;
     struct dirent *de;
@@ -333,64 +373,175 @@ static int staging_remove_dir(int atfd, const char *path)
             nj_remove_tree(dirfd(d), de->d_name) < 0)
             ret = -1;
     if (ret == 0 && unlinkat(dirfd(d), "owner.json", 0) < 0 && errno != ENOENT)
-        ret = nj_error_errno(errno, "remove '%s/owner.json'", path);
+        ret = nj_error_errno(errno, "remove 'staging/%s/owner.json'", name);
     closedir(d);
-    if (ret == 0 && unlinkat(atfd, path, AT_REMOVEDIR) < 0 && errno != ENOENT)
-        ret = nj_error_errno(errno, "remove directory '%s'", path);
+    if (ret == 0 && unlinkat(stagingfd, name, AT_REMOVEDIR) < 0 &&
+        errno != ENOENT)
+        ret = nj_error_errno(errno, "remove directory 'staging/%s'", name);
     return ret;
 }
 
 static int dir_staging_remove(struct nj_store *s, const char *id)
 {
     struct dir_store *ds = to_dir(s);
-    NJ_CLEANUP_FREE char *path = nj_asprintf("staging/%s", id);
-    return staging_remove_dir(ds->rootfd, path);
+    return staging_remove_dir(ds->stagingfd, id);
 }
 
-/* The owner key recorded in staging/<id>/owner.json, or NULL. */
-static char *staging_owner(struct dir_store *ds, const char *id)
+#define OWNER_MAX 65536
+#define OWNER_STARTED_MAX (INT64_C(1) << 40) /* seconds: year 36812 */
+
+/*
+ * Parse and validate an owner record (name: for messages).  1 with *o
+ * filled; -1 with the last error set when it is not a JSON object whose
+ * "lock" is a store name and whose "started" is an integer in
+ * [0, OWNER_STARTED_MAX], or when "pid" or "domain" are present with the
+ * wrong type or out of range.  Unknown members are ignored.
+ */
+static int owner_parse(const char *text, size_t len, const char *name,
+                       struct nj_store_owner *o)
 {
-    NJ_CLEANUP_FREE char *path = nj_asprintf("staging/%s/owner.json", id);
-    NJ_CLEANUP_FREE char *text = nj_read_file(ds->rootfd, path, 65536, NULL);
-    if (!text)
-        return NULL;
-    struct json_object *o = json_tokener_parse(text);
-    struct json_object *k = NULL;
-    char *key = NULL;
-    if (o && json_object_object_get_ex(o, "lock", &k) &&
-        json_object_is_type(k, json_type_string))
-        key = nj_strdup(json_object_get_string(k));
-    json_object_put(o);
-    return key;
+    memset(o, 0, sizeof *o);
+    struct json_tokener *tok = json_tokener_new();
+    struct json_object *j = json_tokener_parse_ex(tok, text, (int)len);
+    /* Complete, with nothing but white space after it. */
+    bool complete = json_tokener_get_error(tok) == json_tokener_success;
+    size_t end = complete ? json_tokener_get_parse_end(tok) : 0;
+    json_tokener_free(tok);
+    if (j && (!complete || end > len ||
+              strspn(text + end, " \t\r\n") != len - end)) {
+        json_object_put(j);
+        j = NULL;
+    }
+    struct json_object *k = NULL, *st = NULL, *pid = NULL, *dom = NULL;
+    int ret = 1;
+    if (!j || !json_object_is_type(j, json_type_object))
+        ret = nj_error("'%s' is not a JSON object", name);
+    else if (!json_object_object_get_ex(j, "lock", &k) ||
+             !json_object_is_type(k, json_type_string) ||
+             !nj_store_name_valid(json_object_get_string(k)))
+        ret = nj_error("'%s' has no valid \"lock\"", name);
+    else if (!json_object_object_get_ex(j, "started", &st) ||
+             !json_object_is_type(st, json_type_int) ||
+             json_object_get_int64(st) < 0 ||
+             json_object_get_int64(st) > OWNER_STARTED_MAX)
+        ret = nj_error("'%s' has no valid \"started\"", name);
+    else if (json_object_object_get_ex(j, "pid", &pid) &&
+             (!json_object_is_type(pid, json_type_int) ||
+              json_object_get_int64(pid) <= 0 ||
+              json_object_get_int64(pid) > INT32_MAX))
+        ret = nj_error("'%s' has an invalid \"pid\"", name);
+    else if (json_object_object_get_ex(j, "domain", &dom) &&
+             (!json_object_is_type(dom, json_type_string) ||
+              json_object_get_string_len(dom) > 1024))
+        ret = nj_error("'%s' has an invalid \"domain\"", name);
+    if (ret == 1) {
+        snprintf(o->lock, sizeof o->lock, "%s", json_object_get_string(k));
+        o->started = json_object_get_int64(st);
+        o->pid = pid ? json_object_get_int64(pid) : 0;
+    }
+    json_object_put(j);
+    return ret;
 }
 
+/* The owner record of staging/<name>, read relative to that directory's
+ * fd: 1 (filled), 0 when there is none, -1 when unreadable or invalid. */
+static int owner_read_at(int dfd, const char *name, struct nj_store_owner *o)
+{
+    NJ_CLEANUP_FREE char *display = nj_asprintf("staging/%s/owner.json", name);
+    size_t len = 0;
+    NJ_CLEANUP_FREE char *text = nj_read_file(dfd, "owner.json", OWNER_MAX,
+                                              &len);
+    if (!text) {
+        if (errno == ENOENT)
+            return 0;
+        return nj_error_prefix("staging/%s", name);
+    }
+    return owner_parse(text, len, display, o);
+}
+
+static int dir_staging_owner(struct nj_store *s, const char *id,
+                             struct nj_store_owner *o)
+{
+    struct dir_store *ds = to_dir(s);
+    NJ_CLEANUP_FREE char *path = nj_asprintf("staging/%s", id);
+    NJ_CLEANUP_CLOSE int dfd = nj_open_dir(ds->rootfd, path);
+    if (dfd < 0)
+        return errno == ENOENT ? 0 : -1;
+    return owner_read_at(dfd, id, o);
+}
+
+/* Holding only temporary files (what a creation killed before its owner
+ * record was published leaves), or nothing: 1; else 0; -1 on error. */
+static int only_tmp_files(int dfd)
+{
+    int fd = dup(dfd);
+    DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+    if (!d) {
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    int ret = 1;
+    struct dirent *de;
+    errno = 0;
+    while (ret == 1 && (de = readdir(d)) != NULL) {
+        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+            continue;
+        struct stat st;
+        if (strncmp(de->d_name, ".tmp-", 5) != 0 ||
+            fstatat(dfd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
+            !S_ISREG(st.st_mode))
+            ret = 0;
+        errno = 0;
+    }
+    if (ret == 1 && errno != 0)
+        ret = -1;
+    closedir(d);
+    return ret;
+}
+
+/*
+ * Which entries of staging/ a writer may delete: directories (never
+ * followed) with a valid owner record naming owner_key, and directories
+ * with no owner record, older than a day, holding nothing but temporary
+ * files.  Everything else is left alone without failing: entries that are
+ * not directories or have no store name, directories whose owner record
+ * is unreadable or invalid, and ownerless ones with other content.
+ */
 static int dir_staging_clean(struct nj_store *s, const char *owner_key)
 {
     struct dir_store *ds = to_dir(s);
-    int fd = openat(ds->rootfd, "staging", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        return nj_error_errno(errno, "open 'staging'");
-    DIR *d = fdopendir(fd);
+    int fd = dup(ds->stagingfd);
+    DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
     if (!d) {
-        close(fd);
+        if (fd >= 0)
+            close(fd);
         return nj_error_errno(errno, "open 'staging'");
     }
+    rewinddir(d);
     int ret = 0;
     time_t now = time(NULL);
     struct dirent *de;
     while ((de = readdir(d)) != NULL) {
-        if (de->d_name[0] == '.')
+        const char *n = de->d_name;
+        if (!nj_store_name_valid(n))
             continue;
-        NJ_CLEANUP_FREE char *owner = staging_owner(ds, de->d_name);
+        NJ_CLEANUP_CLOSE int dfd = openat(
+            ds->stagingfd, n, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (dfd < 0)
+            continue; /* not a directory, a symlink, or gone */
+        struct nj_store_owner o;
+        int r = owner_read_at(dfd, n, &o);
         bool remove = false;
-        if (owner) {
-            remove = owner_key && strcmp(owner, owner_key) == 0;
-        } else {
+        if (r == 1) {
+            remove = owner_key && strcmp(o.lock, owner_key) == 0;
+        } else if (r == 0) {
             struct stat st;
-            remove = fstatat(dirfd(d), de->d_name, &st, 0) == 0 &&
-                     now - st.st_mtime > STAGING_ORPHAN_AGE;
+            remove = fstat(dfd, &st) == 0 &&
+                     now - st.st_mtime > STAGING_ORPHAN_AGE &&
+                     only_tmp_files(dfd) == 1;
         }
-        if (remove && staging_remove_dir(dirfd(d), de->d_name) < 0)
+        if (remove && staging_remove_dir(ds->stagingfd, n) < 0)
             ret = -1;
     }
     closedir(d);
@@ -402,26 +553,46 @@ static int cmp_str(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-static char **dir_backup_list(struct nj_store *s)
+/* The names with store names in a directory; with dirs_only, only the
+ * entries that are directories (not symlinks).  NULL with the last error
+ * set (naming what) when the directory cannot be read to its end. */
+static char **list_names(int dirfd_, const char *what, bool dirs_only)
 {
-    struct dir_store *ds = to_dir(s);
-    int fd = openat(ds->rootfd, "backups", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0) {
-        nj_error_errno(errno, "open 'backups' in '%s'", s->path);
-        return NULL;
-    }
-    DIR *d = fdopendir(fd);
+    int fd = dup(dirfd_);
+    DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
     if (!d) {
-        close(fd);
-        nj_error_errno(errno, "open 'backups' in '%s'", s->path);
+        if (fd >= 0)
+            close(fd);
+        nj_error_errno(errno, "open '%s'", what);
         return NULL;
     }
+    rewinddir(d);
     size_t n = 0, cap = 16;
     char **v = nj_calloc(cap, sizeof *v);
     struct dirent *de;
-    while ((de = readdir(d)) != NULL) {
+    int err = 0;
+    for (;;) {
+        errno = 0;
+        de = readdir(d);
+        if (!de) {
+            err = errno;
+            break;
+        }
         if (!nj_store_name_valid(de->d_name))
             continue;
+        if (dirs_only && de->d_type != DT_DIR) {
+            struct stat st;
+            if (de->d_type != DT_UNKNOWN)
+                continue;
+            if (fstatat(dirfd_, de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+                if (errno == ENOENT)
+                    continue;
+                err = errno;
+                break;
+            }
+            if (!S_ISDIR(st.st_mode))
+                continue;
+        }
         if (n + 2 > cap) {
             cap *= 2;
             v = nj_realloc_array(v, cap, sizeof *v);
@@ -430,8 +601,20 @@ static char **dir_backup_list(struct nj_store *s)
     }
     v[n] = NULL;
     closedir(d);
+    if (err) {
+        nj_strv_free(v);
+        nj_error_errno(err, "read '%s'", what);
+        return NULL;
+    }
     qsort(v, n, sizeof *v, cmp_str);
     return v;
+}
+
+static char **dir_backup_list(struct nj_store *s)
+{
+    /* Every name, directory or not: one that cannot be read as a backup is
+     * reported as unreadable (and stops gc), never skipped. */
+    return list_names(to_dir(s)->backupsfd, "backups", false);
 }
 
 static char *dir_backup_read(struct nj_store *s, const char *id,
@@ -447,21 +630,44 @@ static int dir_backup_open(struct nj_store *s, const char *id,
 {
     struct dir_store *ds = to_dir(s);
     NJ_CLEANUP_FREE char *path = nj_asprintf("backups/%s/%s", id, name);
-    int fd = openat(ds->rootfd, path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return nj_error_errno(errno, "open '%s'", path);
-    return fd;
+    return nj_open_regular(ds->rootfd, path, O_RDONLY);
 }
 
+/*
+ * The lock file is created exclusively (then it is ours and empty), or
+ * else opened as an existing regular file that has a single link: a
+ * symlink, FIFO or a hard link to some other file is refused before
+ * anything is written, so the pid never lands outside locks/.
+ */
 static int dir_lock_domain(struct nj_store *s, const char *key,
                            const char *display_name)
 {
     struct dir_store *ds = to_dir(s);
-    NJ_CLEANUP_FREE char *path = nj_asprintf("locks/%s.lock", key);
-    NJ_CLEANUP_CLOSE int fd =
-        openat(ds->rootfd, path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (fd < 0)
-        return nj_error_errno(errno, "open lock '%s'", path);
+    NJ_CLEANUP_FREE char *name = nj_asprintf("%s.lock", key);
+    NJ_CLEANUP_FREE char *path = nj_asprintf("locks/%s", name);
+    bool created = true;
+    NJ_CLEANUP_CLOSE int fd = openat(ds->locksfd, name,
+                                     O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW |
+                                         O_NONBLOCK | O_CLOEXEC,
+                                     0600);
+    if (fd < 0 && errno == EEXIST) {
+        created = false;
+        fd = nj_open_regular(ds->rootfd, path, O_RDWR);
+        if (fd < 0)
+            return nj_error_prefix("lock");
+    } else if (fd < 0) {
+        return nj_error_errno(errno, "create lock '%s'", path);
+    } else {
+        int fl = fcntl(fd, F_GETFL);
+        if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0)
+            return nj_error_errno(errno, "fcntl '%s'", path);
+    }
+    struct stat st;
+    if (fstat(fd, &st) < 0)
+        return nj_error_errno(errno, "stat '%s'", path);
+    if (st.st_nlink != 1)
+        return nj_error("lock '%s' has %ju links; refusing to use it", path,
+                        (uintmax_t)st.st_nlink);
     if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
         if (errno != EWOULDBLOCK)
             return nj_error_errno(errno, "lock '%s'", path);
@@ -469,12 +675,18 @@ static int dir_lock_domain(struct nj_store *s, const char *key,
         ssize_t r = pread(fd, buf, sizeof buf - 1, 0);
         buf[r > 0 ? r : 0] = '\0';
         buf[strcspn(buf, "\n")] = '\0';
+        /* The content is informational and comes from the store: only
+         * digits are quoted. */
+        if (buf[0] == '\0' || buf[strspn(buf, "0123456789")] != '\0')
+            snprintf(buf, sizeof buf, "unknown");
         return nj_error("domain '%s' is already being backed up (pid %s)",
-                        display_name, buf[0] ? buf : "unknown");
+                        display_name, buf);
     }
     char pid[32];
     int n = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
-    if (ftruncate(fd, 0) < 0 || nj_full_pwrite(fd, pid, (size_t)n, 0) < 0)
+    /* A regular file with one link, in locks/: truncating it is safe. */
+    if ((!created && ftruncate(fd, 0) < 0) ||
+        nj_full_pwrite(fd, pid, (size_t)n, 0) < 0)
         return nj_error_errno(errno, "write lock '%s'", path);
     return NJ_STEAL_FD(&fd);
 }
@@ -495,12 +707,27 @@ static void dir_close(struct nj_store *s)
     for (int i = 0; i < 256; i++)
         if (ds->chunkfd[i] >= 0)
             close(ds->chunkfd[i]);
-    if (ds->rootfd >= 0)
-        close(ds->rootfd);
+    int *fds[] = { &ds->rootfd, &ds->chunksfd, &ds->stagingfd,
+                   &ds->backupsfd, &ds->locksfd };
+    for (size_t i = 0; i < NJ_ARRAY_SIZE(fds); i++)
+        if (*fds[i] >= 0)
+            close(*fds[i]);
     pthread_mutex_destroy(&ds->lock);
     pthread_cond_destroy(&ds->flushed);
     free(ds->base.path);
     free(ds);
+}
+
+/* Set the mtime of dfd/name to now without following a symlink; then 1
+ * when it is a regular file, 0 when it is something else (damage, left
+ * alone), -1 with errno when it cannot be touched (ENOENT: absent). */
+static int touch_regular(int dfd, const char *name)
+{
+    struct stat st;
+    if (utimensat(dfd, name, NULL, AT_SYMLINK_NOFOLLOW) < 0 ||
+        fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+        return -1;
+    return S_ISREG(st.st_mode) ? 1 : 0;
 }
 
 static int dir_chunk_mark(struct nj_store *s, const struct nj_digest *d)
@@ -509,8 +736,11 @@ static int dir_chunk_mark(struct nj_store *s, const struct nj_digest *d)
     char name[NJ_DIGEST_HEX_LEN + 1];
     chunk_name(d, name);
     int dfd = ds->chunkfd[d->b[0]];
-    if (utimensat(dfd, name, NULL, 0) == 0)
+    int r = touch_regular(dfd, name);
+    if (r == 1)
         return 0;
+    if (r == 0)
+        return 1; /* not a regular file: damaged, as if missing */
     if (errno != ENOENT)
         return nj_error_errno(errno, "mark chunk '%s'", name);
     /* A gc killed between moving a chunk aside and putting it back (a
@@ -518,14 +748,23 @@ static int dir_chunk_mark(struct nj_store *s, const struct nj_digest *d)
      * it goes back now, whatever its age. */
     char aside[NJ_DIGEST_HEX_LEN + 8];
     snprintf(aside, sizeof aside, ".gc-%s", name);
-    if (linkat(dfd, aside, dfd, name, 0) < 0 && errno != EEXIST) {
+    struct stat st;
+    if (fstatat(dfd, aside, &st, AT_SYMLINK_NOFOLLOW) < 0) {
         if (errno == ENOENT)
             return 1; /* missing: verify reports it, gc has nothing to keep */
+        return nj_error_errno(errno, "stat chunk '%s'", aside);
+    }
+    if (!S_ISREG(st.st_mode))
+        return 1;
+    if (linkat(dfd, aside, dfd, name, 0) < 0 && errno != EEXIST) {
+        if (errno == ENOENT)
+            return 1;
         return nj_error_errno(errno, "put chunk '%s' back", name);
     }
-    if (utimensat(dfd, name, NULL, 0) < 0)
+    r = touch_regular(dfd, name);
+    if (r < 0)
         return nj_error_errno(errno, "mark chunk '%s'", name);
-    return 0;
+    return r == 1 ? 0 : 1;
 }
 
 static bool is_chunk_name(const char *n)
@@ -538,7 +777,9 @@ static bool is_chunk_name(const char *n)
  * Sweep one chunk directory.  A candidate is renamed aside first and its
  * mtime read from the moved file: a touch that raced with us is then
  * visible, and such a chunk goes back under its name (unless a backup
- * wrote a new copy meanwhile).  See nj-gc.c.
+ * wrote a new copy meanwhile).  See nj-gc.c.  Only regular files are
+ * considered: a symlink, FIFO, directory or device under a chunk, .gc- or
+ * .tmp- name is never renamed, removed or followed (nor counted).
  */
 static int sweep_dir(int dfd, int64_t cutoff, int64_t tmp_cutoff,
                      uint64_t *kept, uint64_t *kept_bytes, uint64_t *freed,
@@ -564,6 +805,8 @@ static int sweep_dir(int dfd, int64_t cutoff, int64_t tmp_cutoff,
             continue;
         if (fstatat(dfd, n, &st, AT_SYMLINK_NOFOLLOW) < 0)
             continue; /* gone meanwhile */
+        if (!S_ISREG(st.st_mode))
+            continue;
         if (strncmp(n, ".tmp-", 5) == 0) {
             if (st.st_mtime < tmp_cutoff && unlinkat(dfd, n, 0) == 0)
                 (*tmp_removed)++;
@@ -592,14 +835,20 @@ static int sweep_dir(int dfd, int64_t cutoff, int64_t tmp_cutoff,
                 ret = nj_error_errno(errno, "move chunk '%s' aside", n);
             continue;
         }
-        if (fstatat(dfd, aside, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
-            st.st_mtime >= cutoff) {
-            /* Touched while we looked: it stays. */
+        /* What was moved is judged again, by its own mode and mtime: if it
+         * is not a regular file (replaced meanwhile) or was touched, it
+         * goes back under its name. */
+        if (fstatat(dfd, aside, &st, AT_SYMLINK_NOFOLLOW) < 0)
+            continue; /* gone meanwhile */
+        if (!S_ISREG(st.st_mode) || st.st_mtime >= cutoff) {
             if (linkat(dfd, aside, dfd, n, 0) < 0 && errno != EEXIST)
                 ret = nj_error_errno(errno, "put chunk '%s' back", n);
-            unlinkat(dfd, aside, 0);
-            (*kept)++;
-            *kept_bytes += (uint64_t)st.st_size;
+            else
+                unlinkat(dfd, aside, 0);
+            if (S_ISREG(st.st_mode)) {
+                (*kept)++;
+                *kept_bytes += (uint64_t)st.st_size;
+            }
             continue;
         }
         if (unlinkat(dfd, aside, 0) == 0) {
@@ -631,10 +880,22 @@ static int dir_staging_link(struct nj_store *s, const char *id,
                             const char *from_name)
 {
     struct dir_store *ds = to_dir(s);
-    NJ_CLEANUP_FREE char *from = nj_asprintf("backups/%s/%s", from_id, from_name);
-    NJ_CLEANUP_FREE char *to = nj_asprintf("staging/%s/%s", id, name);
-    if (linkat(ds->rootfd, from, ds->rootfd, to, 0) < 0)
-        return nj_error_errno(errno, "link '%s' into staging", from);
+    NJ_CLEANUP_FREE char *fromdir = nj_asprintf("backups/%s", from_id);
+    NJ_CLEANUP_FREE char *todir = nj_asprintf("staging/%s", id);
+    NJ_CLEANUP_CLOSE int ffd = nj_open_dir(ds->rootfd, fromdir);
+    if (ffd < 0)
+        return -1;
+    NJ_CLEANUP_CLOSE int tfd = nj_open_dir(ds->rootfd, todir);
+    if (tfd < 0)
+        return -1;
+    struct stat st;
+    if (fstatat(ffd, from_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+        return nj_error_errno(errno, "'%s/%s'", fromdir, from_name);
+    if (!S_ISREG(st.st_mode))
+        return nj_error("'%s/%s' is not a regular file", fromdir, from_name);
+    if (linkat(ffd, from_name, tfd, name, 0) < 0)
+        return nj_error_errno(errno, "link '%s/%s' into staging", fromdir,
+                              from_name);
     return 0;
 }
 
@@ -642,13 +903,16 @@ static int dir_backup_replace(struct nj_store *s, const char *staged_id,
                               const char *id)
 {
     struct dir_store *ds = to_dir(s);
+    NJ_CLEANUP_FREE char *path = nj_asprintf("backups/%s", id);
+    NJ_CLEANUP_CLOSE int bfd = nj_open_dir(ds->rootfd, path);
+    if (bfd < 0)
+        return nj_error_prefix("replace backup '%s'", id);
     /* One atomic step: readers see the old backup or the new one. */
     int r = move_into_backups(ds, staged_id, id, RENAME_EXCHANGE);
     if (r < 0)
         return -1;
     /* The old version is now in staging under staged_id. */
-    NJ_CLEANUP_FREE char *old = nj_asprintf("staging/%s", staged_id);
-    if (staging_remove_dir(ds->rootfd, old) < 0)
+    if (staging_remove_dir(ds->stagingfd, staged_id) < 0)
         return -1;
     return r > 0 ? nj_error("replaced backup '%s', but could not make the "
                             "change durable", id)
@@ -658,81 +922,77 @@ static int dir_backup_replace(struct nj_store *s, const char *staged_id,
 static int dir_backup_remove(struct nj_store *s, const char *id)
 {
     struct dir_store *ds = to_dir(s);
-    NJ_CLEANUP_FREE char *from = nj_asprintf("backups/%s", id);
-    NJ_CLEANUP_FREE char *to = nj_asprintf("staging/removed-%s", id);
+    NJ_CLEANUP_FREE char *path = nj_asprintf("backups/%s", id);
+    NJ_CLEANUP_FREE char *to = nj_asprintf("removed-%s", id);
+    /* Only a real directory is removed (a symlink there is refused; the
+     * rename below would move the link, never its target). */
+    NJ_CLEANUP_CLOSE int bfd = nj_open_dir(ds->rootfd, path);
+    if (bfd < 0)
+        return nj_error_prefix("remove backup '%s'", id);
     /* Owner record last, as for any staging directory: a removal killed
      * halfway leaves one that the domain's next backup still removes. */
-    staging_remove_dir(ds->rootfd, to);
-    if (renameat2(ds->rootfd, from, ds->rootfd, to, RENAME_NOREPLACE) < 0)
+    staging_remove_dir(ds->stagingfd, to);
+    if (renameat2(ds->backupsfd, id, ds->stagingfd, to, RENAME_NOREPLACE) < 0)
         return nj_error_errno(errno, "remove backup '%s'", id);
-    if (nj_fsync_dir(ds->rootfd, "backups") < 0)
-        return -1;
-    return staging_remove_dir(ds->rootfd, to);
+    if (fsync(ds->backupsfd) < 0)
+        return nj_error_errno(errno, "fsync directory 'backups'");
+    return staging_remove_dir(ds->stagingfd, to);
 }
 
+/*
+ * Flags are empty files in the backup's directory, which is opened with
+ * O_NOFOLLOW (a symlinked backup directory is refused) and everything is
+ * done relative to its fd.  A flag name that is not a regular file is an
+ * error, never followed.
+ */
 static int dir_backup_set_flag(struct nj_store *s, const char *id,
                                const char *flag, bool on)
 {
     struct dir_store *ds = to_dir(s);
     NJ_CLEANUP_FREE char *dir = nj_asprintf("backups/%s", id);
-    NJ_CLEANUP_FREE char *path = nj_asprintf("backups/%s/%s", id, flag);
+    NJ_CLEANUP_CLOSE int fd = nj_open_dir(ds->rootfd, dir);
+    if (fd < 0)
+        return nj_error_prefix("backup '%s'", id);
     struct stat st;
-    if (fstatat(ds->rootfd, dir, &st, 0) < 0)
-        return nj_error_errno(errno, "backup '%s'", id);
+    bool exists = fstatat(fd, flag, &st, AT_SYMLINK_NOFOLLOW) == 0;
+    if (!exists && errno != ENOENT)
+        return nj_error_errno(errno, "'%s/%s'", dir, flag);
+    if (exists && !S_ISREG(st.st_mode))
+        return nj_error("'%s/%s' is not a regular file", dir, flag);
     if (on) {
-        NJ_CLEANUP_CLOSE int fd = openat(ds->rootfd, dir,
-                                         O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (fd < 0)
-            return nj_error_errno(errno, "open '%s'", dir);
-        if (faccessat(fd, flag, F_OK, 0) == 0)
+        if (exists)
             return 0;
         return nj_publish_buffer(fd, flag, "", 0);
     }
-    if (unlinkat(ds->rootfd, path, 0) < 0 && errno != ENOENT)
-        return nj_error_errno(errno, "clear '%s'", path);
-    return nj_fsync_dir(ds->rootfd, dir);
+    if (!exists)
+        return 0;
+    if (unlinkat(fd, flag, 0) < 0 && errno != ENOENT)
+        return nj_error_errno(errno, "clear '%s/%s'", dir, flag);
+    if (fsync(fd) < 0)
+        return nj_error_errno(errno, "fsync directory '%s'", dir);
+    return 0;
 }
 
 static int dir_backup_has_flag(struct nj_store *s, const char *id,
                                const char *flag)
 {
     struct dir_store *ds = to_dir(s);
-    NJ_CLEANUP_FREE char *path = nj_asprintf("backups/%s/%s", id, flag);
-    if (faccessat(ds->rootfd, path, F_OK, 0) == 0)
-        return 1;
-    return errno == ENOENT ? 0 : nj_error_errno(errno, "'%s'", path);
+    NJ_CLEANUP_FREE char *dir = nj_asprintf("backups/%s", id);
+    NJ_CLEANUP_CLOSE int fd = nj_open_dir(ds->rootfd, dir);
+    if (fd < 0)
+        return nj_error_prefix("backup '%s'", id);
+    struct stat st;
+    if (fstatat(fd, flag, &st, AT_SYMLINK_NOFOLLOW) < 0)
+        return errno == ENOENT ? 0
+                               : nj_error_errno(errno, "'%s/%s'", dir, flag);
+    if (!S_ISREG(st.st_mode))
+        return nj_error("'%s/%s' is not a regular file", dir, flag);
+    return 1;
 }
 
 static char **dir_staging_list(struct nj_store *s)
 {
-    struct dir_store *ds = to_dir(s);
-    int fd = openat(ds->rootfd, "staging", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
-    if (!d) {
-        if (fd >= 0)
-            close(fd);
-        nj_error_errno(errno, "open 'staging'");
-        return NULL;
-    }
-    size_t n = 0;
-    char **v = nj_calloc(1, sizeof *v);
-    struct dirent *de;
-    while ((de = readdir(d)) != NULL) {
-        if (!nj_store_name_valid(de->d_name))
-            continue;
-        v = nj_realloc_array(v, n + 2, sizeof *v);
-        v[n++] = nj_strdup(de->d_name);
-        v[n] = NULL;
-    }
-    closedir(d);
-    return v;
-}
-
-static char *dir_staging_owner(struct nj_store *s, const char *id)
-{
-    struct dir_store *ds = to_dir(s);
-    NJ_CLEANUP_FREE char *path = nj_asprintf("staging/%s/owner.json", id);
-    return nj_read_file(ds->rootfd, path, 65536, NULL);
+    return list_names(to_dir(s)->stagingfd, "staging", true);
 }
 
 static const struct nj_store_ops dir_ops = {
@@ -767,7 +1027,8 @@ static const struct nj_store_ops dir_ops = {
  * subdirs, empty subdirectories are not counted. */
 static long count_entries(int atfd, const char *path, bool subdirs)
 {
-    int fd = openat(atfd, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int fd = openat(atfd, path,
+                    O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0)
         return -1;
     DIR *d = fdopendir(fd);
@@ -825,12 +1086,12 @@ static int store_init(int rootfd, const char *path)
 {
     static const char *dirs[] = { "chunks", "staging", "backups", "locks" };
     for (size_t i = 0; i < NJ_ARRAY_SIZE(dirs); i++)
-        if (nj_mkdir_exist_ok(rootfd, dirs[i], 0755) < 0)
+        if (nj_mkdir_exist_ok(rootfd, dirs[i], 0700) < 0)
             return -1;
     for (int i = 0; i < 256; i++) {
         char sub[16];
         snprintf(sub, sizeof sub, "chunks/%02x", i);
-        if (nj_mkdir_exist_ok(rootfd, sub, 0755) < 0)
+        if (nj_mkdir_exist_ok(rootfd, sub, 0700) < 0)
             return -1;
     }
     if (nj_fsync_dir(rootfd, "chunks") < 0)
@@ -855,7 +1116,8 @@ static int store_check_marker(int rootfd, const char *path)
     NJ_CLEANUP_FREE char *text =
         nj_read_file(rootfd, STORE_MARKER, 65536, &len);
     if (!text) {
-        if (errno == ENOENT || faccessat(rootfd, STORE_MARKER, F_OK, 0) < 0)
+        if (errno == ENOENT ||
+            faccessat(rootfd, STORE_MARKER, F_OK, AT_SYMLINK_NOFOLLOW) < 0)
             return nj_error("'%s' is not a nightjar store (no %s)", path,
                             STORE_MARKER);
         return nj_error_prefix("open store '%s'", path);
@@ -863,8 +1125,13 @@ static int store_check_marker(int rootfd, const char *path)
     struct json_tokener *tok = json_tokener_new();
     struct json_object *o = json_tokener_parse_ex(tok, text, (int)len);
     bool complete = json_tokener_get_error(tok) == json_tokener_success;
+    if (complete) {
+        size_t end = json_tokener_get_parse_end(tok);
+        complete = end <= len &&
+                   strspn(text + end, " \t\r\n") == len - end;
+    }
     json_tokener_free(tok);
-    struct json_object *f = NULL, *v = NULL;
+    struct json_object *f = NULL, *v = NULL, *c = NULL, *t = NULL;
     int ret = 0;
     if (!o || !complete || !json_object_is_type(o, json_type_object) ||
         !json_object_object_get_ex(o, "format", &f) ||
@@ -880,6 +1147,16 @@ static int store_check_marker(int rootfd, const char *path)
                        "reads version %d", path,
                        (long long)json_object_get_int64(v),
                        NJ_STORE_FORMAT_VERSION);
+    } else if (json_object_object_get_ex(o, "chunk_id", &c) &&
+               (!json_object_is_type(c, json_type_string) ||
+                strcmp(json_object_get_string(c), "sha256") != 0)) {
+        ret = nj_error("store '%s' names chunks by an unknown id (%s: "
+                       "\"chunk_id\" is not \"sha256\")", path, STORE_MARKER);
+    } else if (json_object_object_get_ex(o, "created", &t) &&
+               (!json_object_is_type(t, json_type_int) ||
+                json_object_get_int64(t) < 0)) {
+        ret = nj_error("store '%s': %s has an invalid \"created\"", path,
+                       STORE_MARKER);
     }
     json_object_put(o);
     return ret;
@@ -887,7 +1164,7 @@ static int store_check_marker(int rootfd, const char *path)
 
 struct nj_store *nj_store_dir_open(const char *path, unsigned flags)
 {
-    if ((flags & NJ_STORE_CREATE) && mkdir(path, 0755) < 0 &&
+    if ((flags & NJ_STORE_CREATE) && mkdir(path, 0700) < 0 &&
         errno != EEXIST) {
         nj_error_errno(errno, "create store '%s'", path);
         return NULL;
@@ -899,7 +1176,8 @@ struct nj_store *nj_store_dir_open(const char *path, unsigned flags)
         return NULL;
     }
     if ((flags & NJ_STORE_CREATE) &&
-        faccessat(rootfd, STORE_MARKER, F_OK, 0) < 0 && errno == ENOENT) {
+        faccessat(rootfd, STORE_MARKER, F_OK, AT_SYMLINK_NOFOLLOW) < 0 &&
+        errno == ENOENT) {
         if (!dir_is_empty(rootfd)) {
             nj_error("'%s' is not a nightjar store and not empty; refusing "
                      "to create a store there", path);
@@ -918,15 +1196,31 @@ struct nj_store *nj_store_dir_open(const char *path, unsigned flags)
     pthread_cond_init(&ds->flushed, NULL);
     for (int i = 0; i < 256; i++)
         ds->chunkfd[i] = -1;
+    ds->chunksfd = ds->stagingfd = ds->backupsfd = ds->locksfd = -1;
     ds->rootfd = NJ_STEAL_FD(&rootfd);
+    /* The store's own directories, none of them followed if a symlink:
+     * everything below is reached through these fds. */
+    struct {
+        int *fd;
+        const char *name;
+    } top[] = { { &ds->chunksfd, "chunks" },
+                { &ds->stagingfd, "staging" },
+                { &ds->backupsfd, "backups" },
+                { &ds->locksfd, "locks" } };
+    for (size_t i = 0; i < NJ_ARRAY_SIZE(top); i++) {
+        *top[i].fd = nj_open_dir(ds->rootfd, top[i].name);
+        if (*top[i].fd < 0) {
+            nj_error_prefix("store '%s' is damaged", path);
+            dir_close(&ds->base);
+            return NULL;
+        }
+    }
     for (int i = 0; i < 256; i++) {
         char sub[16];
-        snprintf(sub, sizeof sub, "chunks/%02x", i);
-        ds->chunkfd[i] =
-            openat(ds->rootfd, sub, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        snprintf(sub, sizeof sub, "%02x", i);
+        ds->chunkfd[i] = nj_open_dir(ds->chunksfd, sub);
         if (ds->chunkfd[i] < 0) {
-            nj_error_errno(errno, "store '%s' is damaged: open '%s'", path,
-                           sub);
+            nj_error_prefix("store '%s' is damaged: chunks", path);
             dir_close(&ds->base);
             return NULL;
         }

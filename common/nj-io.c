@@ -1,5 +1,6 @@
 /*
- * nj-io.c: full I/O helpers and durable publication.  See nj-io.h.
+ * nj-io.c: full I/O helpers, opening hostile paths, durable publication.
+ * See nj-io.h.
  */
 #include "nj-io.h"
 #include "nj-util.h"
@@ -87,20 +88,146 @@ int nj_full_pwrite(int fd, const void *buf, size_t len, off_t off)
     return 0;
 }
 
-char *nj_read_file(int dirfd, const char *path, size_t max, size_t *len_out)
+/*
+ * Walk the directories of a relative path below dirfd without following a
+ * symlink: returns an fd of the directory holding the last component (dirfd
+ * itself when path has one component; *owned says whether to close it)
+ * and the last component in *last.  -1 with the last error set.
+ */
+static int walk_parent(int dirfd, const char *path, const char **last,
+                       bool *owned)
 {
-    NJ_CLEANUP_CLOSE int fd = openat(dirfd, path, O_RDONLY | O_CLOEXEC);
+    *owned = false;
+    *last = path;
+    if (dirfd == AT_FDCWD || path[0] == '/')
+        return dirfd;
+    int fd = dirfd;
+    const char *p = path;
+    for (;;) {
+        const char *slash = strchr(p, '/');
+        if (!slash)
+            break;
+        size_t n = (size_t)(slash - p);
+        if (n == 0) { /* "a//b" or a leading '/': skip */
+            p = slash + 1;
+            continue;
+        }
+        char comp[256];
+        if (n >= sizeof comp) {
+            if (*owned)
+                close(fd);
+            nj_error_errno(ENAMETOOLONG, "open '%s'", path);
+            errno = ENAMETOOLONG;
+            return -1;
+        }
+        memcpy(comp, p, n);
+        comp[n] = '\0';
+        int nfd = openat(fd, comp,
+                         O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        int e = errno;
+        if (*owned)
+            close(fd);
+        if (nfd < 0) {
+            int len = (int)(slash - path);
+            if (e == ENOTDIR || e == ELOOP) {
+                nj_error("'%.*s' is not a directory", len, path);
+                e = ENOTDIR;
+            } else {
+                nj_error_errno(e, "open '%s'", path);
+            }
+            errno = e;
+            return -1;
+        }
+        fd = nfd;
+        *owned = true;
+        p = slash + 1;
+    }
+    *last = p;
+    return fd;
+}
+
+int nj_open_regular(int dirfd, const char *path, int flags)
+{
+    const char *last;
+    bool owned;
+    int pfd = walk_parent(dirfd, path, &last, &owned);
+    if (pfd < 0 && pfd != AT_FDCWD)
+        return -1;
+    int fd = openat(pfd, last, flags | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC,
+                    0600);
+    int e = errno;
+    if (owned)
+        close(pfd);
     if (fd < 0) {
-        nj_error_errno(errno, "open '%s'", path);
-        return NULL;
+        /* ELOOP: a symlink; ENXIO: a FIFO without reader or a device
+         * without driver; EISDIR: a directory opened for writing. */
+        if (e == ELOOP || e == ENXIO || e == EISDIR) {
+            nj_error("'%s' is not a regular file", path);
+            e = EINVAL;
+        } else {
+            nj_error_errno(e, "open '%s'", path);
+        }
+        errno = e;
+        return -1;
     }
     struct stat st;
     if (fstat(fd, &st) < 0) {
-        nj_error_errno(errno, "stat '%s'", path);
-        return NULL;
+        e = errno;
+        close(fd);
+        nj_error_errno(e, "stat '%s'", path);
+        errno = e;
+        return -1;
     }
     if (!S_ISREG(st.st_mode)) {
+        close(fd);
         nj_error("'%s' is not a regular file", path);
+        errno = EINVAL;
+        return -1;
+    }
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0) {
+        e = errno;
+        close(fd);
+        nj_error_errno(e, "fcntl '%s'", path);
+        errno = e;
+        return -1;
+    }
+    return fd;
+}
+
+int nj_open_dir(int dirfd, const char *path)
+{
+    const char *last;
+    bool owned;
+    int pfd = walk_parent(dirfd, path, &last, &owned);
+    if (pfd < 0 && pfd != AT_FDCWD)
+        return -1;
+    int fd = openat(pfd, *last ? last : ".",
+                    O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    int e = errno;
+    if (owned)
+        close(pfd);
+    if (fd < 0) {
+        if (e == ENOTDIR || e == ELOOP) {
+            nj_error("'%s' is not a directory", path);
+            e = ENOTDIR;
+        } else {
+            nj_error_errno(e, "open '%s'", path);
+        }
+        errno = e;
+        return -1;
+    }
+    return fd;
+}
+
+char *nj_read_file(int dirfd, const char *path, size_t max, size_t *len_out)
+{
+    NJ_CLEANUP_CLOSE int fd = nj_open_regular(dirfd, path, O_RDONLY);
+    if (fd < 0)
+        return NULL;
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        nj_error_errno(errno, "stat '%s'", path);
         return NULL;
     }
     if ((uint64_t)st.st_size > max) {
@@ -133,7 +260,8 @@ int nj_tmpfile_open(int dirfd, const char *prefix, char *tmpname, size_t size)
         rnd[8] = '\0';
         snprintf(tmpname, size, ".tmp-%s-%s", prefix, rnd);
         int fd = openat(dirfd, tmpname,
-                        O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+                        O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                        0600);
         if (fd >= 0)
             return fd;
         if (errno != EEXIST)
@@ -187,10 +315,9 @@ int nj_publish_buffer(int dirfd, const char *name, const void *buf, size_t len)
 
 int nj_fsync_dir(int dirfd, const char *path)
 {
-    NJ_CLEANUP_CLOSE int fd =
-        openat(dirfd, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    NJ_CLEANUP_CLOSE int fd = nj_open_dir(dirfd, path);
     if (fd < 0)
-        return nj_error_errno(errno, "open directory '%s'", path);
+        return -1;
     if (fsync(fd) < 0)
         return nj_error_errno(errno, "fsync directory '%s'", path);
     return 0;
@@ -198,8 +325,17 @@ int nj_fsync_dir(int dirfd, const char *path)
 
 int nj_mkdir_exist_ok(int dirfd, const char *path, mode_t mode)
 {
-    if (mkdirat(dirfd, path, mode) < 0 && errno != EEXIST)
+    if (mkdirat(dirfd, path, mode) == 0)
+        return 0;
+    if (errno != EEXIST)
         return nj_error_errno(errno, "create directory '%s'", path);
+    struct stat st;
+    if (fstatat(dirfd, path, &st, AT_SYMLINK_NOFOLLOW) < 0)
+        return nj_error_errno(errno, "stat '%s'", path);
+    if (!S_ISDIR(st.st_mode)) {
+        errno = ENOTDIR;
+        return nj_error("'%s' is not a directory", path);
+    }
     return 0;
 }
 

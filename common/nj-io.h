@@ -13,6 +13,15 @@
  * by a syncfs(2) over the whole store before the commit point.  The fsync
  * before the link matters: without it a crash can leave a visible name
  * whose data blocks never reached the disk.
+ *
+ * Hostile files.  Everything in a store (and in any directory another user
+ * may write) may be a symlink, a FIFO, a device or a directory where a
+ * regular file is expected.  nj_open_regular() and nj_open_dir() are the
+ * only ways nightjar opens such paths: they never follow a symlink, never
+ * block in open(2), and say in one line what was found instead.  Every
+ * file they, nj_tmpfile_open() or nj_publish_*() create is created with
+ * mode 0600 and every directory of a store with 0700: a umask can only
+ * clear bits, so no umask makes them readable by anyone else.
  */
 #ifndef NJ_IO_H
 #define NJ_IO_H
@@ -29,12 +38,43 @@ int nj_full_write(int fd, const void *buf, size_t len);
 int nj_full_pread(int fd, void *buf, size_t len, off_t off);
 int nj_full_pwrite(int fd, const void *buf, size_t len, off_t off);
 
+/*
+ * Open dirfd/path, which must be a regular file.  flags: O_RDONLY, O_WRONLY
+ * or O_RDWR, plus any of O_CREAT, O_EXCL, O_APPEND (a new file gets mode
+ * 0600).  The last component is opened with O_NOFOLLOW and O_NONBLOCK
+ * (cleared again before return), then checked with fstat; the fd is
+ * close-on-exec.  When dirfd is a directory fd (not AT_FDCWD), path is
+ * relative to it and no component of it is followed if it is a symlink:
+ * "backups/ID/manifest.json" relative to a store's fd stays in the store.
+ * With AT_FDCWD only the last component is protected (the directories of
+ * a path given on a command line are the user's choice).
+ *
+ * Returns the fd, or -1 with the last error set, naming path:
+ *   "'PATH' is not a regular file"  errno EINVAL (a symlink, FIFO, socket,
+ *                                    device or directory; never opened
+ *                                    through, never waited on)
+ *   "'DIR' is not a directory"      errno ENOTDIR (a component of path)
+ *   "open 'PATH': <strerror>"       errno kept (ENOENT: absent)
+ */
+int nj_open_regular(int dirfd, const char *path, int flags);
+
+/* Open dirfd/path as a directory (O_RDONLY | O_DIRECTORY | O_CLOEXEC),
+ * with the same rule as nj_open_regular() for symlinks in path: none is
+ * followed when dirfd is a directory fd, the last one never.  Errors as
+ * above ("'PATH' is not a directory", errno ENOTDIR, for a symlink or a
+ * non-directory). */
+int nj_open_dir(int dirfd, const char *path);
+
 /* Read a whole file of at most max bytes into a new NUL-terminated buffer.
- * Returns NULL with the last error set (naming path) on failure. */
+ * The file is opened with nj_open_regular() (so: no symlink followed as
+ * described there, no FIFO waited on).  Returns NULL with the last error
+ * set (naming path) on failure; errno ENOENT when it does not exist. */
 char *nj_read_file(int dirfd, const char *path, size_t max, size_t *len_out);
 
-/* Open a new temporary file in dirfd named ".tmp-<prefix>-XXXXXX"; the name
- * is stored in tmpname (at least 64 bytes).  Returns the fd or -1. */
+/* Create a new temporary file in dirfd named ".tmp-<prefix>-XXXXXXXX" (8
+ * characters from getrandom(2); O_CREAT | O_EXCL | O_NOFOLLOW, mode 0600);
+ * the name is stored in tmpname (at least 64 bytes).  Returns the fd
+ * (write-only) or -1. */
 int nj_tmpfile_open(int dirfd, const char *prefix, char *tmpname, size_t size);
 
 /* fsync(fd), then link dirfd/tmpname to dirfd/name without replacing, then
@@ -46,10 +86,11 @@ int nj_publish_tmpfile(int fd, int dirfd, const char *tmpname, const char *name)
  * directory fsync).  Fails with EEXIST if name exists. */
 int nj_publish_buffer(int dirfd, const char *name, const void *buf, size_t len);
 
-/* fsync a directory by fd or by path relative to dirfd. */
+/* fsync a directory by path relative to dirfd (opened with nj_open_dir). */
 int nj_fsync_dir(int dirfd, const char *path);
 
-/* mkdirat that accepts an existing directory. */
+/* mkdirat(dirfd, path, mode) that accepts an existing directory (not a
+ * symlink to one: that fails with "'PATH' is not a directory"). */
 int nj_mkdir_exist_ok(int dirfd, const char *path, mode_t mode);
 
 /* Remove a directory tree relative to dirfd (no symlinks followed). */

@@ -16,6 +16,8 @@ packages=(
     # the peer, for the benchmark smoke run in the suite (virtnbdbackup -z
     # needs python3-lz4)
     virtnbdbackup python3-lz4
+    # fake guest agent and syscall tracing in tests
+    socat strace
 )
 
 missing=()

@@ -15,31 +15,50 @@ R=$NIGHTJAR_RESTORE
 head -c 4194304 /dev/urandom > "$T/base.raw"
 "$A" import -s "$S" -d keep --disk vda "$T/base.raw" > /dev/null
 
-# A slow NBD server: 256 MiB of non-zero pattern, each read delayed.
+# A slow NBD server: 1 GiB of non-zero pattern, each read delayed, every
+# request logged (the log filter sits before the delay: a read is logged
+# when it arrives).  The kills below wait for the import's first data
+# read, an observed event, never for a time; the bounds are failsafes.
 start_slow() {
-    rm -f "$T/sock"
-    nbdkit --exit-with-parent -U "$T/sock" -P "$T/nbdkit.pid" --filter=delay \
-        pattern 1G rdelay=50ms &
-    for _ in $(seq 100); do [ -S "$T/sock" ] && [ -s "$T/nbdkit.pid" ] && return 0; sleep 0.05; done
+    rm -f "$T/sock" "$T/nbdkit.pid" "$T/nbd.log"
+    nbdkit --exit-with-parent -U "$T/sock" -P "$T/nbdkit.pid" --filter=log --filter=delay \
+        pattern 1G rdelay=50ms logfile="$T/nbd.log" &
+    for ((i = 0; i < 1200; i++)); do
+        [ -S "$T/sock" ] && [ -s "$T/nbdkit.pid" ] && return 0
+        sleep 0.05
+    done
     echo "nbdkit did not start" >&2; return 1
 }
 uri() { echo "nbd+unix:///?socket=$T/sock"; }
+# wait_read PID: until the server has logged a data read from the import
+# (still running as PID)
+wait_read() {
+    for ((i = 0; i < 2400; i++)); do
+        grep -q ' Read id=' "$T/nbd.log" 2>/dev/null && return 0
+        kill -0 "$1" 2>/dev/null || { fail "the import ended before its first read"; return 1; }
+        sleep 0.05
+    done
+    fail "no read from the import within the failsafe bound"; return 1
+}
+# (a command, not a function: `f &` would make $! a subshell's pid)
+slow_args=(import -s "$S" -d slow --disk vda --threads 1 --requests 1 --connections 1)
 
 # 1. the server is killed mid-read
 start_slow
-( sleep 1; kill -9 "$(cat "$T/nbdkit.pid")" ) &
-rc=0
-"$A" import -s "$S" -d slow --disk vda --threads 1 --requests 1 --connections 1 "$(uri)" 2> "$T/err1" >/dev/null || rc=$?
-wait
+"$A" "${slow_args[@]}" "$(uri)" 2> "$T/err1" >/dev/null &
+pid=$!
+wait_read $pid && ok
+kill -9 "$(cat "$T/nbdkit.pid")"
+rc=0; wait $pid || rc=$?
 check test "$rc" -eq 1
 check test "$(wc -l < "$T/err1")" -eq 1
 check grep -q "^nightjar-agent: .*vda" "$T/err1"
 
 # 2. SIGINT: rolls back and says so
 start_slow
-"$A" import -s "$S" -d slow --disk vda --threads 1 --requests 1 --connections 1 "$(uri)" 2> "$T/err2" >/dev/null &
+"$A" "${slow_args[@]}" "$(uri)" 2> "$T/err2" >/dev/null &
 pid=$!
-sleep 1
+wait_read $pid && ok
 kill -INT $pid
 rc=0; wait $pid || rc=$?
 check test "$rc" -eq 1
@@ -48,9 +67,9 @@ kill "$(cat "$T/nbdkit.pid")" 2>/dev/null || true
 
 # 3. SIGKILL: nothing committed; the next run cleans the staging left behind
 start_slow
-"$A" import -s "$S" -d slow --disk vda --threads 1 --requests 1 --connections 1 "$(uri)" >/dev/null 2>&1 &
+"$A" "${slow_args[@]}" "$(uri)" >/dev/null 2>&1 &
 pid=$!
-sleep 1
+wait_read $pid && ok
 kill -9 $pid
 wait $pid 2>/dev/null || true
 kill "$(cat "$T/nbdkit.pid")" 2>/dev/null || true

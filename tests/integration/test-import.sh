@@ -4,7 +4,7 @@
 # truth taken by qemu-img convert at that point.
 . "$(dirname "$0")/lib.sh"
 : "${NIGHTJAR_AGENT:?set by meson}"
-require qemu-img qemu-io qemu-nbd jq cmp
+require qemu-img qemu-io qemu-nbd nbdinfo jq cmp
 
 S=$T/store
 A=$NIGHTJAR_AGENT
@@ -94,12 +94,108 @@ expect_fail "not a nightjar store" "$A" import -s "$T" -d x --disk vda "$img"
 # an image in use by another program (a VM, here a writable qemu-nbd)
 qemu-nbd --persistent --socket="$T/busy.sock" -f qcow2 "$img" 2>/dev/null &
 busy=$!
-for _ in $(seq 100); do [ -S "$T/busy.sock" ] && break; sleep 0.05; done
-sleep 0.2
+# wait until it serves the image (then it holds its locks); the bound is
+# only a failsafe
+for ((i = 0; i < 1200; i++)); do
+    nbdinfo --size "nbd+unix:///?socket=$T/busy.sock" >/dev/null 2>&1 && break
+    kill -0 $busy 2>/dev/null || break
+    sleep 0.05
+done
+if qemu-img info "$img" >/dev/null 2>&1; then fail "qemu-nbd does not hold the lock of $img"; else ok; fi
 expect_fail "write\" lock" "$A" import -s "$S" -d busy --disk vda "$img"
 kill $busy; wait $busy 2>/dev/null || true
 check test "$("$R" list -s "$S" --json | jq length)" -eq "$before"
 # no qemu-nbd left behind
 check test -z "$(pgrep -f "qemu-nbd.*$T" || true)"
+
+# --- the format is never guessed from the content ---
+# A host file with known content, and a raw guest disk whose guest wrote
+# a qcow2 header naming that host file as its backing file.
+F=$T/fmt
+mkdir -p "$F"
+head -c 1048576 /dev/zero | tr '\0' 'S' >"$F/host-secret"
+qemu-img create -q -f qcow2 -b "$F/host-secret" -F raw "$F/guest.img" 1M
+truncate -s 4M "$F/guest.img"
+stores() { "$R" list -s "$S" --json | jq length; }
+before=$(stores)
+# taken as raw by its name, it starts like qcow2: refused, nothing made
+expect_fail "'$F/guest.img' is taken as a raw image .* starts like a qcow2 image: pass --format raw" \
+    "$A" import -s "$S" -d guest --disk vda "$F/guest.img"
+expect_fail "starts like a qcow2 image" "$A" import -s "$F/new-store" -d guest --disk vda "$F/guest.img"
+check test ! -e "$F/new-store"
+check test "$(stores)" -eq "$before"
+# --format raw: its own bytes, header and all, not the host file's
+"$A" import -s "$S" -d guest --disk vda --format raw --json "$F/guest.img" >"$F/guest.json"
+check test "$(jq -r '.disks[0].size' "$F/guest.json")" -eq 4194304
+"$R" restore -s "$S" -d guest -o "$F/guest.out"
+check cmp "$F/guest.out" "$F/guest.img"
+if cmp -s -n 1048576 "$F/guest.out" "$F/host-secret"; then fail "the host file was backed up"; else ok; fi
+# --format qcow2 on it is the user's word: a qcow2 whose backing chain
+# records every format is imported as qcow2 (here: the host file's bytes)
+"$A" import -s "$S" -d guest-q --disk vda --format qcow2 "$F/guest.img" >/dev/null
+"$R" restore -s "$S" -d guest-q -o "$F/guest-q.out"
+check cmp "$F/guest-q.out" "$F/host-secret"
+
+# a qcow2 that does not record its backing file's format: qemu would
+# probe the backing file, so refused, by name and with --format qcow2
+cp "$F/guest.img" "$F/nofmt.qcow2"
+ext=$(LC_ALL=C grep -obUaP '\xe2\x79\x2a\xca' "$F/nofmt.qcow2" | head -n 1 | cut -d: -f1)
+if [ -n "$ext" ]; then
+    printf '\0\0\0\0\0\0\0\0' | dd of="$F/nofmt.qcow2" bs=1 seek="$ext" conv=notrunc status=none
+    qemu-img info -U --output=json -f qcow2 "$F/nofmt.qcow2" | jq -e 'has("backing-filename-format") | not' >/dev/null \
+        || fail "nofmt.qcow2 still records a backing format"
+    expect_fail "has backing file '$F/host-secret' but does not record its format" \
+        "$A" import -s "$S" -d nofmt --disk vda "$F/nofmt.qcow2"
+    expect_fail "does not record its format" "$A" import -s "$S" -d nofmt --disk vda --format qcow2 "$F/nofmt.qcow2"
+else
+    fail "no backing format extension found in guest.img"
+fi
+# ... also deeper in the chain: top -> mid (qcow2, recorded) -> base (not)
+qemu-img create -q -f qcow2 -b "$F/nofmt.qcow2" -F qcow2 "$F/top.qcow2"
+expect_fail "image '$F/nofmt.qcow2' has backing file .* does not record its format" \
+    "$A" import -s "$S" -d top --disk vda "$F/top.qcow2"
+# a chain that records its formats, with a relative backing name: imported
+qemu-img create -q -f qcow2 "$F/base.qcow2" 8M
+qemu-io -f qcow2 -c "write -P 0x11 0 3M" "$F/base.qcow2" >/dev/null
+(cd "$F" && qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 overlay.qcow2)
+qemu-io -f qcow2 -c "write -P 0x22 1M 1M" "$F/overlay.qcow2" >/dev/null
+"$A" import -s "$S" -d overlay --disk vda "$F/overlay.qcow2" >/dev/null
+"$R" restore -s "$S" -d overlay -o "$F/overlay.out"
+qemu-img convert -f qcow2 -O raw "$F/overlay.qcow2" "$F/overlay.truth"
+check cmp "$F/overlay.out" "$F/overlay.truth"
+# a backing "file" that is a protocol (qemu would connect to it): refused
+qemu-img create -q -f qcow2 -u -b "nbd+unix:///?socket=$F/none.sock" -F raw "$F/proto.qcow2" 1M
+expect_fail "has backing file 'nbd+unix:///?socket=$F/none.sock': only files can be imported" \
+    "$A" import -s "$S" -d proto --disk vda "$F/proto.qcow2"
+# an external data file names another host file: refused
+qemu-img create -q -f qcow2 -o data_file="$F/data.raw" "$F/datafile.qcow2" 1M
+expect_fail "external data file" "$A" import -s "$S" -d df --disk vda "$F/datafile.qcow2"
+# other formats' magic in a file taken as raw: refused, --format raw works
+magic() { # NAME OFFSET PRINTF-BYTES
+    head -c 65536 /dev/zero >"$F/$1.img"
+    printf "$3" | dd of="$F/$1.img" bs=1 seek="$2" conv=notrunc status=none
+    expect_fail "starts like a $1 image: pass --format raw" "$A" import -s "$S" -d "m-$1" --disk vda "$F/$1.img"
+    "$A" import -s "$S" -d "m-$1" --disk vda --format raw "$F/$1.img" >/dev/null
+    "$R" restore -s "$S" -d "m-$1" -o "$F/$1.out"
+    check cmp "$F/$1.out" "$F/$1.img"
+}
+magic vmdk 0 'KDMV'
+magic vhdx 0 'vhdxfile'
+magic vdi 64 '\177\020\332\276'
+magic luks 0 'LUKS\272\276'
+magic qed 0 'QED\0'
+magic vpc 0 'conectix'
+# a raw image named .qcow2, and --format qcow2 on a raw image
+cp "$T/plain.raw" "$F/plain.qcow2"
+expect_fail "'$F/plain.qcow2' has no qcow2 header: pass --format raw" "$A" import -s "$S" -d p --disk vda "$F/plain.qcow2"
+expect_fail "has no qcow2 header" "$A" import -s "$S" -d p --disk vda --format qcow2 "$T/plain.raw"
+"$A" import -s "$S" -d p --disk vda --format raw "$F/plain.qcow2" >/dev/null
+# usage: the two formats only; an NBD export is raw
+expect_fail "--format: raw or qcow2, not 'vmdk'" "$A" import -s "$S" -d p --disk vda --format vmdk "$T/plain.raw"
+expect_fail "applies to image files only" "$A" import -s "$S" -d p --disk vda --format qcow2 "nbd+unix:///?socket=$F/none.sock"
+# a FIFO as the source: refused at once, not waited on
+mkfifo "$F/fifo.img"
+expect_fail "is not a regular file or a block device" timeout 60 "$A" import -s "$S" -d p --disk vda "$F/fifo.img"
+"$R" verify -s "$S" >/dev/null; ok
 
 finish
