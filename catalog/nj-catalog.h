@@ -117,6 +117,15 @@ size_t nj_catalog_count(const struct nj_catalog *c);
 const struct nj_manifest *nj_catalog_get(const struct nj_catalog *c, size_t i);
 const struct nj_manifest *nj_catalog_find(const struct nj_catalog *c,
                                           const char *id);
+/* The position of m (a manifest of this catalog) in its order, oldest
+ * first, in O(1); SIZE_MAX when m is not one of its manifests. */
+size_t nj_catalog_pos(const struct nj_catalog *c, const struct nj_manifest *m);
+/* The parent of m as the chain rules accept it, in O(1): 0 with *out set
+ * (NULL for a backup without a parent), or -1 with the last error saying
+ * why the link is broken (parent missing or damaged, of another domain, a
+ * copy, or not older than m: which also rules out every cycle). */
+int nj_catalog_parent(const struct nj_catalog *c, const struct nj_manifest *m,
+                      const struct nj_manifest **out);
 /* Backups present in the store whose manifest cannot be read: count, and
  * the i-th id and error message. */
 size_t nj_catalog_broken_count(const struct nj_catalog *c);
@@ -134,7 +143,8 @@ const struct nj_manifest *nj_catalog_resolve(const struct nj_catalog *c,
                                              const char *domain,
                                              const char *id);
 /* The backups a restore of m's disk target needs, newest (m) first,
- * ending at the one where the disk is full.  Returns the count written
+ * ending at the one where the disk is full, every link checked as
+ * nj_catalog_parent does.  O(chain length).  Returns the count written
  * to *out (a new array), or -1 with the last error when broken. */
 int nj_catalog_chain(const struct nj_catalog *c, const struct nj_manifest *m,
                      const char *target, const struct nj_manifest ***out);

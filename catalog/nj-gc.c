@@ -27,8 +27,8 @@
  * backup relies on exists when it commits.  Backups that commit during
  * the mark phase are covered by (a) and (b) as well, and prune's merged
  * indexes reference only chunks that the indexes they replace referenced.
- * If any listed backup cannot be read, GC stops before sweeping: it never
- * removes a chunk on a guess.
+ * If any listed backup cannot be read, or staging cannot be listed, GC
+ * stops before sweeping: it never removes a chunk on a guess.
  *
  * Crash safety: marks are only timestamps.  A chunk moved aside by a GC
  * killed at that instant (.gc-<name>) is put back by the next run's mark
@@ -50,23 +50,34 @@
 #define MARK_CACHE_SLOTS (1u << 18) /* 8 MiB of digests */
 #define START_MARGIN 60             /* seconds of clock slack */
 
-/* The oldest start of a backup still running; dead runs' staging is
- * removed on the way (its domain lock is free). */
-/* Returns t0 + 1 when no backup runs. */
-static int64_t oldest_running(struct nj_store *s, int64_t t0)
+/*
+ * The oldest start of a backup still running, into *oldest (t0 + 1 when
+ * none runs); dead runs' staging is removed on the way (its domain lock is
+ * free).  Fails closed: when staging cannot be listed, -1, and the caller
+ * sweeps nothing.  An owner record that cannot be read or makes no sense
+ * counts as a backup started now (its staging is kept, the cutoff moves
+ * back), never as "nothing runs".
+ */
+static int oldest_running(struct nj_store *s, int64_t t0, int64_t *oldest)
 {
-    int64_t oldest = t0 + 1;
+    *oldest = t0 + 1;
     char **ids = nj_store_staging_list(s);
-    for (char **id = ids; id && *id; id++) {
+    if (!ids)
+        return nj_error_prefix("gc: cannot list the backups running; not "
+                               "sweeping");
+    for (char **id = ids; *id; id++) {
         NJ_CLEANUP_FREE char *text = nj_store_staging_owner(s, *id);
         struct json_object *o = text ? json_tokener_parse(text) : NULL;
         struct json_object *k = NULL, *st = NULL;
-        const char *key = o && json_object_object_get_ex(o, "lock", &k)
-                              ? json_object_get_string(k)
-                              : NULL;
-        int64_t started = o && json_object_object_get_ex(o, "started", &st)
-                              ? json_object_get_int64(st)
-                              : t0; /* unreadable: as if it started now */
+        const char *key = NULL;
+        int64_t started = t0; /* unreadable: as if it started now */
+        if (o && json_object_object_get_ex(o, "lock", &k) &&
+            json_object_is_type(k, json_type_string) &&
+            nj_store_name_valid(json_object_get_string(k)))
+            key = json_object_get_string(k);
+        if (o && json_object_object_get_ex(o, "started", &st) &&
+            json_object_is_type(st, json_type_int))
+            started = NJ_MIN(json_object_get_int64(st), t0);
         int fd = key ? nj_store_lock_domain(s, key, key) : -1;
         if (fd >= 0) {
             /* Nobody holds it: a dead run's leftovers. */
@@ -74,12 +85,12 @@ static int64_t oldest_running(struct nj_store *s, int64_t t0)
             nj_store_unlock_domain(fd);
         } else {
             /* Running (or unreadable: be conservative). */
-            oldest = NJ_MIN(oldest, started);
+            *oldest = NJ_MIN(*oldest, started);
         }
         json_object_put(o);
     }
     nj_strv_free(ids);
-    return oldest;
+    return 0;
 }
 
 static int mark_backup(struct nj_store *s, const struct nj_manifest *m,
@@ -120,7 +131,11 @@ int nj_gc(struct nj_store *s, int64_t grace, struct nj_gc_stats *st)
     double t_start = nj_mono_sec();
     int64_t t0 = (int64_t)time(NULL);
     int64_t cutoff = t0 - grace;
-    int64_t oldest = oldest_running(s, t0);
+    int64_t oldest = 0;
+    if (oldest_running(s, t0, &oldest) < 0) {
+        st->seconds = nj_mono_sec() - t_start;
+        return -1;
+    }
     if (oldest < t0 + 1)
         cutoff = NJ_MIN(cutoff, oldest - START_MARGIN);
     struct nj_catalog *c = nj_catalog_open(s);

@@ -17,6 +17,14 @@
  * <= NJ_CHUNK_MAX; ZERO entries carry no chunk fields.  The reader and
  * nj_index_check_buffer() also check that the lengths add up to the
  * header's bytes covered (the reader when it reaches the last entry).
+ *
+ * nj_index_reader_open_checked() is what restore, verify, prune and gc use
+ * (through nj_manifest_index_open): it checks the cheap bounds a manifest
+ * gives (file size from the entry count, count <= covered <= disk size)
+ * before reading anything, then validates the whole index in the same pass
+ * that hashes it, so that a reader which stops early (a view stops at the
+ * disk size) never trusts an entry nobody checked.  What next() returns is
+ * hashed again and compared at the end, against a file changed meanwhile.
  */
 #include "nj-chunk.h"
 #include "nj-index.h"
@@ -156,6 +164,11 @@ static int decode_header(const unsigned char *p, uint64_t file_len,
         return nj_error("index '%s' covers %llu bytes of a %llu-byte disk",
                         name, (unsigned long long)h->covered,
                         (unsigned long long)h->disk_size);
+    /* Every entry covers at least one byte. */
+    if (h->count > h->covered)
+        return nj_error("index '%s' claims %llu entries covering %llu bytes",
+                        name, (unsigned long long)h->count,
+                        (unsigned long long)h->covered);
     return 0;
 }
 
@@ -302,11 +315,18 @@ struct nj_index_reader {
     int fd;
     char *name;
     struct header h;
+    unsigned char hdr[NJ_INDEX_HEADER_LEN]; /* as read and checked */
     unsigned char *buf;
     size_t buf_entries, buf_pos;
     uint64_t next_idx; /* index of the next entry to return */
     uint64_t prev_end;
     uint64_t covered;  /* sum of the lengths returned so far */
+    /* With a digest: what next() reads is hashed again, and compared at
+     * the end, so that a file changed after the open is caught. */
+    bool have_digest;
+    struct nj_digest digest;
+    struct nj_sha256_ctx *sha; /* NULL once the end was checked */
+    bool stream_failed;
 };
 
 static int hash_file(int fd, uint64_t len, struct nj_digest *out,
@@ -350,6 +370,7 @@ static int reader_init(struct nj_index_reader *r, const struct nj_digest *expect
         return nj_error_errno(errno, "read index '%s'", name);
     if (decode_header(hdr, (uint64_t)st.st_size, &r->h, name) < 0)
         return -1;
+    memcpy(r->hdr, hdr, sizeof hdr);
     if (disk_size && r->h.disk_size != disk_size)
         return nj_error("index '%s' is for a disk of %llu bytes, the "
                         "manifest says %llu", name,
@@ -367,7 +388,152 @@ static int reader_init(struct nj_index_reader *r, const struct nj_digest *expect
     if (expect && !nj_digest_eq(&got, expect))
         return nj_error("index '%s' does not match the digest in its "
                         "manifest", name);
+    r->have_digest = true;
+    r->digest = got;
     return 0;
+}
+
+/* Start hashing what next() reads, from the header on. */
+static int stream_start(struct nj_index_reader *r)
+{
+    nj_sha256_free(r->sha);
+    r->sha = NULL;
+    r->stream_failed = false;
+    if (!r->have_digest)
+        return 0;
+    r->sha = nj_sha256_new();
+    if (!r->sha || nj_sha256_update(r->sha, r->hdr, sizeof r->hdr) < 0)
+        return nj_error_prefix("index '%s'", r->name);
+    return 0;
+}
+
+/*
+ * The checked open's one pass over the entries: hash them with the header
+ * and check each one (order, bounds, chunk range) and their sum.  An entry
+ * error is reported only once the digest matched, so that a damaged file
+ * is called damaged rather than blamed on its first odd entry.
+ */
+static int check_all(struct nj_index_reader *r, const struct nj_index_expect *x)
+{
+    const char *name = r->name;
+    struct nj_sha256_ctx *sha = nj_sha256_new();
+    if (!sha || nj_sha256_update(sha, r->hdr, sizeof r->hdr) < 0) {
+        nj_sha256_free(sha);
+        return nj_error_prefix("index '%s'", name);
+    }
+    NJ_CLEANUP_FREE char *entry_error = NULL;
+    uint64_t prev_end = 0, covered = 0;
+    int ret = 0;
+    for (uint64_t i = 0; i < r->h.count && ret == 0;) {
+        size_t n = (size_t)NJ_MIN(r->h.count - i, (uint64_t)WINDOW_ENTRIES);
+        off_t off = (off_t)(NJ_INDEX_HEADER_LEN + i * NJ_INDEX_ENTRY_LEN);
+        if (nj_full_pread(r->fd, r->buf, n * NJ_INDEX_ENTRY_LEN, off) < 0)
+            ret = nj_error_errno(errno, "read index '%s'", name);
+        else if (nj_sha256_update(sha, r->buf, n * NJ_INDEX_ENTRY_LEN) < 0)
+            ret = nj_error_prefix("index '%s'", name);
+        for (size_t k = 0; ret == 0 && !entry_error && k < n; k++) {
+            struct nj_extent e;
+            if (decode_entry(r->buf + k * NJ_INDEX_ENTRY_LEN, &e, i + k,
+                             name) < 0 ||
+                check_entry(&e, r->h.disk_size, prev_end, i + k, name) < 0) {
+                entry_error = nj_strdup(nj_error_get());
+                break;
+            }
+            prev_end = e.offset + e.length;
+            covered += e.length;
+        }
+        i += n;
+    }
+    struct nj_digest got, trailer;
+    if (ret == 0 && nj_sha256_final(sha, &got) < 0)
+        ret = nj_error_prefix("index '%s'", name);
+    nj_sha256_free(sha);
+    if (ret < 0)
+        return -1;
+    uint64_t body = NJ_INDEX_HEADER_LEN + r->h.count * NJ_INDEX_ENTRY_LEN;
+    if (nj_full_pread(r->fd, trailer.b, NJ_DIGEST_LEN, (off_t)body) < 0)
+        return nj_error_errno(errno, "read index '%s' trailer", name);
+    if (!nj_digest_eq(&got, &trailer))
+        return nj_error("index '%s' is damaged (checksum mismatch)", name);
+    if (!nj_digest_eq(&got, x->digest))
+        return nj_error("index '%s' does not match the digest in its "
+                        "manifest", name);
+    if (entry_error)
+        return nj_error("%s", entry_error);
+    if (covered != r->h.covered)
+        return nj_error("index '%s' covers %llu bytes, header says %llu",
+                        name, (unsigned long long)covered,
+                        (unsigned long long)r->h.covered);
+    if (x->full && (covered != x->disk_size))
+        return nj_error("index '%s' of a full disk covers %llu of %llu bytes",
+                        name, (unsigned long long)covered,
+                        (unsigned long long)x->disk_size);
+    r->have_digest = true;
+    r->digest = got;
+    return 0;
+}
+
+static int reader_init_checked(struct nj_index_reader *r,
+                               const struct nj_index_expect *x)
+{
+    const char *name = r->name;
+    struct stat st;
+    if (!x->digest || x->disk_size == 0)
+        return nj_error("index '%s': no digest or disk size to check it "
+                        "against", name);
+    /* Cheap bounds first: nothing of the entries is read before them. */
+    if (x->covered > x->disk_size || x->entries > x->covered ||
+        (x->full && x->covered != x->disk_size))
+        return nj_error("index '%s': its manifest promises %llu entries "
+                        "covering %llu bytes of a %llu-byte disk", name,
+                        (unsigned long long)x->entries,
+                        (unsigned long long)x->covered,
+                        (unsigned long long)x->disk_size);
+    if (fstat(r->fd, &st) < 0)
+        return nj_error_errno(errno, "stat index '%s'", name);
+    if (!S_ISREG(st.st_mode))
+        return nj_error("index '%s' is not a regular file", name);
+    uint64_t max_entries = ((uint64_t)INT64_MAX - NJ_INDEX_HEADER_LEN -
+                            NJ_DIGEST_LEN) / NJ_INDEX_ENTRY_LEN;
+    if (x->entries > max_entries ||
+        (uint64_t)st.st_size != NJ_INDEX_HEADER_LEN + NJ_DIGEST_LEN +
+                                    x->entries * NJ_INDEX_ENTRY_LEN)
+        return nj_error("index '%s' is %lld bytes, its manifest promises %llu "
+                        "entries", name, (long long)st.st_size,
+                        (unsigned long long)x->entries);
+    if (nj_full_pread(r->fd, r->hdr, sizeof r->hdr, 0) < 0)
+        return nj_error_errno(errno, "read index '%s'", name);
+    if (decode_header(r->hdr, (uint64_t)st.st_size, &r->h, name) < 0)
+        return -1;
+    if (r->h.disk_size != x->disk_size || r->h.count != x->entries ||
+        r->h.covered != x->covered)
+        return nj_error("index '%s' is for a %llu-byte disk, %llu bytes in "
+                        "%llu entries; its manifest says %llu, %llu in %llu",
+                        name, (unsigned long long)r->h.disk_size,
+                        (unsigned long long)r->h.covered,
+                        (unsigned long long)r->h.count,
+                        (unsigned long long)x->disk_size,
+                        (unsigned long long)x->covered,
+                        (unsigned long long)x->entries);
+    if (check_all(r, x) < 0)
+        return -1;
+    return stream_start(r);
+}
+
+struct nj_index_reader *nj_index_reader_open_checked(
+    int fd, const char *name, const struct nj_index_expect *x)
+{
+    struct nj_index_reader *r = nj_calloc(1, sizeof *r);
+    r->fd = fd;
+    r->name = nj_strdup(name);
+    r->buf = nj_malloc(WINDOW_ENTRIES * NJ_INDEX_ENTRY_LEN);
+    if (fd < 0 || reader_init_checked(r, x) < 0) {
+        if (fd < 0)
+            nj_error("index '%s': no file", name);
+        nj_index_reader_free(r);
+        return NULL;
+    }
+    return r;
 }
 
 struct nj_index_reader *nj_index_reader_open(int fd, const char *name,
@@ -378,7 +544,7 @@ struct nj_index_reader *nj_index_reader_open(int fd, const char *name,
     r->fd = fd;
     r->name = nj_strdup(name);
     r->buf = nj_malloc(WINDOW_ENTRIES * NJ_INDEX_ENTRY_LEN);
-    if (reader_init(r, expect, disk_size) < 0) {
+    if (reader_init(r, expect, disk_size) < 0 || stream_start(r) < 0) {
         nj_index_reader_free(r);
         return NULL;
     }
@@ -406,17 +572,32 @@ int nj_index_reader_rewind(struct nj_index_reader *r)
     r->next_idx = 0;
     r->prev_end = 0;
     r->covered = 0;
-    return 0;
+    return stream_start(r);
 }
 
 int nj_index_reader_next(struct nj_index_reader *r, struct nj_extent *e)
 {
+    if (r->stream_failed)
+        return nj_error("index '%s' changed while it was read", r->name);
     if (r->next_idx >= r->h.count) {
         /* As nj_index_check_buffer() does: the header must add up. */
         if (r->covered != r->h.covered)
             return nj_error("index '%s' covers %llu bytes, header says %llu",
                             r->name, (unsigned long long)r->covered,
                             (unsigned long long)r->h.covered);
+        if (r->sha) {
+            struct nj_digest got;
+            int f = nj_sha256_final(r->sha, &got);
+            nj_sha256_free(r->sha);
+            r->sha = NULL;
+            if (f < 0)
+                return nj_error_prefix("index '%s'", r->name);
+            if (!nj_digest_eq(&got, &r->digest)) {
+                r->stream_failed = true;
+                return nj_error("index '%s' changed while it was read",
+                                r->name);
+            }
+        }
         return 0;
     }
     if (r->buf_pos == r->buf_entries) {
@@ -426,6 +607,9 @@ int nj_index_reader_next(struct nj_index_reader *r, struct nj_extent *e)
                             r->next_idx * NJ_INDEX_ENTRY_LEN);
         if (nj_full_pread(r->fd, r->buf, n * NJ_INDEX_ENTRY_LEN, off) < 0)
             return nj_error_errno(errno, "read index '%s'", r->name);
+        if (r->sha && nj_sha256_update(r->sha, r->buf,
+                                       n * NJ_INDEX_ENTRY_LEN) < 0)
+            return nj_error_prefix("index '%s'", r->name);
         r->buf_entries = n;
         r->buf_pos = 0;
     }
@@ -446,6 +630,7 @@ void nj_index_reader_free(struct nj_index_reader *r)
         return;
     if (r->fd >= 0)
         close(r->fd);
+    nj_sha256_free(r->sha);
     free(r->name);
     free(r->buf);
     free(r);

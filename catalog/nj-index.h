@@ -58,6 +58,15 @@ uint64_t nj_index_writer_end(const struct nj_index_writer *w);
 /* Reader. */
 struct nj_index_reader;
 
+/* What a manifest promises about an index (see nj_index_reader_open_checked). */
+struct nj_index_expect {
+    const struct nj_digest *digest; /* required: the manifest's index_sha256 */
+    uint64_t disk_size;             /* the disk's size, > 0 */
+    uint64_t entries;               /* entry count */
+    uint64_t covered;               /* bytes the entries cover */
+    bool full;                      /* the entries must tile [0, disk_size) */
+};
+
 /*
  * Open an index from fd (ownership taken).  name is used in messages.
  * When expect is not NULL the whole file is hashed first and must match.
@@ -66,12 +75,29 @@ struct nj_index_reader;
 struct nj_index_reader *nj_index_reader_open(int fd, const char *name,
                                              const struct nj_digest *expect,
                                              uint64_t disk_size);
+/*
+ * Open an index and check all of it, once, against what its manifest
+ * promises (fd: ownership taken; name: for messages).  Cheap bounds come
+ * first, before a byte of the entries is read: the file is a regular file
+ * of exactly 64 + 64 * entries + 32 bytes, entries <= covered <= disk size
+ * (every entry covers at least one byte), and the header says the same
+ * disk size, count and coverage.  Then one pass hashes the file and checks
+ * every entry (order, overlap, bounds, chunk ranges, the sum of lengths),
+ * and the digest must match both the trailer and x->digest.  The reader is
+ * then at the first entry; reading the entries again re-hashes them, and
+ * the last nj_index_reader_next() fails if the file changed since.
+ * NULL with the last error naming the index.
+ */
+struct nj_index_reader *nj_index_reader_open_checked(
+    int fd, const char *name, const struct nj_index_expect *x);
 uint64_t nj_index_reader_disk_size(const struct nj_index_reader *r);
 uint64_t nj_index_reader_count(const struct nj_index_reader *r);
 /* Bytes the header says the entries cover (checked against the entries
  * as they are read). */
 uint64_t nj_index_reader_covered(const struct nj_index_reader *r);
-/* 1 with *e filled, 0 at the end, -1 on a damaged entry. */
+/* 1 with *e filled, 0 at the end, -1 on a damaged entry.  At the end the
+ * lengths must add up to the header's coverage and, when the reader was
+ * opened with a digest, what was read must hash to it. */
 int nj_index_reader_next(struct nj_index_reader *r, struct nj_extent *e);
 /* Start again from the first entry. */
 int nj_index_reader_rewind(struct nj_index_reader *r);

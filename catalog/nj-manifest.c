@@ -1,5 +1,10 @@
 /*
  * nj-manifest.c: manifest <-> JSON with json-c, validating on the way in.
+ *
+ * Every value is checked before it is used: types, string lengths (a name
+ * or target cannot be megabytes), integer ranges (json-c clamps integers
+ * that do not fit 64 bits without saying so: see get_u64), and relations
+ * (entries <= covered <= size, finished the second of finished_us).
  */
 #include "nj-manifest.h"
 #include "nj-store.h"
@@ -131,6 +136,21 @@ char *nj_manifest_to_json(const struct nj_manifest *m)
 
 /* ---- parsing ---- */
 
+/* After a strict parse failed: was it a whole object with something after
+ * it (the lenient parser stops there), for a clearer message? */
+static bool trailing_data(const char *text, size_t len)
+{
+    struct json_tokener *tok = json_tokener_new_ex(64);
+    if (!tok)
+        return false;
+    struct json_object *o = json_tokener_parse_ex(tok, text, (int)len);
+    bool whole = o && json_tokener_get_error(tok) == json_tokener_success &&
+                 json_tokener_get_parse_end(tok) < len;
+    json_object_put(o);
+    json_tokener_free(tok);
+    return whole;
+}
+
 static struct json_object *field(struct json_object *o, const char *key,
                                  json_type type, const char *ctx)
 {
@@ -146,8 +166,11 @@ static struct json_object *field(struct json_object *o, const char *key,
     return v;
 }
 
-static int get_str(struct json_object *o, const char *key, bool nullable,
-                   char **out, const char *ctx)
+/* A string of 1 to max bytes (0 to max when may_be_empty), or null when
+ * nullable. */
+static int get_str_len(struct json_object *o, const char *key, bool nullable,
+                       bool may_be_empty, size_t max, char **out,
+                       const char *ctx)
 {
     struct json_object *v = NULL;
     if (!json_object_object_get_ex(o, key, &v))
@@ -162,13 +185,38 @@ static int get_str(struct json_object *o, const char *key, bool nullable,
         return nj_error("manifest%s: field '%s' is not a string", ctx, key);
     /* A \u0000 escape would silently cut the C string short. */
     const char *str = json_object_get_string(v);
-    if (strlen(str) != (size_t)json_object_get_string_len(v))
+    size_t len = strlen(str);
+    if (len != (size_t)json_object_get_string_len(v))
         return nj_error("manifest%s: field '%s' contains a NUL character",
                         ctx, key);
+    if (len > max || (len == 0 && !may_be_empty))
+        return nj_error("manifest%s: field '%s' is %zu bytes long (1 to %zu "
+                        "allowed)", ctx, key, len, max);
     *out = nj_strdup(str);
     return 0;
 }
 
+/* Store names, levels and the like are checked further by the caller;
+ * texts (XML) are bounded by the manifest's size. */
+#define STR_MAX_TEXT ((size_t)NJ_MANIFEST_MAX)
+#define STR_MAX_NAME 4096 /* domain and checkpoint names */
+#define STR_MAX_SHORT 256 /* targets, UUIDs, formats, levels, ids */
+
+static int get_str(struct json_object *o, const char *key, bool nullable,
+                   char **out, const char *ctx)
+{
+    /* Empty strings fail the caller's own checks, with their message. */
+    return get_str_len(o, key, nullable, true, STR_MAX_SHORT, out, ctx);
+}
+
+/*
+ * Integers.  json-c clamps what does not fit: an integer above 2^64 - 1
+ * reads as 2^64 - 1 and one below -2^63 as -2^63, with no error.  So the
+ * ranges below stop short of those values: a u64 field is at most
+ * INT64_MAX (a disk offset must fit an off_t), an i64 field is above
+ * INT64_MIN, and json-c's unsigned objects above INT64_MAX are told from
+ * a clamped INT64_MAX by reading them unsigned.
+ */
 static int get_u64(struct json_object *o, const char *key, uint64_t *out,
                    const char *ctx)
 {
@@ -178,7 +226,10 @@ static int get_u64(struct json_object *o, const char *key, uint64_t *out,
     /* json-c keeps the sign: negative numbers are rejected here. */
     if (json_object_get_int64(v) < 0)
         return nj_error("manifest%s: field '%s' is negative", ctx, key);
-    *out = json_object_get_uint64(v);
+    uint64_t u = json_object_get_uint64(v);
+    if (u > (uint64_t)INT64_MAX)
+        return nj_error("manifest%s: field '%s' is out of range", ctx, key);
+    *out = u;
     return 0;
 }
 
@@ -188,7 +239,11 @@ static int get_i64(struct json_object *o, const char *key, int64_t *out,
     struct json_object *v = field(o, key, json_type_int, ctx);
     if (!v)
         return -1;
-    *out = json_object_get_int64(v);
+    int64_t x = json_object_get_int64(v);
+    if (x == INT64_MIN ||
+        (x == INT64_MAX && json_object_get_uint64(v) != (uint64_t)INT64_MAX))
+        return nj_error("manifest%s: field '%s' is out of range", ctx, key);
+    *out = x;
     return 0;
 }
 
@@ -201,7 +256,7 @@ static int parse_disk(struct json_object *jd, struct nj_manifest_disk *d,
         return nj_error("manifest%s: not an object", ctx);
     NJ_CLEANUP_FREE char *level = NULL, *hex = NULL;
     if (get_str(jd, "target", false, &d->target, ctx) < 0 ||
-        get_str(jd, "format", false, &d->format, ctx) < 0 ||
+        get_str_len(jd, "format", false, false, 64, &d->format, ctx) < 0 ||
         get_u64(jd, "size", &d->size, ctx) < 0 ||
         get_str(jd, "level", false, &level, ctx) < 0 ||
         get_str(jd, "index", false, &d->index, ctx) < 0 ||
@@ -209,14 +264,15 @@ static int parse_disk(struct json_object *jd, struct nj_manifest_disk *d,
         get_u64(jd, "entries", &d->entries, ctx) < 0 ||
         get_u64(jd, "covered", &d->covered, ctx) < 0)
         return -1;
-    if (d->target[0] == '\0')
-        return nj_error("manifest%s: empty target", ctx);
+
     if (strcmp(level, "full") == 0)
         d->full = true;
     else if (strcmp(level, "inc") == 0)
         d->full = false;
     else
         return nj_error("manifest%s: unknown level '%s'", ctx, level);
+    if (d->target[0] == '\0')
+        return nj_error("manifest%s: empty target", ctx);
     if (!nj_store_name_valid(d->index))
         return nj_error("manifest%s: invalid index file name '%s'", ctx,
                         d->index);
@@ -228,6 +284,10 @@ static int parse_disk(struct json_object *jd, struct nj_manifest_disk *d,
                         (unsigned long long)d->size);
     if (d->size == 0)
         return nj_error("manifest%s: disk size is zero", ctx);
+    if (d->entries > d->covered)
+        return nj_error("manifest%s: %llu entries cannot cover %llu bytes",
+                        ctx, (unsigned long long)d->entries,
+                        (unsigned long long)d->covered);
     if (d->full && d->covered != d->size)
         return nj_error("manifest%s: full disk index covers %llu of %llu "
                         "bytes", ctx, (unsigned long long)d->covered,
@@ -247,9 +307,12 @@ static int parse_disk(struct json_object *jd, struct nj_manifest_disk *d,
         };
         for (size_t k = 0; k < NJ_ARRAY_SIZE(s); k++) {
             struct json_object *v = NULL;
+            /* Informational: anything else (a wrong type, a negative or
+             * possibly clamped value) reads as 0. */
             if (json_object_object_get_ex(st, s[k].k, &v) &&
                 json_object_is_type(v, json_type_int) &&
-                json_object_get_int64(v) >= 0)
+                json_object_get_int64(v) >= 0 &&
+                json_object_get_uint64(v) <= (uint64_t)INT64_MAX)
                 *s[k].v = json_object_get_uint64(v);
         }
     }
@@ -280,6 +343,13 @@ static int parse_into(struct nj_manifest *m, struct json_object *o)
         get_i64(o, "finished", &m->finished, ctx) < 0 ||
         get_i64(o, "finished_us", &m->finished_us, ctx) < 0)
         return -1;
+    /* Both from one reading of the clock (catalog/nj-backup.c). */
+    int64_t secs = m->finished_us / 1000000 -
+                   (m->finished_us % 1000000 < 0 ? 1 : 0);
+    if (m->finished != secs)
+        return nj_error("manifest: finished (%lld) is not the second of "
+                        "finished_us (%lld)", (long long)m->finished,
+                        (long long)m->finished_us);
     if (!nj_store_name_valid(m->id))
         return nj_error("manifest: invalid id '%s'", m->id);
     if (m->parent && !nj_store_name_valid(m->parent))
@@ -292,17 +362,22 @@ static int parse_into(struct nj_manifest *m, struct json_object *o)
                  needs_parent ? "needs" : "cannot have");
     if (!(dom = field(o, "domain", json_type_object, ctx)))
         return -1;
-    if (get_str(dom, "name", false, &m->domain_name, " domain") < 0 ||
-        get_str(dom, "uuid", false, &m->domain_uuid, " domain") < 0 ||
-        get_str(dom, "xml", true, &m->domain_xml, " domain") < 0)
+    if (get_str_len(dom, "name", false, false, STR_MAX_NAME, &m->domain_name,
+                    " domain") < 0 ||
+        get_str_len(dom, "uuid", false, false, STR_MAX_SHORT,
+                    &m->domain_uuid, " domain") < 0 ||
+        get_str_len(dom, "xml", true, true, STR_MAX_TEXT, &m->domain_xml,
+                    " domain") < 0)
         return -1;
     if (!json_object_object_get_ex(o, "checkpoint", &cp))
         return nj_error("manifest: missing field 'checkpoint'");
     if (cp) {
         if (!json_object_is_type(cp, json_type_object))
             return nj_error("manifest: field 'checkpoint' is not an object");
-        if (get_str(cp, "name", false, &m->checkpoint_name, " checkpoint") < 0 ||
-            get_str(cp, "xml", true, &m->checkpoint_xml, " checkpoint") < 0)
+        if (get_str_len(cp, "name", false, false, STR_MAX_NAME,
+                        &m->checkpoint_name, " checkpoint") < 0 ||
+            get_str_len(cp, "xml", true, true, STR_MAX_TEXT,
+                        &m->checkpoint_xml, " checkpoint") < 0)
             return -1;
     }
     if (!(disks = field(o, "disks", json_type_array, ctx)))
@@ -349,6 +424,8 @@ struct nj_manifest *nj_manifest_from_json(const char *text, size_t len)
         nj_error("cannot allocate a JSON parser");
         return NULL;
     }
+    /* JSON only: no comments, single quotes, leading zeros or NaN. */
+    json_tokener_set_flags(tok, JSON_TOKENER_STRICT);
     struct json_object *o = json_tokener_parse_ex(tok, text, (int)len);
     enum json_tokener_error err = json_tokener_get_error(tok);
     size_t used = json_tokener_get_parse_end(tok);
@@ -357,8 +434,11 @@ struct nj_manifest *nj_manifest_from_json(const char *text, size_t len)
         /* json-c says "continue" when the input ends inside a value. */
         if (err == json_tokener_success || err == json_tokener_continue)
             err = json_tokener_error_parse_eof;
-        nj_error("manifest is not valid JSON (%s)",
-                 json_tokener_error_desc(err));
+        if (trailing_data(text, len))
+            nj_error("manifest has trailing data after the JSON object");
+        else
+            nj_error("manifest is not valid JSON (%s)",
+                     json_tokener_error_desc(err));
         json_object_put(o);
         return NULL;
     }

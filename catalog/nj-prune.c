@@ -19,6 +19,11 @@
  * directory is cleaned like any other); after it, C' and X both exist and
  * C' restores exactly what C did (it no longer needs X); a crash during
  * X's removal leaves X either whole or gone.  Restore points never change.
+ *
+ * Refusals, made before anything changes (check_children): a child of
+ * another domain, a child whose link or chain is broken (a cycle, a parent
+ * newer than its child, a missing full), and any protection flag that
+ * cannot be read (X's or a child's) stop the removal with one error.
  */
 #include "nj-io.h"
 #include "nj-prune.h"
@@ -115,7 +120,10 @@ static int merge_child(struct nj_store *s, const struct nj_manifest *child,
             m.level = NJ_LEVEL_INC;
         }
     }
-    if (ret == 0 && nj_prune_is_protected(s, child->id))
+    int prot = ret == 0 ? nj_prune_is_protected(s, child->id) : 0;
+    if (prot < 0)
+        ret = -1;
+    else if (prot == 1)
         ret = nj_store_staging_put(s, sid, PROTECTED_FLAG, "", 0);
     if (ret == 0) {
         NJ_CLEANUP_FREE char *text = nj_manifest_to_json(&m);
@@ -131,6 +139,44 @@ static int merge_child(struct nj_store *s, const struct nj_manifest *child,
     return ret;
 }
 
+/*
+ * Before anything changes: x may be merged into its children only when
+ * every child is of x's domain, its link to x is sound (same domain, not
+ * newer than x: no cycle), its protection can be read, and the chain of
+ * each of its incremental disks resolves through x to a full.  Otherwise
+ * the merge would mix domains or chains: refuse, with the store as it was.
+ */
+static int check_children(const struct nj_catalog *c,
+                          const struct nj_manifest *x, struct nj_store *s)
+{
+    for (size_t i = 0; i < nj_catalog_count(c); i++) {
+        const struct nj_manifest *m = nj_catalog_get(c, i);
+        if (!m->parent || strcmp(m->parent, x->id) != 0)
+            continue;
+        const struct nj_manifest *p = NULL;
+        if (strcmp(m->domain_uuid, x->domain_uuid) != 0)
+            return nj_error("not removing '%s': backup '%s' of another "
+                            "domain (%s) names it as its parent; refusing "
+                            "to merge across domains", x->id, m->id,
+                            m->domain_uuid);
+        if (nj_catalog_parent(c, m, &p) < 0 || p != x)
+            return nj_error_prefix("not removing '%s': refusing to merge "
+                                   "into a broken chain", x->id);
+        for (size_t k = 0; k < m->ndisks; k++) {
+            const struct nj_manifest **chain = NULL;
+            if (m->disks[k].full)
+                continue;
+            if (nj_catalog_chain(c, m, m->disks[k].target, &chain) < 0)
+                return nj_error_prefix("not removing '%s': refusing to merge "
+                                       "into a broken chain", x->id);
+            free(chain);
+        }
+        if (nj_prune_is_protected(s, m->id) < 0)
+            return nj_error_prefix("not removing '%s'", x->id);
+    }
+    return 0;
+}
+
 int nj_prune_remove(struct nj_store *s, const char *id)
 {
     struct nj_catalog *c = nj_catalog_open(s);
@@ -138,10 +184,15 @@ int nj_prune_remove(struct nj_store *s, const char *id)
         return -1;
     const struct nj_manifest *x = nj_catalog_find(c, id);
     int ret = 0;
+    int prot = x ? nj_prune_is_protected(s, id) : 0;
     if (!x) {
         ret = nj_error("no backup '%s' in the store", id);
-    } else if (nj_prune_is_protected(s, id)) {
+    } else if (prot < 0) {
+        ret = nj_error_prefix("not removing '%s'", id);
+    } else if (prot == 1) {
         ret = nj_error("backup '%s' is protected", id);
+    } else if (check_children(c, x, s) < 0) {
+        ret = -1;
     } else {
         NJ_CLEANUP_FREE char *key = nj_backup_lock_key(x->domain_uuid);
         for (size_t i = 0; i < nj_catalog_count(c) && ret == 0; i++) {
@@ -161,9 +212,13 @@ int nj_prune_protect(struct nj_store *s, const char *id, bool on)
     return nj_store_backup_set_flag(s, id, PROTECTED_FLAG, on);
 }
 
-bool nj_prune_is_protected(struct nj_store *s, const char *id)
+int nj_prune_is_protected(struct nj_store *s, const char *id)
 {
-    return nj_store_backup_has_flag(s, id, PROTECTED_FLAG) == 1;
+    int r = nj_store_backup_has_flag(s, id, PROTECTED_FLAG);
+    if (r < 0)
+        return nj_error_prefix("cannot tell whether backup '%s' is "
+                               "protected", id);
+    return r == 1;
 }
 
 static int cmp_decision(const void *a, const void *b)
@@ -210,12 +265,19 @@ int nj_prune_plan(struct nj_store *s, const char *domain,
         struct nj_retention_item *it = nj_calloc(j - i, sizeof *it);
         for (size_t k = i; k < j; k++) {
             it[k - i].time = d[k].time / 1000000;
-            it[k - i].protect = nj_prune_is_protected(s, d[k].id);
+            /* Fail closed: a protection that cannot be read protects. */
+            int prot = nj_prune_is_protected(s, d[k].id);
+            it[k - i].protect = prot != 0;
+            if (prot < 0)
+                d[k].error = nj_strdup(nj_error_get());
         }
         nj_retention_apply(it, j - i, r);
         for (size_t k = i; k < j; k++) {
             d[k].mark = it[k - i].mark;
             memcpy(d[k].reason, it[k - i].reason, sizeof d[k].reason);
+            if (d[k].error)
+                snprintf(d[k].reason, sizeof d[k].reason,
+                         "protection unreadable");
             d[k].time /= 1000000;
         }
         free(it);

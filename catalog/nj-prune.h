@@ -19,6 +19,10 @@
  * becomes a full.  Each child is replaced atomically (its id stays); the
  * backup disappears last.  Killed at any instant, the store stays valid
  * and no kept point changes.  The caller holds the domain's lock.
+ * Refused, with nothing changed, when the backup is protected or its
+ * protection (or a child's) cannot be read, and when a child is of another
+ * domain or its chain through the backup is broken (no merge across
+ * domains or chains).
  */
 int nj_prune_remove(struct nj_store *s, const char *id);
 
@@ -46,8 +50,9 @@ void nj_prune_plan_free(struct nj_prune_decision *d, size_t n);
 
 /* Protect a backup from prune (or lift the protection). */
 int nj_prune_protect(struct nj_store *s, const char *id, bool on);
-/* True when protected. */
-bool nj_prune_is_protected(struct nj_store *s, const char *id);
+/* 1 when protected, 0 when not, -1 with the last error when the flag
+ * cannot be read (callers must then act as if it were protected). */
+int nj_prune_is_protected(struct nj_store *s, const char *id);
 
 struct nj_gc_stats {
     uint64_t chunks_kept, bytes_kept;

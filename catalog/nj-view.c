@@ -12,6 +12,15 @@
  * beyond an older, smaller disk size) read as zero.  Every byte is thus
  * taken from exactly one backup, the newest that captured it, and the
  * segments tile [0, size) in order.  Adjacent zero segments are merged.
+ *
+ * Checks, all made when the view opens (nj_view_open): the chain's links
+ * (nj_catalog_chain: parent present, same domain, not a copy, older), and
+ * every layer's whole index (nj_manifest_index_open: digest, entry count,
+ * coverage, order, bounds, a full's coverage of its disk).  While it runs
+ * the view also refuses a gap below the size of the full that ends the
+ * chain, and at the end reads every layer to its last entry so that a
+ * file changed after the open is caught before the caller calls the view
+ * complete.
  */
 #include "nj-catalog.h"
 #include "nj-util.h"
@@ -20,6 +29,7 @@
 
 struct layer {
     struct nj_index_reader *r;
+    const char *id; /* borrowed: the backup, for messages */
     struct nj_extent cur;
     bool have; /* cur is valid; false once the layer is exhausted */
 };
@@ -29,6 +39,9 @@ struct nj_view {
     size_t n;
     uint64_t size, pos;
     bool gaps;                /* report uncovered ranges (as zero) */
+    uint64_t base_end;        /* [0, base_end) must be covered: the size
+                                 of the full at the end of the chain */
+    bool drained;             /* every layer read to its end */
     struct nj_extent pending; /* a zero segment being merged */
     bool have_pending;
 };
@@ -69,20 +82,14 @@ struct nj_index_reader *nj_manifest_index_open(struct nj_store *s,
     int fd = nj_store_backup_open(s, m->id, d->index);
     if (fd < 0)
         return NULL;
-    struct nj_index_reader *r =
-        nj_index_reader_open(fd, name, &d->index_digest, d->size);
-    if (r && (nj_index_reader_covered(r) != d->covered ||
-              nj_index_reader_count(r) != d->entries)) {
-        nj_error("index '%s' covers %llu bytes in %llu entries, its "
-                 "manifest says %llu in %llu", name,
-                 (unsigned long long)nj_index_reader_covered(r),
-                 (unsigned long long)nj_index_reader_count(r),
-                 (unsigned long long)d->covered,
-                 (unsigned long long)d->entries);
-        nj_index_reader_free(r);
-        return NULL;
-    }
-    return r;
+    struct nj_index_expect x = {
+        .digest = &d->index_digest,
+        .disk_size = d->size,
+        .entries = d->entries,
+        .covered = d->covered,
+        .full = d->full,
+    };
+    return nj_index_reader_open_checked(fd, name, &x);
 }
 
 struct nj_view *nj_view_open_layers(struct nj_store *s,
@@ -104,7 +111,10 @@ struct nj_view *nj_view_open_layers(struct nj_store *s,
         if (!r)
             goto fail;
         v->layers[i].r = r;
+        v->layers[i].id = chain[i]->id;
         v->n = i + 1;
+        if (i + 1 == n && gaps && d->full)
+            v->base_end = NJ_MIN(size, d->size);
         v->layers[i].have = true;
         v->layers[i].cur.length = 0; /* forces the first read */
         if (layer_advance(&v->layers[i], 0) < 0)
@@ -158,6 +168,14 @@ static int view_step(struct nj_view *v, struct nj_extent *e)
         }
         limit = NJ_MIN(limit, l->cur.offset);
     }
+    if (pos < v->base_end) {
+        /* The full at the end of the chain was checked to cover this when
+         * it was opened: its file changed since. */
+        nj_error("backup '%s': range %llu-%llu is covered by no backup of "
+                 "the chain", v->layers[v->n - 1].id, (unsigned long long)pos,
+                 (unsigned long long)NJ_MIN(limit, v->base_end));
+        return -1;
+    }
     memset(e, 0, sizeof *e);
     e->offset = pos;
     e->length = limit - pos;
@@ -206,5 +224,12 @@ int nj_view_next(struct nj_view *v, struct nj_extent *e)
         v->have_pending = false;
         return 1;
     }
+    /* Read every layer to its end, so that each index's end checks (its
+     * lengths add up, it hashes to what was checked at the open) run
+     * before the caller takes the view as complete. */
+    for (size_t i = 0; !v->drained && i < v->n; i++)
+        if (layer_advance(&v->layers[i], UINT64_MAX) < 0)
+            return -1;
+    v->drained = true;
     return 0;
 }

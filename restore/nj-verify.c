@@ -10,6 +10,11 @@
  * backup, disk and range that references a damaged chunk, and every
  * restore point whose chain goes through such a backup.
  *
+ * Chains are checked once for the whole catalog (struct chains below):
+ * each backup's link is resolved once, in catalog order, so verify is
+ * O(backups + entries) however long the chains are; each selected
+ * backup's own index is read once in pass 1.
+ *
  * Memory is one digest per distinct chunk plus one chunk buffer per
  * thread: it grows with the data stored, never with the disk sizes.
  */
@@ -68,16 +73,6 @@ static void add_problem(struct problem_vec *v, const char *backup,
     problem_vec_append(v, p);
 }
 
-static bool selected_has(const struct manifest_vec *v,
-                         const struct nj_manifest *m)
-{
-    for (size_t i = 0; i < v->len; i++)
-        if (v->ptr[i] == m)
-            return true;
-    return false;
-}
-
-
 struct checker {
     struct nj_store *store;
     struct ref_vec *refs;
@@ -133,13 +128,89 @@ static void *check_worker(void *arg)
     return NULL;
 }
 
+/*
+ * The chain of every disk of every backup, in one pass over the catalog in
+ * its order (a parent always comes before its children, nj-catalog.c), so
+ * that verify never walks a chain again from each point: O(backups x
+ * disks).  For the disk at slot (pos, i): pdisk is the parent's disk slot
+ * index it continues in (-1 when the disk is full here), and cause, when
+ * the chain is broken, the slot where it breaks (its own, or an
+ * ancestor's).
+ */
+struct chains {
+    size_t n;
+    size_t *first;   /* per position: its first slot */
+    int32_t *pdisk;  /* per slot */
+    size_t *cause;   /* per slot: SIZE_MAX when sound */
+    char **why;      /* per slot that is a cause: the message */
+};
+
+static void chains_build(const struct nj_catalog *c, struct chains *ch)
+{
+    ch->n = nj_catalog_count(c);
+    ch->first = nj_calloc(ch->n + 1, sizeof *ch->first);
+    for (size_t k = 0; k < ch->n; k++)
+        ch->first[k + 1] = ch->first[k] + nj_catalog_get(c, k)->ndisks;
+    size_t slots = ch->first[ch->n];
+    ch->pdisk = nj_calloc(slots ? slots : 1, sizeof *ch->pdisk);
+    ch->cause = nj_calloc(slots ? slots : 1, sizeof *ch->cause);
+    ch->why = nj_calloc(slots ? slots : 1, sizeof *ch->why);
+    for (size_t k = 0; k < ch->n; k++) {
+        const struct nj_manifest *m = nj_catalog_get(c, k);
+        const struct nj_manifest *p = NULL;
+        int link = m->parent ? nj_catalog_parent(c, m, &p) : 0;
+        NJ_CLEANUP_FREE char *link_error = link < 0 ? nj_strdup(nj_error_get())
+                                                    : NULL;
+        for (size_t i = 0; i < m->ndisks; i++) {
+            size_t slot = ch->first[k] + i;
+            const struct nj_manifest_disk *d = &m->disks[i];
+            ch->pdisk[slot] = -1;
+            ch->cause[slot] = SIZE_MAX;
+            if (d->full)
+                continue;
+            if (!m->parent) {
+                ch->why[slot] = nj_asprintf("disk '%s' has no full backup at "
+                                            "the root of its chain", d->target);
+            } else if (link < 0) {
+                ch->why[slot] = nj_strdup(link_error);
+            } else {
+                size_t pk = nj_catalog_pos(c, p);
+                const struct nj_manifest_disk *pd = nj_manifest_disk(p, d->target);
+                if (!pd) {
+                    ch->why[slot] = nj_asprintf("disk '%s' is missing from "
+                                                "backup '%s' in its chain",
+                                                d->target, p->id);
+                } else {
+                    size_t ps = ch->first[pk] + (size_t)(pd - p->disks);
+                    ch->pdisk[slot] = (int32_t)(pd - p->disks);
+                    ch->cause[slot] = ch->cause[ps];
+                    continue;
+                }
+            }
+            ch->cause[slot] = slot;
+        }
+    }
+}
+
+static void chains_free(struct chains *ch)
+{
+    for (size_t i = 0; ch->first && i < ch->first[ch->n]; i++)
+        free(ch->why[i]);
+    free(ch->first);
+    free(ch->pdisk);
+    free(ch->cause);
+    free(ch->why);
+}
+
 static void select_backups(const struct nj_catalog *c,
                            const struct nj_verify_opts *o,
                            const struct nj_manifest *point,
+                           const struct chains *ch,
                            struct manifest_vec *sel,
                            struct problem_vec *problems)
 {
     if (point) {
+        bool *taken = nj_calloc(ch->n ? ch->n : 1, sizeof *taken);
         for (size_t k = 0; k < point->ndisks; k++) {
             const struct nj_manifest **chain = NULL;
             int n = nj_catalog_chain(c, point, point->disks[k].target, &chain);
@@ -148,24 +219,30 @@ static void select_backups(const struct nj_catalog *c,
                             nj_error_get());
                 continue;
             }
-            for (int i = 0; i < n; i++)
-                if (!selected_has(sel, chain[i]))
+            for (int i = 0; i < n; i++) {
+                size_t pos = nj_catalog_pos(c, chain[i]);
+                if (!taken[pos])
                     manifest_vec_append(sel, chain[i]);
+                taken[pos] = true;
+            }
             free(chain);
         }
+        free(taken);
         return;
     }
-    for (size_t i = 0; i < nj_catalog_count(c); i++) {
-        const struct nj_manifest *m = nj_catalog_get(c, i);
+    for (size_t k = 0; k < ch->n; k++) {
+        const struct nj_manifest *m = nj_catalog_get(c, k);
         if (o->domain && !nj_manifest_matches_domain(m, o->domain))
             continue;
         manifest_vec_append(sel, m);
-        for (size_t k = 0; k < m->ndisks; k++) {
-            const struct nj_manifest **chain = NULL;
-            if (nj_catalog_chain(c, m, m->disks[k].target, &chain) < 0)
-                add_problem(problems, m->id, m->disks[k].target,
-                            nj_error_get());
-            free(chain);
+        for (size_t i = 0; i < m->ndisks; i++) {
+            size_t cause = ch->cause[ch->first[k] + i];
+            if (cause == SIZE_MAX)
+                continue;
+            NJ_CLEANUP_FREE char *msg = nj_asprintf(
+                "backup '%s' disk '%s': %s", m->id, m->disks[i].target,
+                ch->why[cause]);
+            add_problem(problems, m->id, m->disks[i].target, msg);
         }
     }
     for (size_t i = 0; !o->domain && i < nj_catalog_broken_count(c); i++)
@@ -193,7 +270,9 @@ int nj_verify(struct nj_store *s, const struct nj_catalog *c,
     struct problem_vec problems = { 0 };
     struct ref_vec refs = { 0 };
     struct damage_vec damaged = { 0 };
-    select_backups(c, o, point, &sel, &problems);
+    struct chains ch = { 0 };
+    chains_build(c, &ch);
+    select_backups(c, o, point, &ch, &sel, &problems);
 
     /* Pass 1: indexes and the set of chunks. */
     uint64_t entries = 0;
@@ -272,23 +351,45 @@ int nj_verify(struct nj_store *s, const struct nj_catalog *c,
         }
     }
 
-    /* Restore points whose chain reads a backup that uses the damage. */
+    /* Restore points whose chain reads a backup that uses the damage: per
+     * damaged chunk, one pass in catalog order (a disk is hit when its own
+     * index uses the chunk or its sound chain continues in a disk that is
+     * hit). */
     struct manifest_vec *affects = nj_calloc(damaged.len ? damaged.len : 1,
                                              sizeof *affects);
-    for (size_t i = 0; i < damaged.len; i++)
-        for (size_t b = 0; b < nj_catalog_count(c); b++) {
+    size_t nslots = ch.first[ch.n];
+    bool *hit = nj_calloc(nslots ? nslots : 1, sizeof *hit);
+    for (size_t i = 0; i < damaged.len; i++) {
+        memset(hit, 0, (nslots ? nslots : 1) * sizeof *hit);
+        for (size_t k = 0; k < drefs[i].len; k++) {
+            const struct damage_ref *dr = &drefs[i].ptr[k];
+            size_t pos = nj_catalog_pos(c, dr->m);
+            const struct nj_manifest_disk *d = nj_manifest_disk(dr->m, dr->disk);
+            if (pos != SIZE_MAX && d)
+                hit[ch.first[pos] + (size_t)(d - dr->m->disks)] = true;
+        }
+        for (size_t b = 0; b < ch.n; b++) {
             const struct nj_manifest *pm = nj_catalog_get(c, b);
-            bool hit = false;
-            for (size_t k = 0; !hit && k < drefs[i].len; k++) {
-                const struct nj_manifest **chain = NULL;
-                int n = nj_catalog_chain(c, pm, drefs[i].ptr[k].disk, &chain);
-                for (int q = 0; q < n; q++)
-                    hit |= chain[q] == drefs[i].ptr[k].m;
-                free(chain);
+            const struct nj_manifest *pp = NULL;
+            if (pm->parent && nj_catalog_parent(c, pm, &pp) < 0)
+                pp = NULL;
+            size_t ppos = pp ? nj_catalog_pos(c, pp) : SIZE_MAX;
+            bool any = false;
+            for (size_t k = 0; k < pm->ndisks; k++) {
+                size_t slot = ch.first[b] + k;
+                if (ch.cause[slot] != SIZE_MAX) {
+                    hit[slot] = false; /* a broken chain restores nothing */
+                    continue;
+                }
+                if (!hit[slot] && ch.pdisk[slot] >= 0 && ppos != SIZE_MAX)
+                    hit[slot] = hit[ch.first[ppos] + (size_t)ch.pdisk[slot]];
+                any |= hit[slot];
             }
-            if (hit)
+            if (any)
                 manifest_vec_append(&affects[i], pm);
         }
+    }
+    free(hit);
 
     bool ok = damaged.len == 0 && problems.len == 0;
     if (o->json) {
@@ -387,5 +488,6 @@ int nj_verify(struct nj_store *s, const struct nj_catalog *c,
     damage_vec_reset(&damaged);
     ref_vec_reset(&refs);
     manifest_vec_reset(&sel);
+    chains_free(&ch);
     return ok ? 0 : 1;
 }

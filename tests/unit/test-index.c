@@ -860,6 +860,124 @@ static void test_reader_entry_refusals(void)
     free(x.e);
 }
 
+/* ---- the checked open (what restore, verify, prune and gc use) ---- */
+
+static struct nj_index_reader *open_checked(const char *path, int flags,
+                                            const struct nj_index_expect *x)
+{
+    int fd = open(path, flags | O_CLOEXEC);
+    REQUIRE(fd >= 0);
+    return nj_index_reader_open_checked(fd, "checked", x);
+}
+
+static void test_checked_open(void)
+{
+    enum { N = 3000 };
+    const uint64_t size = (uint64_t)N * 8192 + 100;
+    struct nj_extent *e = nj_calloc(N, sizeof *e);
+    for (size_t i = 0; i < N; i++)
+        e[i] = i % 2 ? ext_data(i * 8192, 8192, 0, 8192, (unsigned)i)
+                     : ext_zero(i * 8192, 8192);
+    struct written w;
+    write_index(size, e, N, &w);
+    struct nj_index_expect x = { &w.digest, size, w.entries, w.covered, false };
+
+    /* Sound: opens at the first entry and reads every one. */
+    struct nj_index_reader *r = open_checked(w.path, O_RDONLY, &x);
+    REQUIRE(r);
+    CHECK(read_all(r, NULL, 0) == N);
+    CHECK(nj_index_reader_rewind(r) == 0 && read_all(r, NULL, 0) == N);
+    nj_index_reader_free(r);
+
+    /* Cheap bounds come before any read: on a descriptor that cannot be
+     * read, the size promised by the manifest is what refuses. */
+    struct nj_index_expect more = x;
+    more.entries = N + 1;
+    error_reset();
+    CHECK(open_checked(w.path, O_WRONLY, &more) == NULL);
+    CHECK(error_has("its manifest promises 3001 entries"));
+    /* More entries than bytes covered, a full that does not cover its
+     * disk: refused from the manifest's numbers alone. */
+    struct nj_index_expect bad = x;
+    bad.entries = bad.covered + 1;
+    error_reset();
+    CHECK(open_checked(w.path, O_WRONLY, &bad) == NULL);
+    CHECK(error_has("promises"));
+    bad = x;
+    bad.full = true;
+    error_reset();
+    CHECK(open_checked(w.path, O_WRONLY, &bad) == NULL);
+    CHECK(error_has("promises"));
+    /* A huge sparse file behind a small count: refused, not hashed. */
+    {
+        char *huge = tmp_path();
+        int fd = open(huge, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        REQUIRE(fd >= 0 && ftruncate(fd, (off_t)1 << 40) == 0);
+        close(fd);
+        error_reset();
+        CHECK(open_checked(huge, O_WRONLY, &x) == NULL);
+        CHECK(error_has("is 1099511627776 bytes"));
+        unlink(huge);
+        free(huge);
+    }
+    /* The header must say what the manifest says. */
+    struct nj_index_expect other = x;
+    other.disk_size = size + 1;
+    error_reset();
+    CHECK(open_checked(w.path, O_RDONLY, &other) == NULL);
+    CHECK(error_has("its manifest says"));
+    other = x;
+    other.covered = x.covered + 1;
+    error_reset();
+    CHECK(open_checked(w.path, O_RDONLY, &other) == NULL);
+    CHECK(error_has("its manifest says"));
+
+    /* Changed after the open: the stream no longer hashes to what was
+     * checked, and the last read says so. */
+    r = open_checked(w.path, O_RDONLY, &x);
+    REQUIRE(r);
+    {
+        int fd = open(w.path, O_WRONLY | O_CLOEXEC);
+        REQUIRE(fd >= 0);
+        unsigned char b = 0x77;
+        /* A byte of the digest of entry 2001 (a DATA entry). */
+        REQUIRE(pwrite(fd, &b, 1, 64 + 64 * 2001 + 40) == 1);
+        close(fd);
+    }
+    error_reset();
+    CHECK(read_all(r, NULL, 0) == -1);
+    CHECK(error_has("changed while it was read"));
+    nj_index_reader_free(r);
+    unlink(w.path);
+    free(w.path);
+    free(e);
+}
+
+/* A header whose count exceeds what it covers is refused at once. */
+static void test_header_count_bound(void)
+{
+    struct raw_index x;
+    raw_init(&x, 1 << 20, 2);
+    raw_zero(&x.e[0], 0, 4096);
+    raw_zero(&x.e[1], 8192, 4096);
+    raw_count(&x);
+    x.covered = 1;
+    size_t len = 0;
+    unsigned char *buf = raw_build(&x, &len);
+    char *path = write_file(buf, len);
+    error_reset();
+    struct nj_index_reader *r = open_path(path, "bad", NULL, 0);
+    CHECK(r == NULL && error_has("claims 2 entries covering 1 bytes"));
+    nj_index_reader_free(r);
+    error_reset();
+    CHECK(nj_index_check_buffer(buf, len, 0) == -1);
+    CHECK(error_has("claims 2 entries"));
+    unlink(path);
+    free(path);
+    free(buf);
+    free(x.e);
+}
+
 int main(void)
 {
     tmpdir = nj_test_tmpdir("index");
@@ -869,6 +987,8 @@ int main(void)
     test_writer_refusals();
     test_reader_header_refusals();
     test_reader_entry_refusals();
+    test_checked_open();
+    test_header_count_bound();
     nj_test_rmtree(tmpdir);
     free(tmpdir);
     return nj_test_done("test-index");

@@ -81,11 +81,11 @@ static struct nj_manifest *sample(enum nj_level level)
         set_digest(&d->index_digest, (unsigned)i);
         d->full = all_full || i == 0;
         switch (i) {
-        case 0: /* the largest size a u64 holds, exactly */
-            d->size = UINT64_MAX;
+        case 0: /* the largest size allowed (an off_t), exactly */
+            d->size = INT64_MAX;
             break;
-        case 1: /* above INT64_MAX, where a double would round */
-            d->size = (1ull << 63) + 12345;
+        case 1: /* above 2^53, where a double would round */
+            d->size = (1ull << 62) + 12345;
             break;
         default:
             d->size = 3149825;
@@ -93,11 +93,11 @@ static struct nj_manifest *sample(enum nj_level level)
         }
         d->covered = d->full ? d->size : d->size / 3;
         d->entries = 1000 + i;
-        d->stats.bytes_read = UINT64_MAX - i;
+        d->stats.bytes_read = INT64_MAX - i;
         d->stats.bytes_zero = 0;
         d->stats.bytes_new = 1ull << 62;
         d->stats.bytes_stored = 12345;
-        d->stats.bytes_dedup = (1ull << 63) + 1;
+        d->stats.bytes_dedup = (1ull << 62) + 1;
         d->stats.chunks_new = 7;
         d->stats.chunks_dedup = 9;
     }
@@ -514,6 +514,93 @@ static void test_missing_and_types(void)
     }
 }
 
+/* good_text() with the first occurrence of from replaced by to. */
+static char *good_with(const char *from, const char *to)
+{
+    NJ_CLEANUP_FREE char *t = good_text();
+    char *p = strstr(t, from);
+    REQUIRE(p);
+    return nj_asprintf("%.*s%s%s", (int)(p - t), t, to, p + strlen(from));
+}
+
+#define REJECT_SUBST(from, to, want)                                       \
+    do {                                                                   \
+        char *t_ = good_with(from, to);                                    \
+        reject_at(__LINE__, t_, strlen(t_), want);                         \
+        free(t_);                                                          \
+    } while (0)
+
+/* Values json-c would clamp or bend, lengths, relations (issue 9). */
+static void test_values(void)
+{
+    /* Integers beyond 64 bits: json-c reads them as the nearest bound. */
+    REJECT_SUBST("\"size\":9223372036854775807", "\"size\":99999999999999999999",
+                 "manifest disk 0: field 'size' is out of range");
+    REJECT_SUBST("\"size\":9223372036854775807",
+                 "\"size\":18446744073709551615", "field 'size' is out of range");
+    REJECT_SUBST("\"entries\":1000", "\"entries\":99999999999999999999999",
+                 "field 'entries' is out of range");
+    REJECT_SUBST("\"finished_us\":9223372036854775807",
+                 "\"finished_us\":99999999999999999999",
+                 "field 'finished_us' is out of range");
+    REJECT_SUBST("\"finished_us\":9223372036854775807",
+                 "\"finished_us\":9223372036854775808",
+                 "field 'finished_us' is out of range");
+    REJECT_SUBST("\"started\":-1", "\"started\":-99999999999999999999",
+                 "field 'started' is out of range");
+    /* Not JSON, though json-c's lenient mode takes it. */
+    REJECT_SUBST("\"version\":1,", "\"version\":01,", "not valid JSON");
+    REJECT_SUBST("\"version\":1,", "\"version\":1,/* x */", "not valid JSON");
+    /* finished and finished_us come from one reading of the clock. */
+    REJECT_OBJ(with(NULL, "finished", json_object_new_int64(5)),
+               "finished (5) is not the second of finished_us");
+    REJECT_OBJ(with(NULL, "finished_us", json_object_new_int64(-1)),
+               "finished (9223372036854) is not the second of finished_us (-1)");
+    {
+        struct json_object *o = with(NULL, "finished_us",
+                                     json_object_new_int64(-1));
+        json_object_object_add(o, "finished", json_object_new_int64(-1));
+        struct nj_manifest *m = ACCEPT_OBJ(o);
+        nj_manifest_free(m);
+    }
+    /* String lengths. */
+    char big[5000];
+    memset(big, 'a', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+    big[257] = '\0';
+    REJECT_OBJ(with("disk1", "target", json_object_new_string(big)),
+               "field 'target' is 257 bytes long");
+    REJECT_OBJ(with("domain", "uuid", json_object_new_string(big)),
+               "field 'uuid' is 257 bytes long");
+    REJECT_OBJ(with("domain", "uuid", json_object_new_string("")),
+               "field 'uuid' is 0 bytes long");
+    REJECT_OBJ(with("domain", "name", json_object_new_string("")),
+               "field 'name' is 0 bytes long");
+    big[65] = '\0';
+    REJECT_OBJ(with("disk1", "format", json_object_new_string(big)),
+               "field 'format' is 65 bytes long");
+    big[65] = 'a';
+    big[257] = 'a';
+    REJECT_OBJ(with("domain", "name", json_object_new_string(big)),
+               "field 'name' is 4999 bytes long");
+    big[4096] = '\0';
+    {
+        struct nj_manifest *m = ACCEPT_OBJ(
+            with("domain", "name", json_object_new_string(big)));
+        CHECK(m && strlen(m->domain_name) == 4096);
+        nj_manifest_free(m);
+    }
+    /* A statistic json-c may have clamped reads as 0, like a wrong type. */
+    {
+        struct json_object *o = good_obj();
+        json_object_object_add(member(o, "stats1"), "bytes_new",
+                               json_object_new_uint64(UINT64_MAX));
+        struct nj_manifest *m = ACCEPT_OBJ(o);
+        CHECK(m && m->disks[1].stats.bytes_new == 0);
+        nj_manifest_free(m);
+    }
+}
+
 static void test_rules(void)
 {
     /* Format name and version. */
@@ -639,11 +726,21 @@ static void test_rules(void)
                "appears twice");
 
     /* Coverage against size. */
-    REJECT_OBJ(with("disk0", "covered", json_object_new_uint64(UINT64_MAX - 1)),
-               "full disk index covers 18446744073709551614 of "
-               "18446744073709551615 bytes");
+    REJECT_OBJ(with("disk0", "covered", json_object_new_int64(INT64_MAX - 1)),
+               "full disk index covers 9223372036854775806 of "
+               "9223372036854775807 bytes");
     REJECT_OBJ(with("disk0", "covered", json_object_new_int64(0)),
-               "full disk index covers 0 of");
+               "1000 entries cannot cover 0 bytes");
+    {
+        struct json_object *o = with("disk0", "covered",
+                                     json_object_new_int64(0));
+        json_object_object_add(member(o, "disk0"), "entries",
+                               json_object_new_int64(0));
+        REJECT_OBJ(o, "full disk index covers 0 of");
+    }
+    /* More entries than bytes covered: each entry covers one at least. */
+    REJECT_OBJ(with("disk2", "entries", json_object_new_int64(1049942)),
+               "1049942 entries cannot cover 1049941 bytes");
     REJECT_OBJ(with("disk2", "covered", json_object_new_int64(3149826)),
                "covers 3149826 bytes of a 3149825-byte disk");
     REJECT_OBJ(with("disk2", "size", json_object_new_int64(0)),
@@ -1006,6 +1103,7 @@ int main(void)
     test_invalid_json();
     test_missing_and_types();
     test_rules();
+    test_values();
     char *dir = nj_test_tmpdir("manifest");
     test_store_damaged_manifest(dir);
     test_store_marker(dir);

@@ -446,7 +446,8 @@ static void before_take(struct world *w, const char *id, struct before *b)
     b->grandchildren = nj_calloc(nj_catalog_count(c) + 1, sizeof(char *));
     b->gc_digest = nj_calloc(nj_catalog_count(c) + 1, sizeof *b->gc_digest);
     for (size_t i = 0; i < nc; i++) {
-        b->child_protected[i] = nj_prune_is_protected(w->s, b->children[i]);
+        b->child_protected[i] =
+            nj_prune_is_protected(w->s, b->children[i]) == 1;
         b->child_time[i] = nj_catalog_find(c, b->children[i])->finished_us;
         char **g = children_of(c, b->children[i]);
         for (char **p = g; *p; p++) {
@@ -710,8 +711,8 @@ static void scenario_protected(struct world *w)
     const char *f = d->pts[0].id, *child = d->pts[1].id, *mid = d->pts[2].id;
     CHECK(nj_prune_protect(w->s, mid, true) == 0);
     CHECK(nj_prune_protect(w->s, mid, true) == 0); /* twice is fine */
-    CHECK(nj_prune_is_protected(w->s, mid));
-    CHECK(!nj_prune_is_protected(w->s, f));
+    CHECK(nj_prune_is_protected(w->s, mid) == 1);
+    CHECK(nj_prune_is_protected(w->s, f) == 0);
     int fd = nj_backup_lock_domain(w->s, d->uuid, d->name);
     REQUIRE(fd >= 0);
     CHECK(nj_prune_remove(w->s, mid) < 0);
@@ -724,8 +725,8 @@ static void scenario_protected(struct world *w)
     /* Protected child of a removed backup: merged, still protected. */
     CHECK(nj_prune_protect(w->s, child, true) == 0);
     prune_one(w, f);
-    CHECK(nj_prune_is_protected(w->s, child));
-    CHECK(nj_prune_is_protected(w->s, mid));
+    CHECK(nj_prune_is_protected(w->s, child) == 1);
+    CHECK(nj_prune_is_protected(w->s, mid) == 1);
     fd = nj_backup_lock_domain(w->s, d->uuid, d->name);
     REQUIRE(fd >= 0);
     CHECK(nj_prune_remove(w->s, child) < 0);
@@ -733,7 +734,7 @@ static void scenario_protected(struct world *w)
     w->st.refused++;
     /* Lifted: removable again. */
     CHECK(nj_prune_protect(w->s, mid, false) == 0);
-    CHECK(!nj_prune_is_protected(w->s, mid));
+    CHECK(nj_prune_is_protected(w->s, mid) == 0);
     prune_one(w, mid);
     CHECK(nj_prune_protect(w->s, child, false) == 0);
     prune_one(w, child);
