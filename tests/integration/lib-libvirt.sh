@@ -25,9 +25,10 @@
 #                    (default), "running", or "no" (defined, shut off)
 #   NJ_GUEST_VERIFY  0 skips reading each guest write back from the image
 #   NJ_DOMAIN_UUID   the <uuid> nj_domain_create gives the domain
-#   NJ_DOMAIN_QGA    a path: nj_domain_create adds a guest agent channel
-#                    (virtio-serial org.qemu.guest_agent.0) whose host side
-#                    is a Unix socket QEMU listens on at that path
+#   NJ_DOMAIN_DEVICES  XML that nj_domain_create adds to <devices>
+#   NJ_DOMAIN_OS       XML that nj_domain_create adds to <os> (a <kernel>)
+#   NJ_DOMAIN_MEMORY   MiB of memory (default 128)
+#   NJ_DOMAIN_CONSOLE  a file that receives the serial console (default none)
 #
 # See docs/libvirt-notes.md for what libvirt 9.0 does with such domains.
 
@@ -263,13 +264,11 @@ nj_domain_create() {
     </disk>
 "
     done
-    if [ -n "${NJ_DOMAIN_QGA:-}" ]; then
-        chan="    <channel type='unix'>
-      <source mode='bind' path='$(nj_xml_escape "$NJ_DOMAIN_QGA")'/>
-      <target type='virtio' name='org.qemu.guest_agent.0'/>
-    </channel>
+    chan=${NJ_DOMAIN_DEVICES:-}
+    [ -z "$chan" ] || chan="$chan
 "
-    fi
+    local serial="<serial type='null'/>"
+    [ -z "${NJ_DOMAIN_CONSOLE:-}" ] || serial="<serial type='file'><source path='$(nj_xml_escape "$NJ_DOMAIN_CONSOLE")'/></serial>"
     _nj_write_domain_xml() {
         cat >"$xml" <<EOF
 <domain type='$1'>
@@ -279,11 +278,12 @@ nj_domain_create() {
   <metadata>
     <nj:test xmlns:nj='$NJ_TEST_NS' pid='$$' pidns='$(readlink /proc/self/ns/pid 2>/dev/null)' dir='$(nj_xml_escape "$T")'/>
   </metadata>
-  <memory unit='MiB'>128</memory>
+  <memory unit='MiB'>${NJ_DOMAIN_MEMORY:-128}</memory>
   <vcpu>1</vcpu>
   <os>
     <type arch='x86_64' machine='q35'>hvm</type>
-    <boot dev='hd'/>
+    <boot dev='hd'/>${NJ_DOMAIN_OS:+
+    $NJ_DOMAIN_OS}
   </os>
   <features><acpi/></features>
   <on_poweroff>destroy</on_poweroff>
@@ -291,7 +291,7 @@ nj_domain_create() {
   <on_crash>destroy</on_crash>
   <devices>
 $disks$chan    <controller type='usb' model='none'/>
-    <serial type='null'/>
+    $serial
     <memballoon model='none'/>
   </devices>
 </domain>
