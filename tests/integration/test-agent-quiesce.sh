@@ -37,7 +37,7 @@ for m in virtio/virtio virtio/virtio_ring virtio/virtio_pci_legacy_dev virtio/vi
     [ -f "$mods/$m.ko" ] || { echo "SKIP: $mods/$m.ko missing (uncompressed virtio modules of $kver needed)" >&2; exit 77; }
 done
 busybox=$(command -v busybox)
-file -L "$busybox" 2>/dev/null | grep -q 'statically linked' \
+{ ldd "$busybox" 2>&1 || true; } | grep -q 'not a dynamic executable' \
     || { echo "SKIP: $busybox is not statically linked (apt install busybox-static)" >&2; exit 77; }
 
 A=$NIGHTJAR_AGENT
