@@ -66,7 +66,8 @@ struct job {
     struct nj_store *store;
     struct nj_catalog *cat;
     int lock_fd;
-    char *store_tag;
+    char *store_tag;      /* 8 hex digits: the checkpoint namespace */
+    char *store_digest;   /* all 64: job directory ownership */
     struct nj_backup *b;
     enum nj_level level;
     const struct nj_manifest *parent;
@@ -90,8 +91,9 @@ static void note(const struct job *j, const char *fmt, ...)
     fputc('\n', stderr);
 }
 
-/* A short tag for this store, to namespace checkpoint names. */
-static char *store_tag(const char *path)
+/* The SHA-256 of the store's real path, in hex; the checkpoint namespace
+ * is its first 8 digits (a short tag), job directories use all of it. */
+static char *store_digest(const char *path)
 {
     char real[4096];
     const char *p = realpath(path, real) ? real : path;
@@ -99,7 +101,6 @@ static char *store_tag(const char *path)
     nj_sha256(p, strlen(p), &d);
     char hex[NJ_DIGEST_HEX_LEN + 1];
     nj_digest_to_hex(&d, hex);
-    hex[8] = '\0';
     return nj_strdup(hex);
 }
 
@@ -114,20 +115,87 @@ static bool referenced_checkpoint(const struct nj_catalog *c, const char *name)
 }
 
 /*
- * Job directories are named nj-<store tag>-<domain key>-<backup id>: short,
+ * Job directories are named nj-<key>-<first 8 of the UUID>-<backup id>,
+ * where key is 20 hex digits of SHA-256(store digest, full UUID): short,
  * because the NBD socket inside must fit a Unix socket path, and specific,
  * so that a run only ever cleans up after runs of the same store and
- * domain.
+ * domain (the 8 UUID digits are only there for people reading the
+ * directory).  Because a name can still collide, each directory holds an
+ * "owner" file naming the full store digest and UUID, written before
+ * the directory is handed to QEMU; a stale directory is removed only when
+ * that file proves it is ours.
  */
+#define JOB_KEY_LEN 20
+#define JOB_OWNER_FILE "owner"
+#define JOB_OWNER_MAX 4096
+
 static char *job_dir_prefix(const struct job *j)
 {
-    char key[9];
+    NJ_CLEANUP_FREE char *both = nj_asprintf("%s\n%s", j->store_digest,
+                                             j->info->uuid);
+    struct nj_digest d;
+    nj_sha256(both, strlen(both), &d);
+    char hex[NJ_DIGEST_HEX_LEN + 1];
+    nj_digest_to_hex(&d, hex);
+    hex[JOB_KEY_LEN] = '\0';
+    char short_uuid[9];
     size_t k = 0;
     for (const char *p = j->info->uuid; *p && k < 8; p++)
         if (*p != '-')
-            key[k++] = *p;
-    key[k] = '\0';
-    return nj_asprintf("nj-%s-%s-", j->store_tag, key);
+            short_uuid[k++] = *p;
+    short_uuid[k] = '\0';
+    return nj_asprintf("nj-%s-%s-", hex, short_uuid);
+}
+
+static char *job_owner_text(const struct job *j)
+{
+    return nj_asprintf("nightjar backup job\nstore %s\nuuid %s\n",
+                       j->store_digest, j->info->uuid);
+}
+
+/* 1 when the directory name in dirfd holds an owner file naming this
+ * store and domain, 0 when it does not or cannot be read (a directory
+ * we cannot prove is ours is never removed).  Nothing is followed: the
+ * directory and the file are opened with O_NOFOLLOW, the file without
+ * blocking and only when it is a small regular file. */
+static int job_dir_is_ours(const struct job *j, int dirfd, const char *name)
+{
+    NJ_CLEANUP_CLOSE int dfd = openat(dirfd, name, O_RDONLY | O_DIRECTORY |
+                                                      O_NOFOLLOW | O_CLOEXEC);
+    if (dfd < 0)
+        return 0;
+    NJ_CLEANUP_CLOSE int fd = openat(dfd, JOB_OWNER_FILE, O_RDONLY | O_NOFOLLOW |
+                                                              O_NONBLOCK | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) ||
+        st.st_size <= 0 || st.st_size > JOB_OWNER_MAX)
+        return 0;
+    char buf[JOB_OWNER_MAX + 1];
+    ssize_t n = pread(fd, buf, sizeof buf, 0);
+    if (n != st.st_size)
+        return 0;
+    buf[n] = '\0';
+    NJ_CLEANUP_FREE char *want = job_owner_text(j);
+    return strcmp(buf, want) == 0;
+}
+
+/* Write the owner file into the new job directory j->dir (ours: we just
+ * made it, 0700 root). */
+static int write_job_owner(const struct job *j)
+{
+    NJ_CLEANUP_CLOSE int dfd = open(j->dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
+                                                O_CLOEXEC);
+    if (dfd < 0)
+        return nj_error_errno(errno, "open job directory '%s'", j->dir);
+    NJ_CLEANUP_CLOSE int fd =
+        openat(dfd, JOB_OWNER_FILE,
+               O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return nj_error_errno(errno, "create '%s/" JOB_OWNER_FILE "'", j->dir);
+    NJ_CLEANUP_FREE char *text = job_owner_text(j);
+    if (nj_full_write(fd, text, strlen(text)) < 0)
+        return nj_error_errno(errno, "write '%s/" JOB_OWNER_FILE "'", j->dir);
+    return 0;
 }
 
 /* Wait until the domain has no backup job (virDomainAbortJob returns
@@ -165,16 +233,27 @@ static int clean_stale(struct job *j)
         wait_job_gone(j);
         note(j, "ended a backup job left by an interrupted run");
     }
-    /* Our job directories: we hold the lock, so their runs are dead. */
+    /* Our job directories: we hold the lock, so their runs are dead.  A
+     * directory whose owner file does not name this store and domain is
+     * left alone, said once. */
     DIR *d = opendir(j->a->scratch_dir);
     if (d) {
         struct dirent *de;
-        while ((de = readdir(d)) != NULL)
-            if (strncmp(de->d_name, base, strlen(base)) == 0) {
-                nj_remove_tree(dirfd(d), de->d_name);
+        while ((de = readdir(d)) != NULL) {
+            if (strncmp(de->d_name, base, strlen(base)) != 0)
+                continue;
+            if (!job_dir_is_ours(j, dirfd(d), de->d_name)) {
+                note(j, "left '%s/%s' alone: its owner file does not prove "
+                     "it is a job directory of this store and domain",
+                     j->a->scratch_dir, de->d_name);
+                continue;
+            }
+            if (nj_remove_tree(dirfd(d), de->d_name) < 0)
+                note(j, "warning: %s", nj_error_get());
+            else
                 note(j, "removed '%s/%s' left by an interrupted run",
                      j->a->scratch_dir, de->d_name);
-            }
+        }
         closedir(d);
     }
     /* Checkpoints of this store that no committed backup uses. */
@@ -527,6 +606,8 @@ static int make_job_dir(struct job *j)
         return nj_error_errno(e, "create job directory in '%s'",
                               j->a->scratch_dir);
     }
+    if (write_job_owner(j) < 0)
+        return -1;
     if (j->info->qemu_uid >= 0 &&
         chown(j->dir, (uid_t)j->info->qemu_uid, (gid_t)j->info->qemu_gid) < 0)
         return nj_error_errno(errno, "hand '%s' to QEMU's user", j->dir);
@@ -759,7 +840,8 @@ static int run(struct job *j)
     j->store = nj_store_open(a->store, NJ_STORE_CREATE);
     if (!j->store)
         return -1;
-    j->store_tag = store_tag(a->store);
+    j->store_digest = store_digest(a->store);
+    j->store_tag = nj_asprintf("%.8s", j->store_digest);
     j->lock_fd = nj_backup_lock_domain(j->store, j->info->uuid, j->info->name);
     if (j->lock_fd < 0)
         return -1;
@@ -873,6 +955,7 @@ int nj_agent_backup(const struct nj_backup_args *a)
     free(j.id);
     free(j.cp_name);
     free(j.store_tag);
+    free(j.store_digest);
     free(j.dom_xml);
     nj_domain_info_free(j.info);
     nj_catalog_free(j.cat);

@@ -24,6 +24,11 @@
 #   NJ_DOMAIN_START  how nj_domain_create leaves the domain: "paused"
 #                    (default), "running", or "no" (defined, shut off)
 #   NJ_GUEST_VERIFY  0 skips reading each guest write back from the image
+#   NJ_DOMAIN_UUID   the <uuid> nj_domain_create gives the domain
+#   NJ_DOMAIN_DEVICES  XML that nj_domain_create adds to <devices>
+#   NJ_DOMAIN_OS       XML that nj_domain_create adds to <os> (a <kernel>)
+#   NJ_DOMAIN_MEMORY   MiB of memory (default 128)
+#   NJ_DOMAIN_CONSOLE  a file that receives the serial console (default none)
 #
 # See docs/libvirt-notes.md for what libvirt 9.0 does with such domains.
 
@@ -32,7 +37,7 @@ NJ_TEST_NS=https://nightjar.invalid/test      # metadata namespace of our domain
 _nj_lib_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 # Per-disk state of the domains created by this test, keyed "DOMAIN<TAB>TARGET".
-declare -gA _nj_disk_fmt=() _nj_disk_img=() _nj_disk_size=() _nj_disk_opts=() _nj_disk_qdev=()
+declare -gA _nj_disk_fmt=() _nj_disk_img=() _nj_disk_size=() _nj_disk_opts=() _nj_disk_qdev=() _nj_disk_loop=()
 
 nj_virsh() { virsh -q -c "$NJ_LIBVIRT_URI" "$@"; }
 
@@ -189,6 +194,10 @@ nj_image_path() {
 #   OPTION  ro     a read-only disk (<readonly/>): libvirt leaves it out of
 #                  backups and checkpoints
 #           cdrom  a CD-ROM (SATA, read-only): also left out
+#           block  (raw only) a <disk type='block'>: the image is a file
+#                  in $T attached to a loop device (losetup), which the
+#                  domain uses; nj_image_path names the device.  The
+#                  cleanup hook detaches it.
 #
 # Disks get discard='unmap' (else QEMU ignores discards) and the user
 # alias ua-nj-TARGET, so the qdev path of TARGET is known.  A cleanup hook
@@ -198,7 +207,7 @@ nj_domain_create() {
     local name=$1; shift
     [ $# -gt 0 ] || { _nj_die "nj_domain_create: no disks"; return 1; }
     local type=${NJ_VIRT_TYPE:-$(nj_virt_type)} start=${NJ_DOMAIN_START:-paused}
-    local fid spec target fmt size opts bytes bus dev img k disks='' o ro
+    local fid spec target fmt size opts bytes bus dev img k disks='' o ro blk src dtype loop chan=''
     fid=$(_nj_file_id "$name")
     local xml=$T/domain-$fid.xml
     cleanup_hooks+=("nj_domain_remove $(printf '%q' "$name")")
@@ -214,11 +223,12 @@ nj_domain_create() {
         if [ "$bytes" -le 0 ] || [ $((bytes % 512)) -ne 0 ]; then
             _nj_die "disk spec '$spec': size must be a positive multiple of 512"; return 1
         fi
-        dev=disk ro=''
+        dev=disk ro='' blk=''
         for o in ${opts//,/ }; do
             case $o in
                 ro) ro=1 ;;
                 cdrom) dev=cdrom ro=1 ;;
+                block) blk=1 ;;
                 *) _nj_die "disk spec '$spec': unknown option '$o'"; return 1 ;;
             esac
         done
@@ -229,6 +239,15 @@ nj_domain_create() {
         [ ! -e "$img" ] || { _nj_die "$img exists: domain '$name' created twice?"; return 1; }
         qemu-img create -q -f "$fmt" "$img" "$bytes"
         truncate -s "$bytes" "$(nj_shadow_path "$name" "$target")"
+        src="file='$(nj_xml_escape "$img")'" dtype=file
+        if [ -n "$blk" ]; then
+            [ "$fmt" = raw ] || { _nj_die "disk spec '$spec': a block disk must be raw"; return 1; }
+            command -v losetup >/dev/null 2>&1 || _nj_skip "losetup not installed (apt install mount)"
+            loop=$(losetup -f --show "$img") || { _nj_die "losetup of $img failed"; return 1; }
+            cleanup_hooks+=("_nj_loop_detach $(printf '%q' "$loop") $(printf '%q' "$img")")
+            _nj_disk_loop[$k]=$img
+            img=$loop src="dev='$(nj_xml_escape "$loop")'" dtype=block
+        fi
         _nj_disk_fmt[$k]=$fmt _nj_disk_img[$k]=$img _nj_disk_size[$k]=$bytes
         _nj_disk_opts[$k]=${ro:+ro}
         if [ "$bus" = virtio ]; then
@@ -236,36 +255,43 @@ nj_domain_create() {
         else
             _nj_disk_qdev[$k]=/machine/peripheral/ua-nj-$target
         fi
-        disks+="    <disk type='file' device='$dev'>
+        disks+="    <disk type='$dtype' device='$dev'>
       <driver name='qemu' type='$fmt'$([ "$dev" = cdrom ] || echo " discard='unmap'")/>
-      <source file='$(nj_xml_escape "$img")'/>
+      <source $src/>
       <target dev='$target' bus='$bus'/>${ro:+
       <readonly/>}
       <alias name='ua-nj-$target'/>
     </disk>
 "
     done
+    chan=${NJ_DOMAIN_DEVICES:-}
+    [ -z "$chan" ] || chan="$chan
+"
+    local serial="<serial type='null'/>"
+    [ -z "${NJ_DOMAIN_CONSOLE:-}" ] || serial="<serial type='file'><source path='$(nj_xml_escape "$NJ_DOMAIN_CONSOLE")'/></serial>"
     _nj_write_domain_xml() {
         cat >"$xml" <<EOF
 <domain type='$1'>
-  <name>$(nj_xml_escape "$name")</name>
+  <name>$(nj_xml_escape "$name")</name>${NJ_DOMAIN_UUID:+
+  <uuid>$NJ_DOMAIN_UUID</uuid>}
   <description>nightjar test domain</description>
   <metadata>
     <nj:test xmlns:nj='$NJ_TEST_NS' pid='$$' pidns='$(readlink /proc/self/ns/pid 2>/dev/null)' dir='$(nj_xml_escape "$T")'/>
   </metadata>
-  <memory unit='MiB'>128</memory>
+  <memory unit='MiB'>${NJ_DOMAIN_MEMORY:-128}</memory>
   <vcpu>1</vcpu>
   <os>
     <type arch='x86_64' machine='q35'>hvm</type>
-    <boot dev='hd'/>
+    <boot dev='hd'/>${NJ_DOMAIN_OS:+
+    $NJ_DOMAIN_OS}
   </os>
   <features><acpi/></features>
   <on_poweroff>destroy</on_poweroff>
   <on_reboot>destroy</on_reboot>
   <on_crash>destroy</on_crash>
   <devices>
-$disks    <controller type='usb' model='none'/>
-    <serial type='null'/>
+$disks$chan    <controller type='usb' model='none'/>
+    $serial
     <memballoon model='none'/>
   </devices>
 </domain>
@@ -292,6 +318,15 @@ EOF
     [ "$start" != running ] || nj_virsh resume "$name" >/dev/null
 }
 
+# _nj_loop_detach DEVICE FILE: detach the loop device DEVICE when it is
+# still backed by FILE (once detached, the number may serve someone else).
+_nj_loop_detach() {
+    local back
+    back=$(losetup -n -O BACK-FILE "$1" 2>/dev/null) || return 0
+    [ "$(printf '%s' "$back" | sed 's/[[:space:]]*$//')" = "$2" ] || return 0
+    losetup -d "$1" 2>/dev/null || true
+}
+
 # Destroy and undefine DOMAIN, dropping its checkpoint/snapshot metadata;
 # quiet when it does not exist.  Never fails.
 _nj_domain_undefine() {
@@ -314,7 +349,14 @@ nj_domain_remove() {
     for k in "${!_nj_disk_img[@]}"; do
         [ "${k%%$'\t'*}" = "$name" ] || continue
         [ -n "${_nj_disk_img[$k]}" ] || continue
-        rm -f "${_nj_disk_img[$k]}" "$(nj_shadow_path "$name" "${k#*$'\t'}")"
+        if [ -n "${_nj_disk_loop[$k]:-}" ]; then
+            _nj_loop_detach "${_nj_disk_img[$k]}" "${_nj_disk_loop[$k]}"
+            rm -f "${_nj_disk_loop[$k]}"
+            _nj_disk_loop[$k]=''
+        else
+            rm -f "${_nj_disk_img[$k]}"
+        fi
+        rm -f "$(nj_shadow_path "$name" "${k#*$'\t'}")"
         # emptied, not unset: unset would expand the key (a domain name) again
         _nj_disk_img[$k]='' _nj_disk_fmt[$k]='' _nj_disk_size[$k]='' _nj_disk_opts[$k]='' _nj_disk_qdev[$k]=
     done

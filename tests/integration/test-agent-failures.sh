@@ -196,20 +196,31 @@ guest_random() {
     nj_guest_check "$dom" "$t" || { echo "guest_random: $t of '$dom' differs from its shadow" >&2; return 1; }
 }
 
+# job_dir DOMAIN: the job directory in $SC of DOMAIN's backup into $S
+# (its owner file names the domain's full UUID), if any.
+job_dir() {
+    local uuid f
+    uuid=$(nj_virsh domuuid "$1")
+    for f in "$SC"/nj-*/owner; do
+        [ -f "$f" ] || continue
+        if grep -qxF "uuid $uuid" "$f"; then echo "${f%/owner}"; return 0; fi
+    done
+    return 0
+}
+
 # wait_job DOMAIN PID: wait until the backup run PID has begun its pull job
 # and its staging directory (the datapath is reading), then half a
 # second more.  Sets $job_id.  1 if PID ended first.
 wait_job() {
-    local uuid pid=$2 d i
-    uuid=$(nj_virsh domuuid "$1")
-    uuid=${uuid:0:8}
+    local pid=$2 d i
     job_id=
     for i in $(seq 1200); do
         kill -0 "$pid" 2>/dev/null || return 1
-        # job directories are nj-<store tag>-<first 8 of the UUID>-<id>
-        d=$(compgen -G "$SC/nj-*-$uuid-*" | head -n 1 || true)
+        # job directories are nj-<key>-<first 8 of the UUID>-<id>
+        d=$(job_dir "$1")
         if [ -n "$d" ]; then
-            job_id=${d##*/nj-*-"$uuid"-}
+            job_id=${d##*/}
+            job_id=${job_id#nj-*-*-}
             if [ -S "$d/nbd.sock" ] && [ -d "$S/staging/$job_id" ]; then
                 sleep 0.5
                 kill -0 "$pid" 2>/dev/null
@@ -264,7 +275,8 @@ if wait_job "$d1" "$pid"; then
     check test "$killed_cp" = "$(jf k1 .checkpoint | sed "s/\.$k1\$/.$job_id/")"
     # What SIGKILL leaves: the job, its directory, its checkpoint, staging.
     if has_job "$d1"; then ok; else fail "no job left by the SIGKILLed run (the test proves nothing)"; fi
-    check test -n "$(compgen -G "$SC/nj-*-$(nj_virsh domuuid "$d1" | cut -c1-8)-$job_id")"
+    check test "$(job_dir "$d1")" != ""
+    check test "$(basename "$(job_dir "$d1")")" = "$(basename "$(compgen -G "$SC/nj-*-$job_id")")"
     check test -d "$S/staging/$job_id"
 else
     fail "the slow backup ended before it could be killed: $(cat "$T/kill.err")"

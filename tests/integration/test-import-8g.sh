@@ -14,12 +14,18 @@ done
 args+=(-c "write -P 0xee $((8 * 1024 * 1048576 - 65536)) 65536")
 qemu-io -f qcow2 "${args[@]}" "$img" > /dev/null
 head -c 32M /dev/urandom > "$T/rand"
-qemu-io -f qcow2 -c "write -s $T/rand 3G 32M" "$img" >/dev/null 2>&1 || \
-    qemu-img dd -f raw -O qcow2 if="$T/rand" of="$img" bs=1M seek=3072 conv=notrunc 2>/dev/null || true
+# random data at 3 GiB: it must land (a failed write fails the test)
+if ! out=$(qemu-io -f qcow2 -c "write -s $T/rand 3G 32M" "$img" 2>&1) ||
+    [[ $out != *"wrote 33554432/33554432 bytes at offset 3221225472"* ]]; then
+    echo "FATAL: qemu-io write -s at 3G failed: $out" >&2
+    exit 1
+fi
 
 "$NIGHTJAR_AGENT" import -s "$T/store" -d big --disk vda "$img" > /dev/null
 "$NIGHTJAR_RESTORE" restore -s "$T/store" -d big -o "$T/big.raw"
 check qemu-img compare -q -f qcow2 -F raw "$img" "$T/big.raw"
+# the random data is there, independently of qemu-img's view of the image
+check cmp "$T/rand" <(dd if="$T/big.raw" bs=1M skip=3072 count=32 status=none)
 "$NIGHTJAR_RESTORE" restore -s "$T/store" -d big -o "$T/big2.qcow2" -f qcow2
 check qemu-img compare -q -f qcow2 -F qcow2 "$img" "$T/big2.qcow2"
 finish
