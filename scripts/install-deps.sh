@@ -18,6 +18,9 @@ packages=(
     virtnbdbackup python3-lz4
     # fake guest agent and syscall tracing in tests
     socat strace
+    # a tiny real guest for the --quiesce test: a kernel to boot, static
+    # busybox and cpio for its initramfs (tests/integration/test-agent-quiesce.sh)
+    linux-image-cloud-amd64 busybox-static cpio
     # systemd-analyze verify of the units (the package, not systemd as init)
     systemd
 )
