@@ -79,6 +79,14 @@ static int interrupted(struct out_file *f)
     return nj_error("output '%s': interrupted", f->base.path);
 }
 
+/* Kill a helper and whatever it started (its process group).  Under
+ * live_lock, with the helper not yet reaped, so the ids are still its. */
+static void helper_kill(pid_t pid)
+{
+    if (kill(-pid, SIGKILL) < 0)
+        kill(pid, SIGKILL);
+}
+
 /* Remove everything inside the private directory (through its fd, so a
  * rename of it in a shared directory changes nothing), then the directory
  * itself by name.  Returns -1 with the last error set. */
@@ -116,7 +124,7 @@ unsigned nj_output_abort_all(void)
         n++;
         __atomic_store_n(&f->aborted, true, __ATOMIC_RELEASE);
         if (f->helper > 0)
-            kill(f->helper, SIGKILL);
+            helper_kill(f->helper);
         if (!f->published)
             priv_remove(f); /* best effort: the owner's discard repeats it */
     }
@@ -323,10 +331,12 @@ static pid_t spawn(struct out_file *f, char *const argv[], int listenfd)
     }
     free(envp);
     free(listen_pid);
+    /* In the parent too, so the group exists before anyone signals it. */
+    setpgid(pid, pid);
     pthread_mutex_lock(&live_lock);
     f->helper = pid;
     if (is_aborted(f))
-        kill(pid, SIGKILL);
+        helper_kill(pid);
     pthread_mutex_unlock(&live_lock);
     return pid;
 }
@@ -708,7 +718,7 @@ static void helper_stop(struct out_file *f)
     pthread_mutex_lock(&live_lock);
     pid_t pid = f->helper;
     if (pid > 0)
-        kill(pid, SIGKILL);
+        helper_kill(pid);
     pthread_mutex_unlock(&live_lock);
     if (pid > 0) {
         NJ_CLEANUP_FREE char *err = nj_strdup(nj_error_get());
@@ -919,7 +929,7 @@ struct nj_output *nj_output_open_opts(const char *path,
                                       const struct nj_output_opts *opts)
 {
     bool force = opts && opts->force;
-    mode_t mode = opts && opts->mode ? opts->mode & 07777 : 0600;
+    mode_t mode = opts ? opts->mode & 07777 : 0600;
     NJ_CLEANUP_FREE char *dir = NULL, *devpath = NULL;
     const char *name = NULL;
     if (split_path(path, &dir, &name) < 0)

@@ -65,9 +65,9 @@ struct nj_output {
 
 struct nj_output_opts {
     bool force;  /* replace an existing file or symlink; write a device */
-    mode_t mode; /* permissions of a created file, applied with fchmod
-                  * (umask does not apply); 0 means 0600.  Devices keep
-                  * theirs. */
+    mode_t mode; /* permissions of a created file (0600 by default in the
+                  * program), applied with fchmod: umask does not apply.
+                  * Devices keep theirs. */
 };
 
 /*
