@@ -53,14 +53,27 @@ cat > "$T/bin/qemu-nbd" <<EOF
 #!/bin/bash
 "$T/bin/record" qemu-nbd "\$@"
 echo \$\$ > "\$NJ_HOOK/nbd.pid"
+echo \$\$ >> "\$NJ_HOOK/nbd.pids"
 if [ "\${NJ_HOOK_NBD-}" = block ]; then
     exec nbdkit -f eval get_size="echo \$NJ_HOOK_SIZE" \\
         pread='head -c \$3 /dev/zero' \\
-        pwrite="touch '\$NJ_HOOK/written'; exec sleep infinity"
+        pwrite="echo \\\$\\\$ >> '\$NJ_HOOK/blocked.pids'; touch '\$NJ_HOOK/written'; exec sleep infinity"
 fi
 exec "$real_nbd" "\$@"
 EOF
 chmod +x "$T/bin/record" "$T/bin/qemu-img" "$T/bin/qemu-nbd"
+# Whatever a failing run leaves blocked is killed on exit: only processes
+# that still carry this test's NJ_HOOK in their environment.
+kill_ours() {
+    local p
+    for p in $(cat "$H"/nbd.pids "$H"/blocked.pids 2>/dev/null); do
+        { tr '\0' '\n' < /proc/$p/environ; } 2>/dev/null |
+            grep -qx "NJ_HOOK=$H" &&
+            kill -KILL $p 2>/dev/null
+    done
+    return 0
+}
+cleanup_hooks+=(kill_ours)
 export NJ_HOOK=$H NJ_HOOK_FINAL=/nonexistent
 export PATH=$T/bin:$PATH
 
