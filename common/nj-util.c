@@ -180,3 +180,76 @@ bool nj_is_zero(const void *buf, size_t len)
             return false;
     return len <= 16 || memcmp(p, p + 16, len - 16) == 0;
 }
+
+/* Length of the valid UTF-8 sequence at p (1-4), or 0 when invalid;
+ * *cp gets the code point. */
+static size_t utf8_seq(const unsigned char *p, uint32_t *cp)
+{
+    size_t n;
+    uint32_t c, min;
+    if (p[0] < 0x80) {
+        *cp = p[0];
+        return 1;
+    } else if ((p[0] & 0xe0) == 0xc0) {
+        n = 2, c = p[0] & 0x1f, min = 0x80;
+    } else if ((p[0] & 0xf0) == 0xe0) {
+        n = 3, c = p[0] & 0x0f, min = 0x800;
+    } else if ((p[0] & 0xf8) == 0xf0) {
+        n = 4, c = p[0] & 0x07, min = 0x10000;
+    } else {
+        return 0;
+    }
+    for (size_t i = 1; i < n; i++) {
+        if ((p[i] & 0xc0) != 0x80) /* also stops at the NUL */
+            return 0;
+        c = (c << 6) | (p[i] & 0x3f);
+    }
+    if (c < min || c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff))
+        return 0;
+    *cp = c;
+    return n;
+}
+
+static bool cp_unsafe(uint32_t c)
+{
+    return c < 0x20 || c == 0x7f || (c >= 0x80 && c <= 0x9f) ||
+           c == 0x2028 || c == 0x2029 || (c >= 0x200e && c <= 0x200f) ||
+           (c >= 0x202a && c <= 0x202e) || (c >= 0x2066 && c <= 0x2069);
+}
+
+char *nj_str_escape(const char *s)
+{
+    const unsigned char *p = (const unsigned char *)(s ? s : "");
+    size_t len = strlen((const char *)p);
+    /* Each byte becomes at most 4 ("\xHH"). */
+    char *out = nj_malloc(len * 4 + 1), *o = out;
+    while (*p) {
+        uint32_t c = 0;
+        size_t n = utf8_seq(p, &c);
+        if (n > 0 && !cp_unsafe(c) && c != '\\') {
+            memcpy(o, p, n);
+            o += n;
+            p += n;
+            continue;
+        }
+        if (n == 0)
+            n = 1; /* an invalid byte: escape it alone */
+        for (size_t i = 0; i < n; i++, p++) {
+            if (*p == '\\') {
+                *o++ = '\\', *o++ = '\\';
+            } else if (*p == '\n') {
+                *o++ = '\\', *o++ = 'n';
+            } else if (*p == '\r') {
+                *o++ = '\\', *o++ = 'r';
+            } else if (*p == '\t') {
+                *o++ = '\\', *o++ = 't';
+            } else {
+                static const char hex[] = "0123456789abcdef";
+                *o++ = '\\', *o++ = 'x';
+                *o++ = hex[*p >> 4], *o++ = hex[*p & 15];
+            }
+        }
+    }
+    *o = '\0';
+    return out;
+}

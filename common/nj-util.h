@@ -155,4 +155,13 @@ int nj_parse_u64(const char *s, uint64_t *out);
 /* Format a byte count for humans ("1.5 GiB") into buf. */
 const char *nj_human_bytes(uint64_t n, char *buf, size_t buflen);
 
+/*
+ * A copy of s that is safe to print on a terminal: C0 controls, DEL, C1
+ * controls (U+0080-U+009F), Unicode line separators and bidirectional
+ * overrides, and bytes that are not valid UTF-8 are written as \xHH (\n,
+ * \r, \t as such), a backslash as \\; printable UTF-8 is kept.  For
+ * names read from a store or a state file.  Never NULL; the caller frees.
+ */
+char *nj_str_escape(const char *s);
+
 #endif

@@ -3,15 +3,33 @@
  *
  *   nightjar-restore list    -s STORE [-d DOMAIN] [--json]
  *   nightjar-restore restore -s STORE -d DOMAIN [-b ID|latest] --disk TARGET
- *                            -o OUTPUT [-f raw|qcow2] [--force]
+ *                            -o OUTPUT [-f raw|qcow2] [--force] [--mode OCTAL]
  *   nightjar-restore verify  -s STORE [-d DOMAIN] [-b ID] [--json]
  *
- * Exit status: 0 success, 1 failure (verify: damage found), 2 usage.
+ * Exit status: 0 success, 1 failure (verify: damage found), 2 usage,
+ * 128 + the signal number when a restore is interrupted (130 SIGINT,
+ * 143 SIGTERM, 129 SIGHUP).
+ *
+ * Signals during a restore: SIGINT, SIGTERM and SIGHUP are blocked in every
+ * thread and taken by one signal thread.  The first one abandons the
+ * outputs (nj_output_abort_all: the partial file is removed at once, a
+ * qemu-nbd child is killed, every later write fails), the restore then
+ * unwinds as from any failure, and main prints one line saying so; a block
+ * device is left as it is and the line says it is incomplete.  When no
+ * output is open the signal thread exits at once; a second signal exits at
+ * once whatever the state.
+ *
+ * Every string that comes from the store (domain names, ids, disk targets,
+ * and error messages, which quote them) is printed through nj_str_escape,
+ * so that a forged name cannot add table rows or send terminal escapes.
+ * The JSON output is escaped by json-c.
  */
 #include "nj-restore.h"
 #include "nj-util.h"
 
 #include <getopt.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <json-c/json.h>
 #include <stdio.h>
@@ -26,15 +44,26 @@ static void usage(FILE *f)
     fprintf(f,
         "usage: %s list    -s STORE [-d DOMAIN] [--json]\n"
         "       %s restore -s STORE -d DOMAIN [-b ID|latest] --disk TARGET -o OUTPUT\n"
-        "                          [-f raw|qcow2] [--force] [--threads N]\n"
+        "                          [-f raw|qcow2] [--force] [--mode OCTAL] [--threads N]\n"
         "       %s verify  -s STORE [-d DOMAIN] [-b ID] [--json] [--threads N]\n"
-        "       %s --version\n",
+        "       %s --version\n"
+        "\n"
+        "restore writes a new file and renames it to OUTPUT when it is complete;\n"
+        "an existing OUTPUT (file or symbolic link; the link itself, never its\n"
+        "target) is replaced only with --force, and is left as it was if the\n"
+        "restore fails or is interrupted.  A block device is written in place\n"
+        "(--force).  --mode OCTAL sets the new file's permissions (default 0600,\n"
+        "whatever the umask).  Interrupted (SIGINT, SIGTERM, SIGHUP): the partial\n"
+        "file is removed, exit status 128 + the signal number.\n",
         prog, prog, prog, prog);
 }
 
+/* Print the last error, escaped: it may quote names from the store. */
 static int die(void)
 {
-    nj_error_print(prog);
+    const char *e = nj_error_get();
+    NJ_CLEANUP_FREE char *safe = nj_str_escape(e[0] ? e : "unknown error");
+    fprintf(stderr, "%s: %s\n", prog, safe);
     return 1;
 }
 
@@ -53,9 +82,23 @@ struct args {
     const char *store, *domain, *backup, *disk, *output, *format;
     bool json, force;
     unsigned threads;
+    mode_t mode;
 };
 
-enum { OPT_JSON = 256, OPT_DISK, OPT_FORCE, OPT_THREADS };
+enum { OPT_JSON = 256, OPT_DISK, OPT_FORCE, OPT_THREADS, OPT_MODE };
+
+/* An octal mode of 1 to 4 digits, at most 0777. */
+static int parse_mode(const char *s, mode_t *out)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > 4 || strspn(s, "01234567") != n)
+        return -1;
+    unsigned long v = strtoul(s, NULL, 8);
+    if (v > 0777)
+        return -1;
+    *out = (mode_t)v;
+    return 0;
+}
 
 static int parse_args(int argc, char **argv, struct args *a)
 {
@@ -69,6 +112,7 @@ static int parse_args(int argc, char **argv, struct args *a)
         { "json", no_argument, NULL, OPT_JSON },
         { "force", no_argument, NULL, OPT_FORCE },
         { "threads", required_argument, NULL, OPT_THREADS },
+        { "mode", required_argument, NULL, OPT_MODE },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
@@ -92,6 +136,11 @@ static int parse_args(int argc, char **argv, struct args *a)
             a->threads = (unsigned)t;
             break;
         }
+        case OPT_MODE:
+            if (parse_mode(optarg, &a->mode) < 0)
+                return usage_error("--mode: '%s' is not an octal mode from 0 "
+                                   "to 0777", optarg);
+            break;
         case 'h': usage(stdout); exit(0);
         default: return 2; /* getopt said why */
         }
@@ -160,18 +209,113 @@ static int cmd_list(struct nj_store *s, const struct nj_catalog *c,
                 continue;
             char when[32], sz[32];
             format_time(m->finished, when, sizeof when);
-            printf("%-26s %-20s %-5s %-19s %-26s", m->id, m->domain_name,
-                   nj_level_name(m->level), when, m->parent ? m->parent : "-");
-            for (size_t k = 0; k < m->ndisks; k++)
-                printf("%s%s(%s)", k ? "," : " ", m->disks[k].target,
+            NJ_CLEANUP_FREE char *id = nj_str_escape(m->id);
+            NJ_CLEANUP_FREE char *dom = nj_str_escape(m->domain_name);
+            NJ_CLEANUP_FREE char *parent =
+                nj_str_escape(m->parent ? m->parent : "-");
+            printf("%-26s %-20s %-5s %-19s %-26s", id, dom,
+                   nj_level_name(m->level), when, parent);
+            for (size_t k = 0; k < m->ndisks; k++) {
+                NJ_CLEANUP_FREE char *t = nj_str_escape(m->disks[k].target);
+                printf("%s%s(%s)", k ? "," : " ", t,
                        nj_human_bytes(m->disks[k].size, sz, sizeof sz));
+            }
             printf("\n");
         }
     }
-    for (size_t i = 0; i < nj_catalog_broken_count(c); i++)
+    for (size_t i = 0; i < nj_catalog_broken_count(c); i++) {
+        NJ_CLEANUP_FREE char *id = nj_str_escape(nj_catalog_broken_id(c, i));
+        NJ_CLEANUP_FREE char *err =
+            nj_str_escape(nj_catalog_broken_error(c, i));
         fprintf(stderr, "%s: warning: backup '%s' is unreadable: %s\n", prog,
-                nj_catalog_broken_id(c, i), nj_catalog_broken_error(c, i));
+                id, err);
+    }
     return 0;
+}
+
+/* ---- signals ---- */
+
+static sigset_t stop_signals;
+static int signal_seen; /* the first stop signal, atomic */
+
+static const char *signal_name(int sig)
+{
+    switch (sig) {
+    case SIGINT: return "SIGINT";
+    case SIGTERM: return "SIGTERM";
+    case SIGHUP: return "SIGHUP";
+    default: return "a signal";
+    }
+}
+
+static void *signal_thread(void *arg)
+{
+    (void)arg;
+    for (;;) {
+        int sig = 0;
+        if (sigwait(&stop_signals, &sig) != 0)
+            continue;
+        int first = 0;
+        if (__atomic_compare_exchange_n(&signal_seen, &first, sig, false,
+                                        __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
+            /* With an output open, the restore unwinds and main reports. */
+            if (nj_output_abort_all() > 0)
+                continue;
+            fprintf(stderr, "%s%s: interrupted by %s\n",
+                    isatty(STDERR_FILENO) ? "\n" : "", prog,
+                    signal_name(sig));
+        } else {
+            fprintf(stderr, "%s: interrupted again by %s; exiting now\n",
+                    prog, signal_name(sig));
+        }
+        _exit(128 + sig);
+    }
+    return NULL;
+}
+
+/* Take SIGINT, SIGTERM and SIGHUP in one thread: blocked here, before any
+ * other thread exists, so that every thread inherits the mask.  Helpers
+ * (qemu-img, qemu-nbd) get an empty mask back (nj-output.c). */
+static int signals_start(void)
+{
+    static const int sigs[] = { SIGINT, SIGTERM, SIGHUP };
+    sigemptyset(&stop_signals);
+    for (size_t i = 0; i < NJ_ARRAY_SIZE(sigs); i++) {
+        /* A signal ignored by whoever started us (nohup, a background job
+         * of a shell) stays ignored. */
+        struct sigaction old;
+        if (sigaction(sigs[i], NULL, &old) == 0 && old.sa_handler == SIG_IGN)
+            continue;
+        sigaddset(&stop_signals, sigs[i]);
+    }
+    int e = pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
+    pthread_t tid;
+    if (e == 0)
+        e = pthread_create(&tid, NULL, signal_thread, NULL);
+    if (e == 0)
+        e = pthread_detach(tid);
+    if (e != 0)
+        return nj_error_errno(e, "cannot start the signal thread");
+    return 0;
+}
+
+/* The one line for an interrupted restore. */
+static int interrupted(bool in_place, const char *output)
+{
+    int sig = __atomic_load_n(&signal_seen, __ATOMIC_SEQ_CST);
+    const char *nl = isatty(STDERR_FILENO) ? "\n" : "";
+    if (in_place)
+        fprintf(stderr, "%s%s: interrupted by %s; block device '%s' is "
+                "incomplete\n", nl, prog, signal_name(sig), output);
+    else
+        fprintf(stderr, "%s%s: interrupted by %s; partial output removed\n",
+                nl, prog, signal_name(sig));
+    return 128 + sig;
+}
+
+static bool was_interrupted(void)
+{
+    return __atomic_load_n(&signal_seen, __ATOMIC_SEQ_CST) != 0;
 }
 
 static int cmd_restore(struct nj_store *s, const struct nj_catalog *c,
@@ -205,25 +349,42 @@ static int cmd_restore(struct nj_store *s, const struct nj_catalog *c,
                  m->domain_name, target);
         return die();
     }
-    struct nj_output *out = nj_output_open(a->output, fmt, d->size, a->force);
+    struct nj_output_opts oo = { .force = a->force, .mode = a->mode };
+    struct nj_output *out = nj_output_open_opts(a->output, fmt, d->size, &oo);
     if (!out)
-        return die();
+        return was_interrupted() ? interrupted(false, a->output) : die();
+    bool in_place = out->in_place;
     struct nj_restore_opts ro = { .threads = a->threads,
                                   .progress = isatty(STDERR_FILENO) };
     struct nj_restore_stats st = { 0 };
     int r = nj_restore_disk(s, c, m, target, out, &ro, &st);
     if (r < 0) {
         nj_output_close(out, false);
-        nj_error_prefix("restore of '%s' failed, '%s' removed", target,
-                        a->output);
+        if (was_interrupted())
+            return interrupted(in_place, a->output);
+        if (in_place)
+            nj_error_prefix("restore of '%s' failed, block device '%s' is "
+                            "incomplete", target, a->output);
+        else
+            nj_error_prefix("restore of '%s' failed, nothing written to '%s'",
+                            target, a->output);
         return die();
     }
     if (nj_output_close(out, true) < 0)
-        return die();
+        return was_interrupted() ? interrupted(in_place, a->output) : die();
+    if (was_interrupted()) {
+        fprintf(stderr, "%s: interrupted by %s after the restore to '%s' "
+                "was complete; it is kept\n", prog,
+                signal_name(__atomic_load_n(&signal_seen, __ATOMIC_SEQ_CST)),
+                a->output);
+        return 128 + __atomic_load_n(&signal_seen, __ATOMIC_SEQ_CST);
+    }
     if (isatty(STDERR_FILENO)) {
         char b1[32], b2[32];
+        NJ_CLEANUP_FREE char *t = nj_str_escape(target);
+        NJ_CLEANUP_FREE char *id = nj_str_escape(m->id);
         fprintf(stderr, "%s: restored '%s' of backup %s to '%s': %s data, "
-                "%s zero\n", prog, target, m->id, a->output,
+                "%s zero\n", prog, t, id, a->output,
                 nj_human_bytes(st.bytes_data, b1, sizeof b1),
                 nj_human_bytes(st.bytes_zero, b2, sizeof b2));
     }
@@ -270,10 +431,12 @@ int main(int argc, char **argv)
         fn = cmd_verify;
     else
         return usage_error("unknown command '%s'", cmd);
-    struct args a = { 0 };
+    struct args a = { .mode = 0600 };
     int r = parse_args(argc - 1, argv + 1, &a);
     if (r)
         return r;
+    if (fn == cmd_restore && signals_start() < 0)
+        return die();
     struct nj_store *s = nj_store_open(a.store, 0);
     if (!s)
         return die();

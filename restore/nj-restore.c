@@ -300,6 +300,9 @@ int nj_restore_disk(struct nj_store *s, const struct nj_catalog *c,
     struct nj_extent e;
     uint64_t zero_bytes = 0, done = 0;
     double start = nj_mono_sec(), last = start;
+    /* The target comes from the store: escaped before it reaches a tty. */
+    NJ_CLEANUP_FREE char *shown =
+        opts && opts->progress ? nj_str_escape(target) : NULL;
     int r = 0;
     while (ret == 0 && (r = nj_view_next(v, &e)) == 1) {
         if (e.kind == NJ_EXTENT_ZERO) {
@@ -312,8 +315,7 @@ int nj_restore_disk(struct nj_store *s, const struct nj_catalog *c,
         done = e.offset + e.length;
         if (opts && opts->progress && nj_mono_sec() - last > 0.5) {
             last = nj_mono_sec();
-            progress(target, done, nj_view_size(v), start,
-                     false);
+            progress(shown, done, nj_view_size(v), start, false);
         }
     }
     if (r < 0)
@@ -333,7 +335,7 @@ int nj_restore_disk(struct nj_store *s, const struct nj_catalog *c,
         ret = -1;
     }
     if (ret == 0 && opts && opts->progress)
-        progress(target, nj_view_size(v), nj_view_size(v), start, true);
+        progress(shown, nj_view_size(v), nj_view_size(v), start, true);
     if (stats) {
         stats->bytes_data = p.bytes_data;
         stats->bytes_zero = zero_bytes;
