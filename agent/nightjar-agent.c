@@ -307,28 +307,6 @@ static int cmd_run(int argc, char **argv)
     return 0;
 }
 
-/* s with control characters (newline, ESC, ...) shown as \xNN and a
- * backslash doubled: a domain name cannot forge table rows or drive the
- * terminal.  A new string. */
-static char *printable(const char *s)
-{
-    char *out = nj_malloc(4 * strlen(s) + 1), *p = out;
-    for (; *s; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch < 0x20 || ch == 0x7f) {
-            snprintf(p, 5, "\\x%02x", ch);
-            p += 4;
-        } else if (ch == '\\') {
-            *p++ = '\\';
-            *p++ = '\\';
-        } else {
-            *p++ = (char)ch;
-        }
-    }
-    *p = '\0';
-    return out;
-}
-
 static int cmd_prune(int argc, char **argv)
 {
     static const char *const keeps[] = { "keep-last", "keep-hourly",
@@ -412,7 +390,7 @@ static int cmd_prune(int argc, char **argv)
                 json_object_object_add(o, "error", json_object_new_string(d[i].error));
             json_object_array_add(arr, o);
         } else {
-            NJ_CLEANUP_FREE char *dom = printable(d[i].domain);
+            NJ_CLEANUP_FREE char *dom = nj_str_escape(d[i].domain);
             printf("%-8s %-26s %-20s %-4s %s%s%s\n", action, d[i].id, dom,
                    nj_level_name(d[i].level), d[i].reason,
                    d[i].error ? ": " : "", d[i].error ? d[i].error : "");

@@ -24,6 +24,8 @@
 #include <errno.h>
 #include <json-c/json.h>
 #include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <string.h>
 
 struct ref {
@@ -257,6 +259,24 @@ struct damage_ref {
 };
 NJ_VECTOR(dref_vec, struct damage_ref);
 
+/* One line of the human report, with control characters in what the store
+ * provided (domain names, targets, error texts quoting them) escaped, so
+ * that a store cannot forge report lines or drive the terminal. */
+static void print_line(FILE *out, const char *fmt, ...) NJ_PRINTF(2, 3);
+static void print_line(FILE *out, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *line = NULL;
+    int n = vasprintf(&line, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    NJ_CLEANUP_FREE char *safe = nj_str_escape(line);
+    free(line);
+    fprintf(out, "%s\n", safe);
+}
+
 int nj_verify(struct nj_store *s, const struct nj_catalog *c,
               const struct nj_verify_opts *o)
 {
@@ -441,7 +461,7 @@ int nj_verify(struct nj_store *s, const struct nj_catalog *c,
         json_object_put(root);
     } else {
         for (size_t i = 0; i < problems.len; i++)
-            fprintf(o->out, "damaged backup %s%s%s%s: %s\n",
+            print_line(o->out, "damaged backup %s%s%s%s: %s",
                     problems.ptr[i].backup,
                     problems.ptr[i].disk ? " disk '" : "",
                     problems.ptr[i].disk ? problems.ptr[i].disk : "",
@@ -449,18 +469,18 @@ int nj_verify(struct nj_store *s, const struct nj_catalog *c,
         for (size_t i = 0; i < damaged.len; i++) {
             char hex[NJ_DIGEST_HEX_LEN + 1];
             nj_digest_to_hex(&damaged.ptr[i].d, hex);
-            fprintf(o->out, "%s chunk %s: %s\n",
+            print_line(o->out, "%s chunk %s: %s",
                     damaged.ptr[i].missing ? "missing" : "damaged", hex,
                     damaged.ptr[i].error);
             for (size_t k = 0; k < drefs[i].len; k++) {
                 const struct damage_ref *dr = &drefs[i].ptr[k];
-                fprintf(o->out, "  used by backup %s (domain '%s') disk '%s' "
-                        "range %llu-%llu\n", dr->m->id, dr->m->domain_name,
+                print_line(o->out, "  used by backup %s (domain '%s') disk '%s' "
+                        "range %llu-%llu", dr->m->id, dr->m->domain_name,
                         dr->disk, (unsigned long long)dr->off,
                         (unsigned long long)(dr->off + dr->len));
             }
             for (size_t k = 0; k < affects[i].len; k++)
-                fprintf(o->out, "  affects restore point %s (domain '%s')\n",
+                print_line(o->out, "  affects restore point %s (domain '%s')",
                         affects[i].ptr[k]->id, affects[i].ptr[k]->domain_name);
         }
         char hb[32];

@@ -271,5 +271,13 @@ expect_fail 'no disk' "$R" restore -s "$N" -d 11111111-2222-4333-8444-0000000000
 err=$("$R" restore -s "$N" -d 11111111-2222-4333-8444-000000000005 --disk vdz -o "$T/x.raw" 2>&1 || true)
 check grep -qF 'evil\n\x1b[2J' <<< "$err"
 check test "$(printf '%s' "$err" | LC_ALL=C tr -d '[:print:]' | wc -c)" -eq 0
+# verify's report of a damaged chunk names the domain: escaped too
+find "$N/chunks" -type f | sort | head -n 1 | while read -r c; do
+    printf 'garbage!' | dd of="$c" bs=1 seek=20 conv=notrunc status=none
+done
+rc=0; "$R" verify -s "$N" > "$T/verify" 2>&1 || rc=$?
+check test $rc -eq 1
+check grep -qF "(domain 'evil\n\x1b[2Jfake-row" "$T/verify"
+check test "$(tr -d '\n' < "$T/verify" | LC_ALL=C tr -d '[:print:]' | wc -c)" -eq 0
 
 finish
