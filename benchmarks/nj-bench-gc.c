@@ -23,9 +23,9 @@
  * is the mark cache, a fixed 8 MiB table of digests (MARK_CACHE_SLOTS in
  * catalog/nj-gc.c), the catalog of manifests (it grows with the number of
  * backups, three here, not with chunks), one index reader at a time, and
- * the program with its libraries (libc, zstd, OpenSSL, json-c: about 5
- * MiB resident).  Measured (2 cores, release build): 13.3 MiB with
- * --tiny, 13.5 MiB with 50,000 chunks; 24 MiB leaves room for libraries
+ * the program with its libraries (libc, zstd, OpenSSL, json-c).  Measured
+ * (benchmarks/results-gc.md): 13.3 MiB with --tiny and 13.3 MiB with
+ * 100,000 chunks; 24 MiB leaves room for libraries
  * and allocators that differ between machines, and still fails if gc
  * kept a set of chunks (1,000,000 digests alone are 32 MiB).  Under
  * AddressSanitizer, whose shadow memory and quarantine make RSS
