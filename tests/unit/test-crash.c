@@ -967,7 +967,7 @@ int main(void)
     struct str_vec prev = { 0 }, must_go = { 0 };
     double start = nj_mono_sec();
     {
-        /* The calibration run's leftovers count as the first "previous". */
+        /* The first run's leftovers count as the first "previous". */
         NJ_CLEANUP_FREE char *sdir = nj_asprintf("%s/staging", w.store);
         list_dir(sdir, &prev);
         mark_staging(&w, &prev, &must_go, &rng, &st);
