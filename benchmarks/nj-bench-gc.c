@@ -2,7 +2,7 @@
  * nj-bench-gc: garbage collection at scale.
  *
  *   nj-bench-gc [--chunks N] [--garbage M] [--dir DIR] [--threads T]
- *               [--keep] [--json] [--tiny]
+ *               [--max-rss MIB] [--keep] [--json] [--tiny]
  *
  * Builds a store of N referenced and M unreferenced small chunks (64
  * bytes of distinct content each, framed with nj_chunk_encode and written
@@ -14,8 +14,22 @@
  * fresh process (this program re-executed with --gc-only), so that its
  * peak RSS (VmHWM) is gc's alone.  Reports gc's wall time, peak RSS and the
  * chunks freed and kept, checks them (freed = M, kept = N, every
- * referenced chunk still there, every other gone), and removes the store
- * unless --keep.
+ * referenced chunk still there, every other gone) and gc's peak RSS
+ * against a fixed bound, and removes the store unless --keep.  Exits 1
+ * when a check fails, the memory bound included.
+ *
+ * The memory bound, 24 MiB by default (--max-rss), is the same for every
+ * N: gc's memory must not grow with the number of chunks.  What it holds
+ * is the mark cache, a fixed 8 MiB table of digests (MARK_CACHE_SLOTS in
+ * catalog/nj-gc.c), the catalog of manifests (it grows with the number of
+ * backups, three here, not with chunks), one index reader at a time, and
+ * the program with its libraries (libc, zstd, OpenSSL, json-c).  Measured
+ * (benchmarks/results-gc.md): 13.3 MiB with --tiny and 13.3 MiB with
+ * 100,000 chunks; 24 MiB leaves room for libraries
+ * and allocators that differ between machines, and still fails if gc
+ * kept a set of chunks (1,000,000 digests alone are 32 MiB).  Under
+ * AddressSanitizer, whose shadow memory and quarantine make RSS
+ * meaningless, the bound is reported but not enforced.
  *
  * Defaults: N = 1,000,000, M = 100,000, DIR a new directory under
  * /var/tmp.  --tiny: N = 10,000, M = 1,000 under $TMPDIR or /tmp (the run
@@ -42,6 +56,18 @@
 
 #define CHUNK_LEN 64
 #define PROG "nj-bench-gc"
+#define MAX_RSS_MIB_DEFAULT 24
+
+#if defined(__SANITIZE_ADDRESS__)
+#define UNDER_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define UNDER_ASAN 1
+#endif
+#endif
+#ifndef UNDER_ASAN
+#define UNDER_ASAN 0
+#endif
 
 NJ_PRINTF(1, 2) static void die(const char *fmt, ...)
 {
@@ -227,7 +253,7 @@ static uint64_t parse_count(const char *opt, const char *arg)
 
 int main(int argc, char **argv)
 {
-    enum { OPT_GC_ONLY = 256, OPT_KEEP, OPT_JSON, OPT_TINY };
+    enum { OPT_GC_ONLY = 256, OPT_KEEP, OPT_JSON, OPT_TINY, OPT_MAX_RSS };
     static const struct option opts[] = {
         { "chunks", required_argument, NULL, 'n' },
         { "garbage", required_argument, NULL, 'm' },
@@ -236,10 +262,11 @@ int main(int argc, char **argv)
         { "keep", no_argument, NULL, OPT_KEEP },
         { "json", no_argument, NULL, OPT_JSON },
         { "tiny", no_argument, NULL, OPT_TINY },
+        { "max-rss", required_argument, NULL, OPT_MAX_RSS },
         { "gc-only", required_argument, NULL, OPT_GC_ONLY },
         { NULL, 0, NULL, 0 },
     };
-    uint64_t n = 1000000, m = 100000;
+    uint64_t n = 1000000, m = 100000, max_rss_mib = MAX_RSS_MIB_DEFAULT;
     unsigned threads = NJ_MAX(2u, nj_ncpus());
     const char *dir_opt = NULL;
     bool keep = false, json = false, tiny = false;
@@ -255,6 +282,9 @@ int main(int argc, char **argv)
         case OPT_KEEP: keep = true; break;
         case OPT_JSON: json = true; break;
         case OPT_TINY: tiny = true; break;
+        case OPT_MAX_RSS:
+            max_rss_mib = parse_count("--max-rss", optarg);
+            break;
         case OPT_GC_ONLY: return gc_only(optarg);
         default: return 2;
         }
@@ -349,14 +379,25 @@ int main(int argc, char **argv)
                 (unsigned long long)missing, (unsigned long long)left);
         ret = 1;
     }
+    bool rss_over = rss > (long)(max_rss_mib * 1024);
+    if (rss_over && !UNDER_ASAN) {
+        fprintf(stderr, "%s: gc's peak RSS %.1f MiB is over the bound of "
+                "%llu MiB (it must not grow with the chunk count)\n", PROG,
+                (double)rss / 1024.0, (unsigned long long)max_rss_mib);
+        ret = 1;
+    }
     if (json) {
         printf("{\"chunks\": %llu, \"garbage\": %llu, \"references\": %llu, "
                "\"gc_seconds\": %.3f, \"gc_peak_rss_kib\": %ld, "
                "\"chunks_freed\": %llu, \"chunks_kept\": %llu, "
                "\"bytes_freed\": %llu, \"bytes_kept\": %llu, "
+               "\"gc_peak_rss_bound_kib\": %llu, \"rss_bound_checked\": %s, "
                "\"build_seconds\": %.1f, \"ok\": %s}\n",
                (unsigned long long)n, (unsigned long long)m, refs, took, rss,
-               freed, kept, bfreed, bkept, t_build, ret ? "false" : "true");
+               freed, kept, bfreed, bkept,
+               (unsigned long long)max_rss_mib * 1024,
+               UNDER_ASAN ? "false" : "true", t_build,
+               ret ? "false" : "true");
     } else {
         printf("store: %llu referenced + %llu unreferenced chunks of %d "
                "bytes, 3 backups (%llu index references); chunks written "
@@ -370,7 +411,12 @@ int main(int argc, char **argv)
                (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6,
                (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6);
         printf("check: every referenced chunk present, every other gone "
-               "(%.1f s): %s\n", t_chk, ret ? "FAILED" : "ok");
+               "(%.1f s): %s\n", t_chk,
+               freed != m || kept != n || missing || left ? "FAILED" : "ok");
+        printf("check: gc's peak RSS %.1f MiB against the bound of %llu MiB: "
+               "%s\n", (double)rss / 1024.0, (unsigned long long)max_rss_mib,
+               UNDER_ASAN ? "not enforced (AddressSanitizer build)"
+               : rss_over ? "FAILED" : "ok");
     }
     if (!keep && nj_remove_tree(AT_FDCWD, dir) < 0)
         nj_error_print(PROG);

@@ -9,8 +9,19 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stddef.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 int nj_test_failures;
@@ -320,4 +331,407 @@ void nj_test_referenced(struct nj_store *s, struct digest_vec *out,
     }
     nj_catalog_free(c);
     nj_test_digests_sort_unique(out);
+}
+
+/* ---- syscall gates ---- */
+
+#if defined(__x86_64__)
+#define GATE_ARCH AUDIT_ARCH_X86_64
+#elif defined(__aarch64__)
+#define GATE_ARCH AUDIT_ARCH_AARCH64
+#endif
+
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define ARG_LO(i) (offsetof(struct seccomp_data, args[i]))
+#else
+#define ARG_LO(i) (offsetof(struct seccomp_data, args[i]) + 4)
+#endif
+
+#define CREATE_FLAGS (O_CREAT | (O_TMPFILE & ~O_DIRECTORY))
+
+/* The calls stopped always (whatever their arguments). */
+static const int gated_nrs[] = {
+#ifdef __NR_creat
+    __NR_creat,
+#endif
+#ifdef __NR_mkdir
+    __NR_mkdir,
+#endif
+    __NR_mkdirat,
+#ifdef __NR_rename
+    __NR_rename,
+#endif
+#ifdef __NR_renameat
+    __NR_renameat,
+#endif
+    __NR_renameat2,
+#ifdef __NR_link
+    __NR_link,
+#endif
+    __NR_linkat,
+#ifdef __NR_unlink
+    __NR_unlink,
+#endif
+    __NR_unlinkat,
+#ifdef __NR_rmdir
+    __NR_rmdir,
+#endif
+#ifdef __NR_symlink
+    __NR_symlink,
+#endif
+    __NR_symlinkat,
+    __NR_utimensat,
+};
+
+#ifdef GATE_ARCH
+static size_t gate_filter(struct sock_filter *f, bool all_opens)
+{
+    size_t n = 0;
+#define INS(x) (f[n++] = (struct sock_filter)x)
+    INS(BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)));
+    INS(BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, GATE_ARCH, 1, 0));
+    INS(BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW));
+    INS(BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)));
+    for (size_t i = 0; i < NJ_ARRAY_SIZE(gated_nrs); i++) {
+        INS(BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)gated_nrs[i], 0, 1));
+        INS(BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF));
+    }
+    /* openat: flags in args[2]; open: in args[1]. */
+    if (all_opens) {
+        INS(BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_openat, 0, 1));
+        INS(BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF));
+    } else {
+        INS(BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_openat, 0, 4));
+        INS(BPF_STMT(BPF_LD | BPF_W | BPF_ABS, ARG_LO(2)));
+        INS(BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, CREATE_FLAGS, 0, 1));
+        INS(BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF));
+        INS(BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW));
+    }
+#ifdef __NR_open
+    INS(BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_open, 0, 4));
+    INS(BPF_STMT(BPF_LD | BPF_W | BPF_ABS, ARG_LO(1)));
+    INS(BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, all_opens ? ~0u : CREATE_FLAGS,
+                 0, 1));
+    INS(BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF));
+    INS(BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW));
+#endif
+    INS(BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW));
+#undef INS
+    return n;
+}
+#endif
+
+/* In the child: install the filter, hand its listener to the parent.
+ * On failure, send the errno instead and exit. */
+static void gate_child(int sock, bool all_opens)
+{
+    int err = ENOSYS;
+    int fd = -1;
+#ifdef GATE_ARCH
+    struct sock_filter f[64];
+    struct sock_fprog prog = { .len = (unsigned short)gate_filter(f, all_opens),
+                               .filter = f };
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+        err = errno;
+    else if ((fd = (int)syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER,
+                                SECCOMP_FILTER_FLAG_NEW_LISTENER, &prog)) < 0)
+        err = errno;
+#endif
+    char cbuf[CMSG_SPACE(sizeof(int))];
+    memset(cbuf, 0, sizeof cbuf);
+    struct iovec iov = { .iov_base = &err, .iov_len = sizeof err };
+    struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
+    if (fd >= 0) {
+        err = 0;
+        mh.msg_control = cbuf;
+        mh.msg_controllen = sizeof cbuf;
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(cm), &fd, sizeof fd);
+    }
+    if (sendmsg(sock, &mh, 0) < 0 || fd < 0)
+        _exit(126);
+    close(fd);
+    close(sock);
+}
+
+pid_t nj_test_gate_fork(struct nj_test_gate *g, bool all_opens)
+{
+    memset(g, 0, sizeof *g);
+    g->listener = g->pidfd = g->memfd = -1;
+    int sv[2];
+    REQUIRE(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) == 0);
+    fflush(NULL);
+    pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        close(sv[0]);
+        gate_child(sv[1], all_opens);
+        return 0;
+    }
+    close(sv[1]);
+    int err = 0;
+    char cbuf[CMSG_SPACE(sizeof(int))];
+    struct iovec iov = { .iov_base = &err, .iov_len = sizeof err };
+    struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
+                         .msg_control = cbuf, .msg_controllen = sizeof cbuf };
+    ssize_t n = recvmsg(sv[0], &mh, MSG_CMSG_CLOEXEC);
+    close(sv[0]);
+    struct cmsghdr *cm = n == (ssize_t)sizeof err ? CMSG_FIRSTHDR(&mh) : NULL;
+    if (!cm || err != 0 || cm->cmsg_type != SCM_RIGHTS) {
+        fprintf(stderr, "skipped: seccomp user notification is not "
+                "available here (%s): the kill tests need it to stop a "
+                "child at chosen steps\n", strerror(err ? err : EPROTO));
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        exit(77);
+    }
+    memcpy(&g->listener, CMSG_DATA(cm), sizeof(int));
+    g->pid = pid;
+    g->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    REQUIRE(g->pidfd >= 0);
+    NJ_CLEANUP_FREE char *mem = nj_asprintf("/proc/%ld/mem", (long)pid);
+    g->memfd = open(mem, O_RDONLY | O_CLOEXEC);
+    REQUIRE(g->memfd >= 0);
+    return pid;
+}
+
+/* A NUL-terminated string at addr in the child, or "" when unreadable. */
+static void gate_read_str(struct nj_test_gate *g, uint64_t addr, char *out,
+                          size_t cap)
+{
+    out[0] = '\0';
+    if (!addr)
+        return;
+    size_t got = 0;
+    while (got + 1 < cap) {
+        /* Up to the end of the page: the next one may be unmapped. */
+        size_t page = 4096 - (size_t)((addr + got) % 4096);
+        size_t want = NJ_MIN(page, cap - 1 - got);
+        ssize_t r = pread(g->memfd, out + got, want, (off_t)(addr + got));
+        if (r <= 0)
+            break;
+        void *nul = memchr(out + got, '\0', (size_t)r);
+        got += (size_t)r;
+        if (nul)
+            return;
+    }
+    out[got] = '\0';
+}
+
+/* path relative to dirfd (of thread tid), made absolute in out. */
+static void gate_resolve(pid_t tid, int64_t dirfd, const char *path,
+                         char *out, size_t cap)
+{
+    if (path[0] == '/' || (path[0] == '\0' && (int)dirfd == AT_FDCWD)) {
+        snprintf(out, cap, "%s", path);
+        return;
+    }
+    char link[64], dir[4096];
+    if ((int)dirfd == AT_FDCWD)
+        snprintf(link, sizeof link, "/proc/%ld/cwd", (long)tid);
+    else
+        snprintf(link, sizeof link, "/proc/%ld/fd/%d", (long)tid, (int)dirfd);
+    ssize_t n = readlink(link, dir, sizeof dir - 1);
+    dir[n > 0 ? n : 0] = '\0';
+    if (path[0] == '\0') /* the fd itself (futimens) */
+        snprintf(out, cap, "%s", dir);
+    else
+        snprintf(out, cap, "%s/%s", dir, path);
+}
+
+static void gate_describe(struct nj_test_gate *g, const struct seccomp_notif *q,
+                          struct nj_test_call *c)
+{
+    const __u64 *a = q->data.args;
+    pid_t tid = (pid_t)q->pid;
+    char p1[4096], p2[4096];
+    int64_t d1 = AT_FDCWD, d2 = AT_FDCWD;
+    uint64_t s1 = 0, s2 = 0;
+    c->id = q->id;
+    c->flags = 0;
+    int nr = q->data.nr;
+    if (nr == __NR_openat) {
+        d1 = (int64_t)a[0], s1 = a[1];
+        c->kind = a[2] & CREATE_FLAGS ? NJ_CALL_CREATE : NJ_CALL_OPEN;
+        c->flags = a[2];
+    } else if (nr == __NR_mkdirat) {
+        d1 = (int64_t)a[0], s1 = a[1], c->kind = NJ_CALL_MKDIR;
+    } else if (nr == __NR_renameat2) {
+        d1 = (int64_t)a[0], s1 = a[1], d2 = (int64_t)a[2], s2 = a[3];
+        c->kind = NJ_CALL_RENAME, c->flags = a[4];
+    } else if (nr == __NR_linkat) {
+        d1 = (int64_t)a[0], s1 = a[1], d2 = (int64_t)a[2], s2 = a[3];
+        c->kind = NJ_CALL_LINK, c->flags = a[4];
+    } else if (nr == __NR_unlinkat) {
+        d1 = (int64_t)a[0], s1 = a[1];
+        c->kind = a[2] & AT_REMOVEDIR ? NJ_CALL_RMDIR : NJ_CALL_UNLINK;
+    } else if (nr == __NR_symlinkat) {
+        s2 = a[0], d1 = (int64_t)a[1], s1 = a[2], c->kind = NJ_CALL_SYMLINK;
+    } else if (nr == __NR_utimensat) {
+        d1 = (int64_t)a[0], s1 = a[1], c->kind = NJ_CALL_UTIME;
+#ifdef __NR_renameat
+    } else if (nr == __NR_renameat) {
+        d1 = (int64_t)a[0], s1 = a[1], d2 = (int64_t)a[2], s2 = a[3];
+        c->kind = NJ_CALL_RENAME;
+#endif
+#ifdef __NR_open
+    } else if (nr == __NR_open) {
+        s1 = a[0];
+        c->kind = a[1] & CREATE_FLAGS ? NJ_CALL_CREATE : NJ_CALL_OPEN;
+        c->flags = a[1];
+#endif
+#ifdef __NR_creat
+    } else if (nr == __NR_creat) {
+        s1 = a[0], c->kind = NJ_CALL_CREATE;
+#endif
+#ifdef __NR_mkdir
+    } else if (nr == __NR_mkdir) {
+        s1 = a[0], c->kind = NJ_CALL_MKDIR;
+#endif
+#ifdef __NR_rename
+    } else if (nr == __NR_rename) {
+        s1 = a[0], s2 = a[1], c->kind = NJ_CALL_RENAME;
+#endif
+#ifdef __NR_link
+    } else if (nr == __NR_link) {
+        s1 = a[0], s2 = a[1], c->kind = NJ_CALL_LINK;
+#endif
+#ifdef __NR_unlink
+    } else if (nr == __NR_unlink) {
+        s1 = a[0], c->kind = NJ_CALL_UNLINK;
+#endif
+#ifdef __NR_rmdir
+    } else if (nr == __NR_rmdir) {
+        s1 = a[0], c->kind = NJ_CALL_RMDIR;
+#endif
+#ifdef __NR_symlink
+    } else if (nr == __NR_symlink) {
+        s2 = a[0], s1 = a[1], c->kind = NJ_CALL_SYMLINK;
+#endif
+    } else {
+        c->kind = NJ_CALL_OPEN;
+    }
+    gate_read_str(g, s1, p1, sizeof p1);
+    gate_read_str(g, s2, p2, sizeof p2);
+    if (c->kind == NJ_CALL_UTIME && !s1) /* futimens: the fd itself */
+        p1[0] = '\0';
+    gate_resolve(tid, d1, p1, c->path, sizeof c->path);
+    if (c->kind == NJ_CALL_SYMLINK) /* the target is not resolved */
+        snprintf(c->path2, sizeof c->path2, "%s", p2);
+    else if (s2)
+        gate_resolve(tid, d2, p2, c->path2, sizeof c->path2);
+    else
+        c->path2[0] = '\0';
+}
+
+static void gate_fail(struct nj_test_gate *g, const char *why)
+{
+    fprintf(stderr, "gate: %s: the failsafe of %d s is a failure\n", why,
+            NJ_TEST_GATE_FAILSAFE);
+    kill(g->pid, SIGKILL);
+    exit(1);
+}
+
+int nj_test_gate_next(struct nj_test_gate *g, struct nj_test_call *call)
+{
+    if (g->ended)
+        return 0;
+    double deadline = nj_mono_sec() + NJ_TEST_GATE_FAILSAFE;
+    for (;;) {
+        struct pollfd pf[2] = { { .fd = g->listener, .events = POLLIN },
+                                { .fd = g->pidfd, .events = POLLIN } };
+        double left = deadline - nj_mono_sec();
+        if (left <= 0)
+            gate_fail(g, "the child took no step and did not end");
+        int r = poll(pf, 2, (int)(left * 1000) + 1);
+        if (r < 0 && errno == EINTR)
+            continue;
+        REQUIRE(r >= 0);
+        if (pf[0].revents & POLLIN) {
+            struct seccomp_notif q;
+            memset(&q, 0, sizeof q);
+            if (ioctl(g->listener, SECCOMP_IOCTL_NOTIF_RECV, &q) < 0) {
+                if (errno == EINTR || errno == ENOENT)
+                    continue; /* the caller died meanwhile */
+                REQUIRE(!"SECCOMP_IOCTL_NOTIF_RECV");
+            }
+            gate_describe(g, &q, call);
+            /* The strings were read from a live, waiting call. */
+            if (ioctl(g->listener, SECCOMP_IOCTL_NOTIF_ID_VALID, &q.id) < 0)
+                continue;
+            g->steps++;
+            return 1;
+        }
+        if (pf[1].revents & POLLIN) {
+            REQUIRE(waitpid(g->pid, &g->status, 0) == g->pid);
+            g->ended = true;
+            return 0;
+        }
+        if (pf[0].revents & (POLLHUP | POLLERR)) {
+            /* Every user of the filter is gone: the child is ending. */
+            REQUIRE(waitpid(g->pid, &g->status, 0) == g->pid);
+            g->ended = true;
+            return 0;
+        }
+    }
+}
+
+void nj_test_gate_pass(struct nj_test_gate *g, const struct nj_test_call *call)
+{
+    struct seccomp_notif_resp resp = {
+        .id = call->id,
+        .flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE,
+    };
+    if (ioctl(g->listener, SECCOMP_IOCTL_NOTIF_SEND, &resp) < 0)
+        REQUIRE(errno == ENOENT); /* the caller died meanwhile */
+}
+
+static void gate_release(struct nj_test_gate *g)
+{
+    if (g->listener >= 0)
+        close(g->listener);
+    if (g->pidfd >= 0)
+        close(g->pidfd);
+    if (g->memfd >= 0)
+        close(g->memfd);
+    g->listener = g->pidfd = g->memfd = -1;
+}
+
+int nj_test_gate_finish(struct nj_test_gate *g)
+{
+    struct nj_test_call c;
+    while (nj_test_gate_next(g, &c) == 1)
+        nj_test_gate_pass(g, &c);
+    gate_release(g);
+    return g->status;
+}
+
+int nj_test_gate_kill(struct nj_test_gate *g)
+{
+    if (!g->ended) {
+        kill(g->pid, SIGKILL);
+        REQUIRE(waitpid(g->pid, &g->status, 0) == g->pid);
+        g->ended = true;
+    }
+    gate_release(g);
+    return g->status;
+}
+
+bool nj_test_path_ends(const char *path, const char *name)
+{
+    size_t lp = strlen(path), ln = strlen(name);
+    return lp > ln && path[lp - ln - 1] == '/' &&
+           !strcmp(path + lp - ln, name);
+}
+
+bool nj_test_path_has(const char *path, const char *prefix)
+{
+    size_t n = strlen(prefix);
+    for (const char *p = path; (p = strchr(p, '/')) != NULL; p++)
+        if (!strncmp(p + 1, prefix, n))
+            return true;
+    return false;
 }

@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/types.h>
 
 #include "nj-catalog.h"
 #include "nj-util.h"
@@ -94,6 +95,78 @@ void nj_test_referenced(struct nj_store *s, struct digest_vec *out,
 /* Copy a store (a directory tree) from one path to a new one, keeping
  * file modes and times. */
 void nj_test_copy_store(const char *from, const char *to);
+
+/*
+ * Syscall gates: kills at chosen steps, whatever the machine's speed.
+ *
+ * nj_test_gate_fork() forks a child whose file-system steps each wait,
+ * just before the system call runs, until the parent lets them go on or
+ * kills the child: creating a file (open/openat with O_CREAT or
+ * O_TMPFILE; with all_opens, every openat), mkdir, rename (renameat2
+ * too), link, unlink, rmdir, symlink, utimensat.  The child's other calls
+ * run freely.  A kill while a step waits lands exactly between the steps
+ * before it and that step, so a test that kills "before the Kth step of
+ * kind X" is certain to land where it says on any machine.  Built on
+ * seccomp user notification (Linux 5.5 or later); when the kernel refuses
+ * it, the test exits 77 saying why.
+ *
+ * Every wait for the child has a failsafe of NJ_TEST_GATE_FAILSAFE
+ * seconds: hitting it kills the child and fails the test (exit 1); it is
+ * never a pass.
+ */
+#define NJ_TEST_GATE_FAILSAFE 600
+
+struct nj_test_gate {
+    pid_t pid;
+    int listener, pidfd, memfd;
+    int status;   /* the child's wait status once it ended */
+    bool ended;
+    uint64_t steps; /* steps seen so far */
+};
+
+enum nj_test_call_kind {
+    NJ_CALL_CREATE,  /* a file created (O_CREAT or O_TMPFILE) */
+    NJ_CALL_OPEN,    /* an open without O_CREAT (only with all_opens) */
+    NJ_CALL_MKDIR,
+    NJ_CALL_RENAME,  /* flags: renameat2's (RENAME_EXCHANGE, ...) */
+    NJ_CALL_LINK,
+    NJ_CALL_UNLINK,
+    NJ_CALL_RMDIR,
+    NJ_CALL_SYMLINK,
+    NJ_CALL_UTIME,
+};
+
+struct nj_test_call {
+    uint64_t id;
+    enum nj_test_call_kind kind;
+    unsigned long flags;
+    /* Absolute paths, resolved against the call's directory fds: the
+     * path, and the new one of a rename, link or symlink ("" if none). */
+    char path[4096], path2[4096];
+};
+
+/* Fork a gated child: 0 in the child, the pid in the parent (g set up).
+ * Exits 77 when the kernel lacks seccomp user notification. */
+pid_t nj_test_gate_fork(struct nj_test_gate *g, bool all_opens);
+
+/* The child's next step, waiting for it: 1 with *call filled (the child
+ * waits until nj_test_gate_pass or nj_test_gate_kill), 0 once the child
+ * has ended by itself (g->status). */
+int nj_test_gate_next(struct nj_test_gate *g, struct nj_test_call *call);
+
+/* Let the step the child waits at run. */
+void nj_test_gate_pass(struct nj_test_gate *g, const struct nj_test_call *call);
+
+/* Pass every step until the child ends; returns its wait status. */
+int nj_test_gate_finish(struct nj_test_gate *g);
+
+/* SIGKILL the child (where it is, e.g. waiting at a step), reap it and
+ * release g; returns the wait status (or the status it ended with). */
+int nj_test_gate_kill(struct nj_test_gate *g);
+
+/* Does path end in /name, or have a component starting with prefix? */
+bool nj_test_path_ends(const char *path, const char *name);
+bool nj_test_path_has(const char *path, const char *prefix);
 
 /* Exit code for a test: 0, or 1 after printing the failure count. */
 int nj_test_done(const char *name);

@@ -2,7 +2,7 @@
  * test-crash: a writer process builds one domain's chain (fulls and
  * incrementals of two disks, written by two threads at once) into one
  * store in a loop, and is killed with
- * SIGKILL at random moments, well over a hundred times.  After every kill
+ * SIGKILL at chosen steps, 126 times.  After every kill
  * the store must open with no unreadable backup, verify clean, hold one
  * linear chain whose step numbers run 1..N without a gap or a repeat (so
  * every writer run continued from the last committed backup), and restore
@@ -23,11 +23,15 @@
  * record leaves a committed point with no truth file: it must verify like
  * the others and is compared with the replayed content instead.
  *
- * Kills are timed two ways: a random delay after the writer starts, and a
- * random short delay after the writer is seen (with inotify) reaching a
- * given step: creating a staging directory, a temporary chunk, an index,
- * the manifest, publishing the backup, recording the truth.  Where each
- * kill landed is read from what it left behind, before any cleanup.
+ * The writer runs gated (nj_test_gate_fork): every file-system step it
+ * takes waits for the test, so kills land at chosen steps whatever the
+ * machine's speed.  Half of them are aimed at each phase in turn (before
+ * the step that ends it: the lock, the owner record, the first and the
+ * second index, the step after the second index, the manifest, the
+ * publishing rename, the truth file and its rename), half follow a random
+ * step of the run.  Where each kill landed is read from what it left
+ * behind, before any cleanup, and must be the phase aimed at; at the end
+ * every phase must have been landed in.
  *
  * A kill leaves the page cache intact: this test checks the order in which
  * names become visible, not durability across a power loss.
@@ -40,11 +44,9 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <string.h>
-#include <sys/inotify.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -52,9 +54,7 @@
 
 #define NDISKS 2
 #define FULL_EVERY 5
-#define KILLS_MIN 120
-#define KILLS_MAX 200
-#define TIME_BUDGET 40.0 /* seconds of kill loop, once KILLS_MIN are done */
+#define KILLS 126 /* 63 aimed: 7 at each phase */
 #define SWEEP_EVERY 10  /* restore every point this often */
 #define DOMAIN_NAME "crash 'test'"
 #define DOMAIN_UUID "6b1d0c4e-6a0f-4c39-9a55-3c7e2f1d0a01"
@@ -423,7 +423,7 @@ static bool file_exists(const char *dir, const char *sub, const char *name)
 }
 
 struct stats {
-    unsigned kills, kills_timed, kills_event;
+    unsigned kills, kills_aimed, kills_random;
     unsigned landed[LAND_COUNT];
     unsigned kills_with_tmp_chunks;
     size_t tmp_chunks;          /* temporary chunk files left, in all */
@@ -733,76 +733,87 @@ static void check_store(const struct world *w, bool sweep, uint64_t *rng,
     nj_store_close(s);
 }
 
-/* ---- kill timing ---- */
+/* ---- where kills land: at observed steps ---- */
 
-enum trigger {
-    TRIG_STAGING,  /* a staging directory appears */
-    TRIG_CHUNK,    /* a temporary chunk file appears */
-    TRIG_INDEX,    /* an index file appears in staging */
-    TRIG_MANIFEST, /* the manifest appears in staging */
-    TRIG_PUBLISH,  /* a backup appears in backups/ */
-    TRIG_TRUTH,    /* the writer starts recording a truth file */
-    TRIG_COUNT
+/*
+ * The writer runs gated (nj_test_gate_fork): each file-system step it
+ * takes (a file created, a mkdir, rename, link, unlink) waits until the
+ * test lets it go on.  A kill is placed in one of two ways:
+ *  - aimed: before the Kth time (K = 1 or 2: the first or the second
+ *    backup of the run) the writer reaches the step that ends a given
+ *    phase, so the kill lands in that phase whatever the machine's speed;
+ *  - at random: the Nth step of the run (N uniform over about two
+ *    backups' steps) is let through, and the kill follows after a random
+ *    delay of up to a millisecond: anywhere between that step and the
+ *    next, which waits for the test.
+ * Where it landed is then read from what it left (survey), never
+ * assumed; every phase must have been landed in by the end.
+ */
+enum step_kind {
+    STEP_LOCK,         /* the domain's lock file is opened */
+    STEP_OWNER,        /* the owner record becomes visible */
+    STEP_INDEX,        /* an index file is created in staging */
+    STEP_CHUNK,        /* a step in a chunk directory */
+    STEP_MANIFEST,     /* the manifest becomes visible in staging */
+    STEP_PUBLISH,      /* the staging directory is renamed into backups/ */
+    STEP_TRUTH_CREATE, /* the test's truth file is created */
+    STEP_TRUTH_RENAME, /* ... and renamed to its name */
+    STEP_OTHER,
+    STEP_COUNT
 };
 
-struct watcher {
-    int fd;
-    int wd_staging, wd_backups, wd_truth;
-    int wd_chunks[256];
-};
-
-static void watcher_open(struct watcher *wt, const struct world *w)
+/* Does the call make a file named name visible? */
+static bool makes_visible(const struct nj_test_call *c, const char *name)
 {
-    wt->fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
-    REQUIRE(wt->fd >= 0);
-    NJ_CLEANUP_FREE char *st = nj_asprintf("%s/staging", w->store);
-    NJ_CLEANUP_FREE char *bk = nj_asprintf("%s/backups", w->store);
-    wt->wd_staging = inotify_add_watch(wt->fd, st, IN_CREATE | IN_MOVED_TO);
-    wt->wd_backups = inotify_add_watch(wt->fd, bk, IN_MOVED_TO);
-    wt->wd_truth = inotify_add_watch(wt->fd, w->truthdir, IN_CREATE);
-    REQUIRE(wt->wd_staging >= 0 && wt->wd_backups >= 0 && wt->wd_truth >= 0);
-    for (int i = 0; i < 256; i++) {
-        NJ_CLEANUP_FREE char *p = nj_asprintf("%s/chunks/%02x", w->store, i);
-        wt->wd_chunks[i] = inotify_add_watch(wt->fd, p, IN_CREATE);
-        REQUIRE(wt->wd_chunks[i] >= 0);
-    }
+    if (c->kind == NJ_CALL_RENAME || c->kind == NJ_CALL_LINK)
+        return nj_test_path_ends(c->path2, name);
+    return c->kind == NJ_CALL_CREATE && nj_test_path_ends(c->path, name);
 }
 
-/* Watch new staging directories too: their indexes and manifest. */
-static void watcher_drain(struct watcher *wt, const struct world *w,
-                          enum trigger want, unsigned *seen)
+static enum step_kind step_kind_of(const struct world *w,
+                                   const struct nj_test_call *c)
 {
-    char buf[8192] __attribute__((aligned(__alignof__(struct inotify_event))));
-    ssize_t len;
-    while ((len = read(wt->fd, buf, sizeof buf)) > 0) {
-        for (char *p = buf; p < buf + len;) {
-            /* Through void *: buf is aligned for the events, and each
-             * event's length keeps the next one aligned. */
-            const struct inotify_event *ev = (const void *)p;
-            p += sizeof *ev + ev->len;
-            const char *name = ev->len ? ev->name : "";
-            enum trigger t = TRIG_COUNT;
-            if (ev->wd == wt->wd_staging) {
-                t = TRIG_STAGING;
-                if (ev->mask & IN_ISDIR) {
-                    NJ_CLEANUP_FREE char *sub =
-                        nj_asprintf("%s/staging/%s", w->store, name);
-                    inotify_add_watch(wt->fd, sub, IN_CREATE | IN_MOVED_TO);
-                }
-            } else if (ev->wd == wt->wd_backups) {
-                t = TRIG_PUBLISH;
-            } else if (ev->wd == wt->wd_truth) {
-                t = strncmp(name, ".tmp-", 5) == 0 ? TRIG_TRUTH : TRIG_COUNT;
-            } else if (strstr(name, ".idx")) {
-                t = TRIG_INDEX;
-            } else if (!strcmp(name, NJ_MANIFEST_NAME)) {
-                t = TRIG_MANIFEST;
-            } else if (strncmp(name, ".tmp-chunk", 10) == 0) {
-                t = TRIG_CHUNK;
-            }
-            if (t == want)
-                (*seen)++;
-        }
+    size_t tl = strlen(w->truthdir);
+    if (!strncmp(c->path, w->truthdir, tl) && c->path[tl] == '/')
+        return c->kind == NJ_CALL_CREATE   ? STEP_TRUTH_CREATE
+               : c->kind == NJ_CALL_RENAME ? STEP_TRUTH_RENAME
+                                           : STEP_OTHER;
+    if (c->kind == NJ_CALL_CREATE && nj_test_path_has(c->path, "locks/"))
+        return STEP_LOCK;
+    if (makes_visible(c, "owner.json"))
+        return STEP_OWNER;
+    if (makes_visible(c, NJ_MANIFEST_NAME))
+        return STEP_MANIFEST;
+    if (c->kind == NJ_CALL_CREATE && nj_test_path_has(c->path, "staging/") &&
+        strstr(c->path, ".idx"))
+        return STEP_INDEX;
+    if (c->kind == NJ_CALL_RENAME && nj_test_path_has(c->path, "staging/") &&
+        nj_test_path_has(c->path2, "backups/"))
+        return STEP_PUBLISH;
+    if (nj_test_path_has(c->path, "chunks/"))
+        return STEP_CHUNK;
+    return STEP_OTHER;
+}
+
+/* The kill that lands in phase l: before the step of kind *kind (its
+ * nth of the backup), or, for DISK1, at the first step after the second
+ * index of a backup was created (*after_second_index). */
+static void aim(enum landing l, enum step_kind *kind, unsigned *nth,
+                bool *after_second_index)
+{
+    *nth = 1;
+    *after_second_index = false;
+    switch (l) {
+    case LAND_IDLE: *kind = STEP_LOCK; break;
+    case LAND_STAGING_BARE: *kind = STEP_OWNER; break;
+    case LAND_BEGUN: *kind = STEP_INDEX; break;
+    case LAND_DISK0: *kind = STEP_INDEX; *nth = 2; break;
+    case LAND_DISK1: *kind = STEP_COUNT; *after_second_index = true; break;
+    case LAND_INDEX_DONE: *kind = STEP_MANIFEST; break;
+    case LAND_MANIFEST: *kind = STEP_PUBLISH; break;
+    case LAND_PUBLISHED: *kind = STEP_TRUTH_CREATE; break;
+    case LAND_TRUTH_TMP: *kind = STEP_TRUTH_RENAME; break;
+    case LAND_COUNT: break;
     }
 }
 
@@ -813,59 +824,83 @@ static void sleep_us(uint64_t us)
         ;
 }
 
-/* Run the writer once and kill it; it must not die of its own accord. */
-static void run_and_kill(const struct world *w, uint64_t *rng,
-                         double backup_time, struct stats *st)
+/* Start the writer, gated; returns once it is ready (catalog read). */
+static void writer_start(const struct world *w, struct nj_test_gate *g)
 {
     int pfd[2];
     REQUIRE(pipe2(pfd, O_CLOEXEC) == 0);
-    /* Decide the trigger before forking, so the watch is in place. */
-    bool by_event = nj_test_rand_below(rng, 2) == 0;
-    enum trigger trig = (enum trigger)nj_test_rand_below(rng, TRIG_COUNT);
-    struct watcher wt = { .fd = -1 };
-    if (by_event)
-        watcher_open(&wt, w);
-    fflush(NULL);
-    pid_t pid = fork();
-    REQUIRE(pid >= 0);
+    pid_t pid = nj_test_gate_fork(g, false);
     if (pid == 0) {
         close(pfd[0]);
         writer_run(w, pfd[1]);
         _exit(2);
     }
     close(pfd[1]);
+    /* Its startup takes no gated step (it only reads); a writer that
+     * died before it was ready fails the run. */
     char ready = 0;
     bool is_ready = read(pfd[0], &ready, 1) == 1;
     close(pfd[0]);
     if (!is_ready)
         fprintf(stderr, "writer died before it was ready\n");
-    double t0 = nj_mono_sec();
-    if (is_ready && by_event) {
-        /* Kill a little after the nth time the writer reaches the step. */
-        unsigned want = 1 + (unsigned)nj_test_rand_below(rng, 2);
-        unsigned seen = 0;
-        while (seen < want && nj_mono_sec() - t0 < 2.0) {
-            struct pollfd pf = { .fd = wt.fd, .events = POLLIN };
-            poll(&pf, 1, 10);
-            watcher_drain(&wt, w, trig, &seen);
-        }
-        sleep_us(nj_test_rand_below(rng, 300));
-        st->kills_event++;
-    } else if (is_ready) {
-        /* Uniform over about two backups. */
-        uint64_t span = (uint64_t)(2.0 * backup_time * 1e6);
-        sleep_us(nj_test_rand_below(rng, span + 1));
-        st->kills_timed++;
-    }
-    kill(pid, SIGKILL);
-    int status = 0;
-    REQUIRE(waitpid(pid, &status, 0) == pid);
-    if (wt.fd >= 0)
-        close(wt.fd);
+    CHECK(is_ready);
+}
+
+static void writer_killed(struct nj_test_gate *g)
+{
+    int status = nj_test_gate_kill(g);
     bool killed = WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL;
     if (!killed)
         fprintf(stderr, "writer ended by itself (status 0x%x)\n", status);
-    CHECK(killed && is_ready);
+    CHECK(killed);
+}
+
+/*
+ * Run the writer once and kill it: aimed at phase target, or, when target
+ * is LAND_COUNT, at random after step `random_step`.  *per_backup learns
+ * the number of steps between two publishes.
+ */
+static void run_and_kill(const struct world *w, uint64_t *rng,
+                         enum landing target, uint64_t random_step,
+                         unsigned backup_k, uint64_t *per_backup)
+{
+    struct nj_test_gate g;
+    writer_start(w, &g);
+    enum step_kind kind = STEP_COUNT;
+    unsigned nth = 0;
+    bool after_second = false;
+    if (target != LAND_COUNT)
+        aim(target, &kind, &nth, &after_second);
+    unsigned backup = 1;          /* the run's backup now being made */
+    unsigned seen[STEP_COUNT] = { 0 }; /* of this backup */
+    uint64_t last_publish = 0;
+    struct nj_test_call c;
+    while (nj_test_gate_next(&g, &c) == 1) {
+        enum step_kind k = step_kind_of(w, &c);
+        if (k == STEP_LOCK && seen[STEP_LOCK]) {
+            /* The next backup begins. */
+            backup++;
+            memset(seen, 0, sizeof seen);
+        }
+        bool mine = backup == backup_k;
+        if (target != LAND_COUNT && mine) {
+            if (after_second ? seen[STEP_INDEX] == 2
+                             : k == kind && seen[k] + 1 == nth)
+                break; /* kill before this step */
+        }
+        seen[k]++;
+        if (k == STEP_PUBLISH) {
+            if (last_publish)
+                *per_backup = g.steps - last_publish;
+            last_publish = g.steps;
+        }
+        nj_test_gate_pass(&g, &c);
+        if (target == LAND_COUNT && g.steps == random_step) {
+            sleep_us(nj_test_rand_below(rng, 1000));
+            break;
+        }
+    }
+    writer_killed(&g);
 }
 
 int main(void)
@@ -890,68 +925,83 @@ int main(void)
     REQUIRE(s0);
     nj_store_close(s0);
 
-    /* How long one backup takes here, to spread the timed kills: let a
-     * writer run for a while, count its steps. */
+    /* A first run: two backups let through, killed before its next step.
+     * It shows how many steps one backup takes (to spread the kills at
+     * random steps), counted, not timed. */
     struct stats st = { 0 };
-    double backup_time = 0.01;
+    uint64_t per_backup = 0;
     bool *checked = NULL;
     size_t checked_len = 0;
     {
-        int pfd[2];
-        REQUIRE(pipe2(pfd, O_CLOEXEC) == 0);
-        fflush(NULL);
-        pid_t pid = fork();
-        REQUIRE(pid >= 0);
-        if (pid == 0) {
-            close(pfd[0]);
-            writer_run(&w, pfd[1]);
-            _exit(2);
+        struct nj_test_gate g;
+        writer_start(&w, &g);
+        struct nj_test_call c;
+        unsigned published = 0;
+        uint64_t at = 0;
+        while (published < 2 && nj_test_gate_next(&g, &c) == 1) {
+            if (step_kind_of(&w, &c) == STEP_PUBLISH) {
+                published++;
+                if (published == 2)
+                    per_backup = g.steps - at;
+                at = g.steps;
+            }
+            nj_test_gate_pass(&g, &c);
         }
-        close(pfd[1]);
-        char c = 0;
-        REQUIRE(read(pfd[0], &c, 1) == 1);
-        close(pfd[0]);
-        double t0 = nj_mono_sec();
-        sleep_us(300 * 1000);
-        kill(pid, SIGKILL);
-        int status = 0;
-        REQUIRE(waitpid(pid, &status, 0) == pid);
-        if (!WIFSIGNALED(status) || WTERMSIG(status) != SIGKILL)
-            fprintf(stderr, "calibration writer ended by itself (status "
-                    "0x%x)\n", status);
-        CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
-        double ran = nj_mono_sec() - t0;
+        /* After the second publish, at its next step: the truth record. */
+        REQUIRE(nj_test_gate_next(&g, &c) == 1);
+        writer_killed(&g);
         struct str_vec none = { 0 }, staging = { 0 };
         survey(&w, &none, &staging, &st);
         str_vec_free(&staging);
         check_store(&w, true, &rng, &checked, &checked_len, &st);
-        REQUIRE(st.last_step >= 2);
-        backup_time = ran / (double)st.last_step;
-        printf("calibration: %llu backups in %.3f s, %.2f ms each\n",
-               (unsigned long long)st.last_step, ran, backup_time * 1e3);
+        REQUIRE(published == 2 && st.last_step == 2 && per_backup > 0);
+        printf("first run: 2 backups, %llu steps each\n",
+               (unsigned long long)per_backup);
         uint64_t steps = st.last_step;
+        size_t untruthed = st.untruthed;
         memset(&st, 0, sizeof st);
         st.last_step = steps;
+        st.untruthed = untruthed;
     }
 
     struct str_vec prev = { 0 }, must_go = { 0 };
     double start = nj_mono_sec();
     {
-        /* The calibration run's leftovers count as the first "previous". */
+        /* The first run's leftovers count as the first "previous". */
         NJ_CLEANUP_FREE char *sdir = nj_asprintf("%s/staging", w.store);
         list_dir(sdir, &prev);
         mark_staging(&w, &prev, &must_go, &rng, &st);
     }
-    while (st.kills < KILLS_MAX &&
-           (st.kills < KILLS_MIN || nj_mono_sec() - start < TIME_BUDGET)) {
+    /* Kills alternate: aimed at each phase in turn (the first or the
+     * second backup of the run), and at a random step. */
+    unsigned next_aim = 0;
+    for (unsigned kill_no = 0; kill_no < KILLS; kill_no++) {
         uint64_t before = st.last_step;
         struct timespec began;
         clock_gettime(CLOCK_REALTIME, &began);
-        run_and_kill(&w, &rng, backup_time, &st);
+        enum landing target = LAND_COUNT;
+        uint64_t random_step = 0;
+        unsigned backup_k = 1 + (unsigned)nj_test_rand_below(&rng, 2);
+        if (kill_no % 2 == 0) {
+            target = (enum landing)(next_aim++ % LAND_COUNT);
+            st.kills_aimed++;
+        } else {
+            random_step = 1 + nj_test_rand_below(&rng, 2 * per_backup);
+            st.kills_random++;
+        }
+        run_and_kill(&w, &rng, target, random_step, backup_k, &per_backup);
         st.kills++;
         struct str_vec staging = { 0 };
         enum landing l = survey(&w, &prev, &staging, &st);
         st.landed[l]++;
+        if (target != LAND_COUNT && l != target &&
+            !(target == LAND_DISK1 && l == LAND_INDEX_DONE)) {
+            /* DISK1 is aimed at the step after the second index: when a
+             * backup writes no chunk that step is the manifest's. */
+            fprintf(stderr, "a kill aimed at '%s' landed at '%s'\n",
+                    landing_names[target], landing_names[l]);
+            CHECK(l == target);
+        }
         check_new_chunks(&w, &began, &st);
         check_store(&w, st.kills % SWEEP_EVERY == 0, &rng, &checked,
                     &checked_len, &st);
@@ -1006,11 +1056,17 @@ int main(void)
         nj_store_close(s);
     }
 
-    printf("%u kills (%u timed, %u after an event) in %.1f s; chain of %llu "
-           "steps\n", st.kills, st.kills_timed, st.kills_event, took,
-           (unsigned long long)st.last_step);
-    for (int i = 0; i < LAND_COUNT; i++)
+    printf("%u kills (%u aimed at a phase, %u at a random step) in %.1f s; "
+           "chain of %llu steps\n", st.kills, st.kills_aimed,
+           st.kills_random, took, (unsigned long long)st.last_step);
+    for (int i = 0; i < LAND_COUNT; i++) {
         printf("  %4u  %s\n", st.landed[i], landing_names[i]);
+        /* Every phase was landed in (as observed in what the kill left). */
+        if (st.landed[i] == 0)
+            fprintf(stderr, "no kill landed in phase '%s'\n",
+                    landing_names[i]);
+        CHECK(st.landed[i] > 0);
+    }
     printf("  %4u kills left temporary chunk files (%zu left in all)\n",
            st.kills_with_tmp_chunks, st.tmp_chunks);
     printf("%u runs continued the chain; %u killed runs' staging removed "

@@ -1,14 +1,19 @@
 /*
- * test-prune-crash: prune killed at random moments.
+ * test-prune-crash: prune killed at every step that ends a phase.
  *
  * A template store holds two domains' chains of two disks (fulls, incs,
  * diffs, one backup protected), with each point's truth kept in memory.
  * Each round copies the template, forks a child that runs one prune
  * operation on the copy (nj_prune_remove of one or several backups, or
- * nj_prune_plan + nj_prune_apply with keep-last rules), and SIGKILLs it:
- * half the time after a random delay in microseconds spread over the
- * operation's shortest measured run, half the time up to 400 us after the
- * nth directory step it is seen taking in staging/ or backups/ (inotify).
+ * nj_prune_plan + nj_prune_apply with keep-last rules), and SIGKILLs it.
+ * The child runs gated (nj_test_gate_fork): each file-system step it
+ * takes waits for the test, so a kill lands at a chosen step whatever the
+ * machine's speed.  An uninterrupted run of each operation records which
+ * of its steps end a phase (the first, every rename, the step after a
+ * backup is moved into staging to be deleted, the step after an rmdir,
+ * and a mark after the operation's last step); one kill goes before each
+ * of them, so every phase is landed in by construction, and 80 more after
+ * a random step and a random delay.
  * After every kill:
  *  - the store opens with no unreadable backup, holds only backups of the
  *    template and every backup the operation keeps; every backup still
@@ -20,7 +25,10 @@
  *  - after that and one begun-and-aborted backup of each domain, staging
  *    holds nothing, or only what the format lets live for a day (an
  *    orphan with no owner record and nothing but temporary files).
- * Where each kill landed is read from what it left behind.  A kill leaves
+ * Where each kill landed is read from what it left behind, and every
+ * phase must have been landed in; a kill before the first step must
+ * find the store untouched, one before the done mark everything done.
+ * The stores live on tmpfs when there is one.  A kill leaves
  * the page cache intact: this checks the order of visible steps, not
  * durability across a power loss.
  */
@@ -35,8 +43,6 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <string.h>
-#include <poll.h>
-#include <sys/inotify.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -44,9 +50,7 @@
 
 #define NDISKS 2
 #define NDOMS 2
-#define KILLS_MIN 150
-#define TIME_BUDGET 60.0 /* seconds of kill loop once KILLS_MIN are done */
-#define KILLS_MAX 400
+#define RANDOM_KILLS 80
 
 static const char *targets[NDISKS] = { "vda", "sdb" };
 static const char *dom_names[NDOMS] = { "crash prune", "bystander" };
@@ -69,8 +73,9 @@ struct op {
     const char *domain;      /* apply: NULL for all */
     struct nj_keep_rules rules;
     bool *removed;           /* per point: the operation removes it */
-    double seconds;          /* shortest uninterrupted run seen */
-    unsigned events;         /* staging/ and backups/ events of a run */
+    uint64_t steps;          /* gated steps of an uninterrupted run */
+    uint64_t *aims;          /* steps that end a phase (see note_aim) */
+    size_t naims;
 };
 
 enum landing {
@@ -93,7 +98,7 @@ static const char *landing_names[LAND_COUNT] = {
 };
 
 struct stats {
-    unsigned kills, kills_event, finished_first, restores, verifies, reruns;
+    unsigned kills, kills_aimed, finished_first, restores, verifies, reruns;
     unsigned landed[LAND_COUNT];
     unsigned left_staging; /* kills that left something in staging */
 };
@@ -366,85 +371,71 @@ static int op_run(const struct world *w, const struct op *o,
     return ret;
 }
 
-/* Watch the work copy's staging/ and backups/: every directory made,
- * renamed, exchanged or deleted there is a step of a prune. */
-static int watch_open(const struct world *w)
-{
-    int fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
-    REQUIRE(fd >= 0);
-    static const char *const dirs[] = { "staging", "backups" };
-    for (size_t i = 0; i < NJ_ARRAY_SIZE(dirs); i++) {
-        NJ_CLEANUP_FREE char *p = nj_asprintf("%s/%s", w->work, dirs[i]);
-        REQUIRE(inotify_add_watch(fd, p, IN_CREATE | IN_DELETE |
-                                             IN_MOVED_FROM | IN_MOVED_TO) >= 0);
-    }
-    return fd;
-}
-
-static unsigned watch_drain(int fd)
-{
-    char buf[8192] __attribute__((aligned(__alignof__(struct inotify_event))));
-    unsigned n = 0;
-    ssize_t len;
-    while ((len = read(fd, buf, sizeof buf)) > 0)
-        for (char *p = buf; p < buf + len;) {
-            const struct inotify_event *ev = (const void *)p;
-            p += sizeof *ev + ev->len;
-            n++;
-        }
-    return n;
-}
+/* The child's last gated step, after the operation: an unlink of a name
+ * that does not exist.  A kill before it lands after the operation's
+ * last step. */
+#define DONE_MARK "nj-prune-op-done"
 
 /*
- * Fork a child running o on the work copy and kill it: after delay_us
- * (when event is 0), or a little after the event-th step it is seen
- * taking; never when delay_us is negative.  *events gets the steps seen.
- * Returns true when the kill landed.
+ * Fork a gated child running o on the work copy (nj_test_gate_fork: each
+ * file-system step it takes waits for the test) and kill it: before its
+ * step number kill_before (1 = before the first; the step after the
+ * operation's last is the done mark), or after letting step random_after
+ * run plus a random delay of up to a millisecond (anywhere before the
+ * next step, which waits); neither when both are 0.  *steps gets the
+ * operation's steps seen (the done mark not counted).  Returns true when
+ * the kill landed.
  */
-static bool op_fork(struct world *w, const struct op *o, int64_t delay_us,
-                    unsigned event, double *took, unsigned *events)
+/*
+ * The steps that end a phase, where aimed kills go (recorded by an
+ * uninterrupted run): the first step; every rename (a merged child
+ * swapped in, a backup moved into staging to be removed); the step after
+ * a backup was moved there (its files are being deleted); the step after
+ * an rmdir (a backup gone, the next not yet); the done mark.
+ */
+static void note_aim(struct op *o, uint64_t n)
 {
-    int wfd = watch_open(w);
-    fflush(NULL);
-    double t0 = nj_mono_sec();
-    pid_t pid = fork();
-    REQUIRE(pid >= 0);
+    if (o->naims && o->aims[o->naims - 1] == n)
+        return;
+    o->aims = nj_realloc_array(o->aims, o->naims + 1, sizeof *o->aims);
+    o->aims[o->naims++] = n;
+}
+
+static bool op_fork(struct world *w, struct op *o, uint64_t kill_before,
+                    uint64_t random_after, uint64_t *steps, bool learn)
+{
+    struct nj_test_gate g;
+    pid_t pid = nj_test_gate_fork(&g, false);
     if (pid == 0) {
         int r = op_run(w, o, w->work);
         if (r < 0)
             fprintf(stderr, "prune child: %s\n", nj_error_get());
+        NJ_CLEANUP_FREE char *mark = nj_asprintf("%s/%s", w->dir, DONE_MARK);
+        unlink(mark);
         _exit(r < 0 ? 3 : 0);
     }
-    unsigned seen = 0;
-    int status = 0;
-    bool reaped = false;
-    if (event > 0) {
-        while (seen < event && nj_mono_sec() - t0 < 5.0) {
-            pid_t r = waitpid(pid, &status, WNOHANG);
-            REQUIRE(r >= 0);
-            if (r == pid) {
-                reaped = true; /* ended before the step was seen */
-                break;
-            }
-            struct pollfd pf = { .fd = wfd, .events = POLLIN };
-            poll(&pf, 1, 5);
-            seen += watch_drain(wfd);
+    struct nj_test_call c;
+    bool stop = false, done_mark = false, ends_phase = true;
+    uint64_t n = 0;
+    while (!stop && nj_test_gate_next(&g, &c) == 1) {
+        n++;
+        done_mark = nj_test_path_ends(c.path, DONE_MARK);
+        if (learn && (ends_phase || done_mark || c.kind == NJ_CALL_RENAME))
+            note_aim(o, n);
+        ends_phase = c.kind == NJ_CALL_RMDIR ||
+                     (c.kind == NJ_CALL_RENAME &&
+                      nj_test_path_has(c.path2, "removed-"));
+        if (n == kill_before)
+            break;
+        nj_test_gate_pass(&g, &c);
+        if (n == random_after) {
+            sleep_us(nj_test_rand_below(&w->rng, 1000));
+            stop = true;
         }
-        if (!reaped && seen >= event) {
-            sleep_us(nj_test_rand_below(&w->rng, 400));
-            kill(pid, SIGKILL);
-        }
-    } else if (delay_us >= 0) {
-        sleep_us((uint64_t)delay_us);
-        kill(pid, SIGKILL);
     }
-    if (!reaped)
-        REQUIRE(waitpid(pid, &status, 0) == pid);
-    *took = nj_mono_sec() - t0;
-    seen += watch_drain(wfd);
-    close(wfd);
-    if (events)
-        *events = seen;
+    int status = nj_test_gate_kill(&g);
+    if (steps)
+        *steps = done_mark ? n - 1 : n;
     if (WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL)
         return true;
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
@@ -645,7 +636,15 @@ int main(void)
     struct world w = { .rng = 0xc4a5e };
     w.size[0] = (1u << 20) + 1 + nj_test_rand_below(&w.rng, 65535);
     w.size[1] = (512u << 10) + 1 + nj_test_rand_below(&w.rng, 65535);
-    w.dir = nj_test_tmpdir("prune-crash");
+    /* Hundreds of store copies, each synced by the operation: on tmpfs
+     * when there is one (what a kill leaves is the same; durability
+     * across a power loss is not what this checks). */
+    if (access("/dev/shm", W_OK) == 0) {
+        w.dir = nj_strdup("/dev/shm/nightjar-prune-crash-XXXXXX");
+        REQUIRE(mkdtemp(w.dir));
+    } else {
+        w.dir = nj_test_tmpdir("prune-crash");
+    }
     w.template = nj_asprintf("%s/template", w.dir);
     w.work = nj_asprintf("%s/work", w.dir);
     if (access("/dev/shm", W_OK) == 0)
@@ -661,46 +660,62 @@ int main(void)
     /* Each operation once, uninterrupted: its duration, and its result. */
     for (size_t i = 0; i < w.nops; i++) {
         nj_test_copy_store(w.template, w.work);
-        double took = 0;
-        CHECK(!op_fork(&w, &w.ops[i], -1, 0, &took, &w.ops[i].events));
-        w.ops[i].seconds = took;
+        uint64_t steps = 0;
+        CHECK(!op_fork(&w, &w.ops[i], 0, 0, &steps, true));
+        w.ops[i].steps = steps;
+        CHECK(steps > 0);
         CHECK(check_work(&w, &w.ops[i], true) == LAND_DONE);
         CHECK(staging_empty(w.work));
-        printf("%-44s %6.1f ms, %3u steps\n", w.ops[i].label, took * 1e3,
-               w.ops[i].events);
+        printf("%-44s %3llu steps, %2zu ending a phase\n", w.ops[i].label,
+               (unsigned long long)steps, w.ops[i].naims);
     }
 
+    /*
+     * Kills: before every step of every operation that ends a phase
+     * (note_aim), so every phase an operation goes through is landed in
+     * by construction; then RANDOM_KILLS more after a random step and a
+     * random delay of up to a millisecond.
+     */
+    uint64_t aimed_total = 0;
+    for (size_t i = 0; i < w.nops; i++)
+        aimed_total += w.ops[i].naims;
     double start = nj_mono_sec();
-    while (w.st.kills < KILLS_MAX &&
-           (w.st.kills < KILLS_MIN || nj_mono_sec() - start < TIME_BUDGET)) {
-        struct op *o = &w.ops[nj_test_rand_below(&w.rng, w.nops)];
-        nj_test_copy_store(w.template, w.work);
-        /* Half the kills a little after a step the child is seen taking;
-         * the others uniform over the shortest run seen (a fork's start
-         * included), a quarter of those within the first millisecond. */
-        unsigned event = 0;
-        uint64_t delay = 0;
-        if (o->events > 0 && nj_test_rand_below(&w.rng, 2) == 0) {
-            event = 1 + (unsigned)nj_test_rand_below(&w.rng, o->events);
+    for (uint64_t k = 0; k < aimed_total + RANDOM_KILLS; k++) {
+        struct op *o = NULL;
+        uint64_t before = 0, after = 0;
+        if (k < aimed_total) {
+            uint64_t left = k;
+            for (size_t i = 0; !o; i++) {
+                if (left < w.ops[i].naims) {
+                    o = &w.ops[i];
+                    before = o->aims[left];
+                } else {
+                    left -= w.ops[i].naims;
+                }
+            }
         } else {
-            uint64_t span = (uint64_t)(o->seconds * 1e6);
-            if (nj_test_rand_below(&w.rng, 4) == 0)
-                span = NJ_MIN(span, 1000);
-            delay = nj_test_rand_below(&w.rng, span + 1);
+            o = &w.ops[nj_test_rand_below(&w.rng, w.nops)];
+            after = 1 + nj_test_rand_below(&w.rng, o->steps);
         }
-        double took = 0;
-        bool killed = op_fork(&w, o, (int64_t)delay, event, &took, NULL);
+        nj_test_copy_store(w.template, w.work);
+        bool killed = op_fork(&w, o, before, after, NULL, false);
         if (!killed) {
+            /* Only a random kill's delay can outlast the child. */
+            CHECK(after > 0);
             w.st.finished_first++;
-            if (!event)
-                o->seconds = NJ_MIN(o->seconds, took);
             continue;
         }
         w.st.kills++;
-        w.st.kills_event += event > 0;
+        w.st.kills_aimed += before > 0;
         enum landing l = check_work(&w, o, false);
         w.st.landed[l]++;
         w.st.left_staging += !staging_empty(w.work);
+        /* Before the first step nothing has changed; before the done
+         * mark, everything has. */
+        if (before == 1)
+            CHECK(l == LAND_UNTOUCHED);
+        if (before == o->steps + 1)
+            CHECK(l == LAND_DONE);
         /* Again, to the end. */
         CHECK(op_run(&w, o, w.work) == 0);
         w.st.reruns++;
@@ -709,12 +724,19 @@ int main(void)
     }
     double took = nj_mono_sec() - start;
 
-    printf("%u kills (%u after a step seen) in %.1f s (%u runs finished "
-           "before their kill); template: %zu backups, %zu chunk files\n",
-           w.st.kills, w.st.kills_event, took, w.st.finished_first, w.npts,
+    printf("%u kills (%u before each step that ends a phase, the others "
+           "after a random step) in %.1f s (%u runs finished before their "
+           "kill); template: %zu backups, %zu chunk files\n",
+           w.st.kills, w.st.kills_aimed, took, w.st.finished_first, w.npts,
            nchunks);
-    for (int i = 0; i < LAND_COUNT; i++)
+    for (int i = 0; i < LAND_COUNT; i++) {
         printf("  %4u  %s\n", w.st.landed[i], landing_names[i]);
+        /* Every phase was landed in, as observed in what the kill left. */
+        if (w.st.landed[i] == 0)
+            fprintf(stderr, "no kill landed in phase '%s'\n",
+                    landing_names[i]);
+        CHECK(w.st.landed[i] > 0);
+    }
     printf("%u kills left something in staging; %u reruns; %u disk "
            "restores compared; %u verifies\n", w.st.left_staging,
            w.st.reruns, w.st.restores, w.st.verifies);
@@ -722,6 +744,7 @@ int main(void)
     for (size_t i = 0; i < w.nops; i++) {
         nj_strv_free(w.ops[i].ids);
         free(w.ops[i].removed);
+        free(w.ops[i].aims);
     }
     free(w.ops);
     for (size_t i = 0; i < w.npts; i++) {
