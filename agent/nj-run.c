@@ -180,50 +180,18 @@ static int get_time(struct json_object *o, const char *key, int64_t *out)
 static char *read_state_text(const char *path, bool *missing)
 {
     *missing = false;
-    NJ_CLEANUP_CLOSE int fd =
-        open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-    if (fd < 0) {
-        int e = errno;
-        if (e == ENOENT)
-            *missing = true;
-        else if (e == ELOOP)
-            nj_error("'%s' is a symbolic link: not followed", path);
-        else
-            nj_error_errno(e, "open '%s'", path);
+    size_t len = 0;
+    /* no symlink followed, no FIFO waited on, at most STATE_MAX bytes */
+    NJ_CLEANUP_FREE char *text = nj_read_file(AT_FDCWD, path, STATE_MAX, &len);
+    if (!text) {
+        *missing = errno == ENOENT;
         return NULL;
     }
-    struct stat st;
-    if (fstat(fd, &st) < 0) {
-        nj_error_errno(errno, "stat '%s'", path);
-        return NULL;
-    }
-    if (!S_ISREG(st.st_mode)) {
-        nj_error("'%s' is not a regular file", path);
-        return NULL;
-    }
-    if (st.st_size > STATE_MAX) {
-        nj_error("'%s' is too large (%lld bytes, limit %d)", path,
-                 (long long)st.st_size, STATE_MAX);
-        return NULL;
-    }
-    int fl = fcntl(fd, F_GETFL);
-    if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0) {
-        nj_error_errno(errno, "fcntl '%s'", path);
-        return NULL;
-    }
-    size_t len = (size_t)st.st_size;
-    NJ_CLEANUP_FREE char *buf = nj_malloc(len + 1);
-    /* (a file that shrank under us reads short: ENODATA, an error) */
-    if (nj_full_read(fd, buf, len) < 0) {
-        nj_error_errno(errno, "read '%s'", path);
-        return NULL;
-    }
-    buf[len] = '\0';
-    if (strlen(buf) != len) {
+    if (strlen(text) != len) {
         nj_error("'%s' holds a NUL byte", path);
         return NULL;
     }
-    return NJ_STEAL(&buf);
+    return NJ_STEAL(&text);
 }
 
 /* One entry of "domains"; a warning and nothing else when it is bad. */

@@ -194,7 +194,7 @@ check test ! -p "$STATE"
 rm -f "$STATE"
 ln -s "$T/victim-state" "$STATE"
 run_once symlink
-check grep -qF "warning: state file ignored: '$STATE' is a symbolic link" "$T/symlink.log"
+check grep -qF "warning: state file ignored: '$STATE' is not a regular file" "$T/symlink.log"
 check test "$(jq -r .last_served "$STATE")" = 0     # not read through the link
 check test ! -L "$STATE"
 check cmp "$T/victim-state" "$T/victim-state.orig"
