@@ -64,7 +64,6 @@ struct conn {
     struct nbd_handle *h;
     pthread_t tid;
     bool started;
-    unsigned in_flight;
 };
 
 struct dp {
@@ -242,7 +241,6 @@ static int read_done(void *user_data, int *error)
 {
     struct slot *s = user_data;
     struct dp *dp = s->dp;
-    s->conn->in_flight--;
     if (*error) {
         char msg[512];
         snprintf(msg, sizeof msg, "read '%s' at offset %llu (%llu bytes): %s",
@@ -319,7 +317,19 @@ static void *reader(void *arg)
     struct dp *dp = c->dp;
     bool planning_over = false;
     while (!dp_failed(dp)) {
-        if (!planning_over && c->in_flight < dp->requests) {
+        /* libnbd's own count of this handle's commands not yet retired
+         * (read_done retires each one by returning 1).  A count kept by
+         * hand beside it once drifted by one and left a reader polling
+         * forever for a reply that had already been handled. */
+        int in_flight = nbd_aio_in_flight(c->h);
+        if (in_flight < 0) {
+            char msg[512];
+            snprintf(msg, sizeof msg, "read '%s': %s", dp->target,
+                     nbd_get_error());
+            dp_fail(dp, msg);
+            break;
+        }
+        if (!planning_over && (unsigned)in_flight < dp->requests) {
             struct slot *s = NULL;
             int r = claim(c, &s);
             if (r < 0) {
@@ -335,10 +345,8 @@ static void *reader(void *arg)
                     s->buf = nj_malloc(dp->grid);
                 nbd_completion_callback cb = { .callback = read_done,
                                                .user_data = s };
-                c->in_flight++;
                 if (nbd_aio_pread(c->h, s->buf, (size_t)s->len, s->off, cb,
                                   0) < 0) {
-                    c->in_flight--;
                     char msg[512];
                     snprintf(msg, sizeof msg, "read '%s' at offset %llu: %s",
                              dp->target, (unsigned long long)s->off,
@@ -349,7 +357,7 @@ static void *reader(void *arg)
                 continue;
             }
         }
-        if (c->in_flight > 0) {
+        if (in_flight > 0) {
             if (nbd_poll(c->h, 1000) < 0) {
                 char msg[512];
                 snprintf(msg, sizeof msg, "read '%s': %s", dp->target,
