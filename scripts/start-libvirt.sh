@@ -27,17 +27,17 @@ if [ -c /dev/kvm ] && getent group kvm >/dev/null \
     fi
 fi
 
-if ! pgrep -x virtlogd >/dev/null; then
-    virtlogd -d
-fi
-if ! pgrep -x libvirtd >/dev/null; then
-    libvirtd -d
-fi
-for _ in $(seq 1 50); do
+# Start each daemon that is not running, and keep checking: one that was
+# just told to stop may still be exiting when we look (then it is started
+# again once it is gone).  libvirtd probes QEMU's capabilities before it
+# answers, which takes seconds on a loaded machine without KVM.
+for _ in $(seq 1 300); do
+    pgrep -x virtlogd >/dev/null || virtlogd -d || true
+    pgrep -x libvirtd >/dev/null || libvirtd -d || true
     if virsh -c qemu:///system version >/dev/null 2>&1; then
         exit 0
     fi
     sleep 0.2
 done
-echo "start-libvirt: libvirtd does not answer on qemu:///system" >&2
+echo "start-libvirt: libvirtd does not answer on qemu:///system after 60 s" >&2
 exit 1
