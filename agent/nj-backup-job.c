@@ -643,6 +643,34 @@ static int quiesce(struct job *j, bool freeze)
 }
 
 /* Step 5. */
+/*
+ * Test hook: with NIGHTJAR_TEST_HOLD_JOB=DIR in the environment, a backup
+ * whose pull job has begun creates DIR/<domain uuid> and waits there,
+ * inside its job, until that file is removed or the run is interrupted.
+ * Tests use it to act on a backup whose job certainly runs (a SIGTERM to
+ * the scheduler, a second agent), which no amount of polling from outside
+ * can guarantee.  Nothing sets it outside the test suite.
+ */
+static int hold_job(struct job *j)
+{
+    const char *dir = getenv("NIGHTJAR_TEST_HOLD_JOB");
+    if (!dir || !*dir)
+        return 0;
+    NJ_CLEANUP_FREE char *path = nj_asprintf("%s/%s", dir, j->info->uuid);
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                  0600);
+    if (fd < 0)
+        return nj_error_errno(errno, "test hold '%s'", path);
+    close(fd);
+    while (!nj_agent_interrupted && access(path, F_OK) == 0)
+        usleep(20000);
+    if (nj_agent_interrupted) {
+        unlink(path);
+        return nj_error("interrupted");
+    }
+    return 0;
+}
+
 static int begin_job(struct job *j)
 {
     struct nj_backup_disk_spec *bs = nj_calloc(j->ndisks, sizeof *bs);
@@ -687,6 +715,8 @@ static int begin_job(struct job *j)
         return -1;
     j->job_running = true;
     j->cp_created = cxml != NULL;
+    if (hold_job(j) < 0)
+        return -1;
     char *xml = virDomainBackupGetXMLDesc(j->dom, 0);
     if (!xml)
         return nj_virt_error("read the backup job of '%s'", j->info->name);

@@ -147,49 +147,49 @@ bk() {
     check test -z "$(ls -A "$SCR")"
 }
 
-# bk_during KEY LABEL FUNCTION ARGS...: like bk, but the agent is stopped
-# (SIGSTOP) as soon as its pull job has begun (QEMU created the NBD socket),
-# FUNCTION makes guest writes, and the agent goes on (SIGCONT).  The job is
-# required to exist (virsh domjobinfo / backup-dumpxml) after the stop and
-# after the writes: a stopped agent cannot end it, so the writes landed
-# while it ran.  The point saved is the disks as the job began: the writes
-# must not be in it.  (The datapath is slowed down, one thread, zstd level
-# 19, only so that the agent is rarely stopped after it has read all.)
+# bk_during KEY LABEL FUNCTION ARGS...: like bk, but the agent holds inside
+# its begun pull job (its test hook NIGHTJAR_TEST_HOLD_JOB: the file
+# HOLD/<uuid> appears once the job has begun, and the agent waits until
+# the file is removed), FUNCTION makes guest writes, and the agent goes
+# on.  The job is required to exist (virsh domjobinfo / backup-dumpxml)
+# before and after the writes, and the agent has read nothing yet, so
+# every write lands during the job and before the datapath reads its
+# blocks: QEMU must copy the old data aside for the backup.  The point
+# saved is the disks as the job began: the writes must not be in it.
 bk_during() {
-    local key=$1 label=$2 fn=$3 pid i sock='' id t k; shift 3
+    local key=$1 label=$2 fn=$3 pid i uuid hold id t k; shift 3
     [ ! -e "$J/$label.json" ] || die "backup label $label used twice"
-    "$A" backup -s "$S" -d "${DOM[$key]}" --scratch-dir "$SCR" --json --threads 1 \
-        --connections 1 --requests 1 --zstd-level 19 "$@" >"$J/$label.json" 2>"$J/$label.err" &
+    uuid=$(nj_virsh domuuid "${DOM[$key]}" | tr -d ' \n')
+    mkdir -p "$T/hold"
+    hold=$T/hold/$uuid
+    NIGHTJAR_TEST_HOLD_JOB=$T/hold "$A" backup -s "$S" -d "${DOM[$key]}" --scratch-dir "$SCR" \
+        --json "$@" >"$J/$label.json" 2>"$J/$label.err" &
     pid=$!
-    for ((i = 0; i < 6000; i++)); do
-        sock=$(compgen -G "$SCR/*/nbd.sock" || true)
-        if [ -n "$sock" ] || ! kill -0 "$pid" 2>/dev/null; then break; fi
+    for ((i = 0; i < 60000; i++)); do       # a failsafe of about 10 minutes
+        if [ -e "$hold" ] || ! kill -0 "$pid" 2>/dev/null; then break; fi
         sleep 0.01
     done
-    kill -STOP "$pid" 2>/dev/null || true
-    if [ -z "$sock" ]; then
-        kill -CONT "$pid" 2>/dev/null || true
+    if [ ! -e "$hold" ]; then
+        kill "$pid" 2>/dev/null || true
         wait "$pid" || true
         cat "$J/$label.err" >&2
-        die "backup $label of '${DOM[$key]}': no NBD socket appeared"
+        die "backup $label of '${DOM[$key]}': it never held in its job"
     fi
     for k in "${!SIZE[@]}"; do
         [ "${k%%/*}" = "$key" ] || continue
         cp --sparse=always "$(nj_shadow_path "${DOM[$key]}" "${k#*/}")" "$P/pending-${k#*/}.raw"
     done
     SEQ_AT[$label]=$SEQ
-    # The agent is stopped and its pull job exists, so the job cannot end
-    # before the agent goes on: the writes certainly land during the job.
     check kill -0 "$pid"
     if has_job "${DOM[$key]}"; then ok; else
-        kill -CONT "$pid" 2>/dev/null || true
+        rm -f "$hold"
         wait "$pid" || true
-        die "backup $label of '${DOM[$key]}': no job once the agent was stopped (it ended first?): $(cat "$J/$label.err")"
+        die "backup $label of '${DOM[$key]}': no job while the agent holds in it: $(cat "$J/$label.err")"
     fi
     "$fn"
     if has_job "${DOM[$key]}"; then ok; else fail "backup $label: the job of '${DOM[$key]}' ended during the writes"; fi
-    check test "$(ps -o stat= -p "$pid" | cut -c1)" = T   # still stopped
-    kill -CONT "$pid"
+    check test -e "$hold"                  # still holding: nothing read yet
+    rm -f "$hold"
     if ! wait "$pid"; then
         cat "$J/$label.err" >&2
         die "backup $label of '${DOM[$key]}' failed"
