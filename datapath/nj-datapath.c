@@ -258,8 +258,11 @@ static int read_done(void *user_data, int *error)
     return 1;
 }
 
-/* 1: claimed *out; 0: the needed slot is busy; 2: planning is over;
- * -1: error (last error set). */
+/* 1: claimed *out, a data item to read; 3: a zero item, already handed to
+ * the committer (*out untouched: the committer may free and another reader
+ * reclaim that slot at once, so the caller must not look at it again);
+ * 0: the needed slot is busy; 2: planning is over; -1: error (last error
+ * set). */
 static int claim(struct conn *c, struct slot **out)
 {
     struct dp *dp = c->dp;
@@ -307,6 +310,8 @@ static int claim(struct conn *c, struct slot **out)
     }
     pthread_mutex_unlock(&dp->lock);
     pthread_mutex_unlock(&dp->plan_lock);
+    if (zero)
+        return 3;
     *out = s;
     return 1;
 }
@@ -318,9 +323,8 @@ static void *reader(void *arg)
     bool planning_over = false;
     while (!dp_failed(dp)) {
         /* libnbd's own count of this handle's commands not yet retired
-         * (read_done retires each one by returning 1).  A count kept by
-         * hand beside it once drifted by one and left a reader polling
-         * forever for a reply that had already been handled. */
+         * (read_done retires each one by returning 1): no second count to
+         * keep in step with it. */
         int in_flight = nbd_aio_in_flight(c->h);
         if (in_flight < 0) {
             char msg[512];
@@ -338,9 +342,9 @@ static void *reader(void *arg)
             }
             if (r == 2)
                 planning_over = true;
+            if (r == 3)
+                continue;
             if (r == 1) {
-                if (s->zero)
-                    continue;
                 if (!s->buf)
                     s->buf = nj_malloc(dp->grid);
                 nbd_completion_callback cb = { .callback = read_done,
