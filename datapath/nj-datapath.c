@@ -18,7 +18,10 @@
  *   FREE --claim (reader)--> READING --completion--> QUEUED (worker)
  *        --processed--> DONE (committer) --appended--> FREE
  *
- * Planned zero items go straight from claim to DONE.  Locks: plan_lock
+ * Planned zero items go straight from claim to DONE, and from that moment
+ * the slot is the committer's: the claiming reader must not look at it
+ * again (the committer may free it and another reader claim it for data
+ * before the first one runs its next instruction).  Locks: plan_lock
  * serialises the planner (which may issue block status on the claiming
  * reader's handle); lock protects slot states and the work queue.  Read
  * completions run inside that reader's own libnbd calls and only take
