@@ -143,6 +143,27 @@ _nj_sweep_stale() {
     done < <(nj_virsh list --all --name 2>/dev/null)
 }
 
+# nj_has_job DOMAIN: true while DOMAIN has a libvirt job (a pull-mode
+# backup shows as an unbounded job, or at least as a backup-dumpxml).
+nj_has_job() {
+    nj_virsh domjobinfo "$1" 2>/dev/null | grep -Eq '^Job type:[[:space:]]+(Unbounded|Bounded)' \
+        || nj_virsh backup-dumpxml "$1" >/dev/null 2>&1
+}
+
+# nj_job_dir_of SCRATCH UUID: the agent's job directory in SCRATCH whose
+# owner file names UUID (nothing when there is none).
+nj_job_dir_of() {
+    local f
+    for f in "$1"/nj-*/owner; do
+        [ -f "$f" ] || continue
+        if grep -qxF "uuid $2" "$f"; then echo "${f%/owner}"; return 0; fi
+    done
+    return 0
+}
+
+# nj_job_dir SCRATCH DOMAIN: the same, for DOMAIN's full UUID.
+nj_job_dir() { nj_job_dir_of "$1" "$(nj_virsh domuuid "$2")"; }
+
 # nj_qemu_dir NAME: create $T/NAME owned by QEMU's user (mode 0700) and print
 # its path.  QEMU creates the NBD socket of a pull-mode backup itself, so
 # the socket's directory must be writable by QEMU (libvirt 9.0 does not

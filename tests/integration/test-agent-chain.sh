@@ -181,13 +181,13 @@ bk_during() {
     done
     SEQ_AT[$label]=$SEQ
     check kill -0 "$pid"
-    if has_job "${DOM[$key]}"; then ok; else
+    if nj_has_job "${DOM[$key]}"; then ok; else
         rm -f "$hold"
         wait "$pid" || true
         die "backup $label of '${DOM[$key]}': no job while the agent holds in it: $(cat "$J/$label.err")"
     fi
     "$fn"
-    if has_job "${DOM[$key]}"; then ok; else fail "backup $label: the job of '${DOM[$key]}' ended during the writes"; fi
+    if nj_has_job "${DOM[$key]}"; then ok; else fail "backup $label: the job of '${DOM[$key]}' ended during the writes"; fi
     check test -e "$hold"                  # still holding: nothing read yet
     rm -f "$hold"
     if ! wait "$pid"; then
@@ -204,10 +204,6 @@ bk_during() {
     check test -z "$(ls -A "$SCR")"
 }
 
-has_job() {
-    nj_virsh domjobinfo "$1" 2>/dev/null | grep -Eq '^Job type:[[:space:]]+(Unbounded|Bounded)' \
-        || nj_virsh backup-dumpxml "$1" >/dev/null 2>&1
-}
 
 # jeq FILE JQ-FILTER WANT: the filter's raw output is WANT.
 jeq() {

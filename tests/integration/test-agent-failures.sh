@@ -140,21 +140,17 @@ check_cps() {
         fail "checkpoints of '$1' ($2): libvirt has [$(echo $have)], committed backups use [$(echo $want)]"
     fi
 }
-has_job() {
-    nj_virsh domjobinfo "$1" 2>/dev/null | grep -Eq '^Job type:[[:space:]]+(Unbounded|Bounded)' \
-        || nj_virsh backup-dumpxml "$1" >/dev/null 2>&1
-}
 # check_no_job DOMAIN WHAT: no job right now (an agent that has exited
 # must not leave its pull job to end later).  When there is one, wait up
 # to 10 s for it to end by itself, so that one failure does not cascade.
 check_no_job() {
     local i
-    if ! has_job "$1"; then ok; return; fi
+    if ! nj_has_job "$1"; then ok; return; fi
     for i in $(seq 100); do
-        has_job "$1" || break
+        nj_has_job "$1" || break
         sleep 0.1
     done
-    if has_job "$1"; then fail "'$1' still has a job ($2)"; else
+    if nj_has_job "$1"; then fail "'$1' still has a job ($2)"; else
         fail "'$1' still had a job after the agent exited ($2); it ended by itself about $((i * 100)) ms later"
     fi
 }
@@ -196,17 +192,6 @@ guest_random() {
     nj_guest_check "$dom" "$t" || { echo "guest_random: $t of '$dom' differs from its shadow" >&2; return 1; }
 }
 
-# job_dir DOMAIN: the job directory in $SC of DOMAIN's backup into $S
-# (its owner file names the domain's full UUID), if any.
-job_dir() {
-    local uuid f
-    uuid=$(nj_virsh domuuid "$1")
-    for f in "$SC"/nj-*/owner; do
-        [ -f "$f" ] || continue
-        if grep -qxF "uuid $uuid" "$f"; then echo "${f%/owner}"; return 0; fi
-    done
-    return 0
-}
 
 # wait_job DOMAIN PID: wait until the backup run PID has begun its pull job
 # and its staging directory (the datapath is reading), then half a
@@ -217,7 +202,7 @@ wait_job() {
     for i in $(seq 1200); do
         kill -0 "$pid" 2>/dev/null || return 1
         # job directories are nj-<key>-<first 8 of the UUID>-<id>
-        d=$(job_dir "$1")
+        d=$(nj_job_dir "$SC" "$1")
         if [ -n "$d" ]; then
             job_id=${d##*/}
             job_id=${job_id#nj-*-*-}
@@ -274,9 +259,9 @@ if wait_job "$d1" "$pid"; then
     check test -n "$killed_cp"
     check test "$killed_cp" = "$(jf k1 .checkpoint | sed "s/\.$k1\$/.$job_id/")"
     # What SIGKILL leaves: the job, its directory, its checkpoint, staging.
-    if has_job "$d1"; then ok; else fail "no job left by the SIGKILLed run (the test proves nothing)"; fi
-    check test "$(job_dir "$d1")" != ""
-    check test "$(basename "$(job_dir "$d1")")" = "$(basename "$(compgen -G "$SC/nj-*-$job_id")")"
+    if nj_has_job "$d1"; then ok; else fail "no job left by the SIGKILLed run (the test proves nothing)"; fi
+    check test "$(nj_job_dir "$SC" "$d1")" != ""
+    check test "$(basename "$(nj_job_dir "$SC" "$d1")")" = "$(basename "$(compgen -G "$SC/nj-*-$job_id")")"
     check test -d "$S/staging/$job_id"
 else
     fail "the slow backup ended before it could be killed: $(cat "$T/kill.err")"
@@ -668,7 +653,7 @@ for variant in same-store other-store; do
                 fail "a second agent with another store ran during the first (exit $rc): $(cat "$T/second.err")"
             fi
         fi
-        if kill -0 "$pid" 2>/dev/null && has_job "$d5"; then ok; else
+        if kill -0 "$pid" 2>/dev/null && nj_has_job "$d5"; then ok; else
             fail "the first agent's job did not survive the second agent ($variant)"
         fi
     else

@@ -90,21 +90,6 @@ restore_all() {
     done
     rm -f "$T/out.raw"
 }
-has_job() {
-    nj_virsh domjobinfo "$1" 2>/dev/null | grep -Eq '^Job type:[[:space:]]+(Unbounded|Bounded)' \
-        || nj_virsh backup-dumpxml "$1" >/dev/null 2>&1
-}
-# job_dir DOMAIN: the job directory in $SC whose owner file names DOMAIN's
-# full UUID (empty when there is none).
-job_dir() { job_dir_of "$(nj_virsh domuuid "$1")"; }
-job_dir_of() {
-    local uuid=$1 f
-    for f in "$SC"/nj-*/owner; do
-        [ -f "$f" ] || continue
-        if grep -qxF "uuid $uuid" "$f"; then echo "${f%/owner}"; return 0; fi
-    done
-    return 0
-}
 # start_stopped NAME DOMAIN ARGS...: a backup in the background, stopped
 # (SIGSTOP) as soon as its job directory with its owner file exists; $bg
 # is its pid, $bg_dir the directory.  1 when the run ended first.
@@ -118,7 +103,7 @@ start_stopped() {
     bg_pids+=("$bg")
     bg_dir=
     for ((i = 0; i < 60000; i++)); do
-        bg_dir=$(job_dir_of "$uuid")
+        bg_dir=$(nj_job_dir_of "$SC" "$uuid")
         if [ -n "$bg_dir" ]; then kill -STOP "$bg"; return 0; fi
         kill -0 "$bg" 2>/dev/null || return 1
         sleep 0.01
@@ -187,7 +172,7 @@ if start_stopped kill "$dA" -l inc; then
     cp "$kdir/owner" "$T/owner-A"
     # wait until libvirt has the job of the killed run or is sure not to
     # (the killed run may have been stopped before it asked for it)
-    echo "   the SIGKILLed run left $(basename "$kdir")$(has_job "$dA" && echo ' and its job')" >&2
+    echo "   the SIGKILLed run left $(basename "$kdir")$(nj_has_job "$dA" && echo ' and its job')" >&2
     nj_guest_write "$dB" vda 0x52 5M 64k
     bk_ok b-after-kill "$dB" -l inc
     snap "$dB" "$id" vda
@@ -311,7 +296,7 @@ check test ! -s "$T/sfail.json"
 check test "$(store_state)" = "$before"
 check test "$(cps)" = "$cps_before"
 check test -z "$(ls -A "$SM")"
-if has_job "$dM"; then fail "a job is left after the refused backup"; else ok; fi
+if nj_has_job "$dM"; then fail "a job is left after the refused backup"; else ok; fi
 # exactly what is free is enough
 NIGHTJAR_FAKE_NOW=$(($(date +%s) + 2000 * 86400)) BK_SCRATCH=$SM bk_ok sok "$dM" --scratch-min "$free"
 snap "$dM" "$id" vda vdb

@@ -111,19 +111,6 @@ s.connect(sys.argv[1])
 s.sendall(sys.argv[2].encode() + b"\n")
 s.close()' "$CTL" "$1"
 }
-has_job() {
-    nj_virsh domjobinfo "$1" 2>/dev/null | grep -Eq '^Job type:[[:space:]]+(Unbounded|Bounded)' \
-        || nj_virsh backup-dumpxml "$1" >/dev/null 2>&1
-}
-job_dir() {
-    local uuid f
-    uuid=$(nj_virsh domuuid "$1")
-    for f in "$SC"/nj-*/owner; do
-        [ -f "$f" ] || continue
-        if grep -qxF "uuid $uuid" "$f"; then echo "${f%/owner}"; return 0; fi
-    done
-    return 0
-}
 cps() { nj_virsh checkpoint-list --name "$dom" | sed '/^$/d' | LC_ALL=C sort; }
 committed_cps() { "$R" list -s "$S" -d "$dom" --json 2>/dev/null | jq -r '.[] | .checkpoint // empty' | LC_ALL=C sort; }
 store_state() { [ ! -d "$S" ] || (cd "$S" && find . -path ./locks -prune -o -print | LC_ALL=C sort); }
@@ -138,7 +125,7 @@ snap() {
 # nothing_left WHAT: no job, no checkpoint but the committed ones, an
 # empty scratch directory and staging, the store as it was ($before).
 nothing_left() {
-    if has_job "$dom"; then fail "a job is left ($1)"; else ok; fi
+    if nj_has_job "$dom"; then fail "a job is left ($1)"; else ok; fi
     if [ "$(cps)" = "$(committed_cps)" ]; then ok; else fail "checkpoints ($1): [$(cps | tr '\n' ' ')] vs committed [$(committed_cps | tr '\n' ' ')]"; fi
     if [ -z "$(ls -A "$SC")" ]; then ok; else fail "left in the scratch directory ($1): $(ls -A "$SC")"; fi
     if [ "$(store_state)" = "$before" ]; then ok; else fail "the store changed ($1): $(diff <(echo "$before") <(store_state) | tr '\n' ' ')"; fi
@@ -175,13 +162,13 @@ bg_backup q1 --quiesce -l full
 if wait_log '^nj-qga: freeze$' 1 "$bg"; then
     ok
     # frozen, answer pending: the job has not begun
-    if has_job "$dom"; then fail "a job exists before the freeze was answered"; else ok; fi
+    if nj_has_job "$dom"; then fail "a job exists before the freeze was answered"; else ok; fi
     check kill -0 "$bg"
     ctl ok
     if wait_log '^nj-qga: thaw$' 1 "$bg"; then
         ok
         # the job began while the guest was frozen
-        if has_job "$dom"; then ok; else fail "no job when the agent asked for the thaw"; fi
+        if nj_has_job "$dom"; then ok; else fail "no job when the agent asked for the thaw"; fi
         ctl ok
     else
         fail "no thaw after the freeze"
@@ -209,7 +196,7 @@ nj_guest_write "$dom" vda 0x21 2M 64k
 bg_backup q2 --quiesce -l inc
 if wait_log '^nj-qga: freeze$' 2 "$bg"; then
     ok
-    d=$(job_dir "$dom")
+    d=$(nj_job_dir "$SC" "$dom")
     check test -n "$d"
     # QEMU cannot create the NBD socket or libvirt the scratch file there
     rm -rf "$d"
