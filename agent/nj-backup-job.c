@@ -160,23 +160,16 @@ static char *job_owner_text(const struct job *j)
  * blocking and only when it is a small regular file. */
 static int job_dir_is_ours(const struct job *j, int dirfd, const char *name)
 {
-    NJ_CLEANUP_CLOSE int dfd = openat(dirfd, name, O_RDONLY | O_DIRECTORY |
-                                                      O_NOFOLLOW | O_CLOEXEC);
+    NJ_CLEANUP_CLOSE int dfd = nj_open_dir(dirfd, name);
     if (dfd < 0)
         return 0;
-    NJ_CLEANUP_CLOSE int fd = openat(dfd, JOB_OWNER_FILE, O_RDONLY | O_NOFOLLOW |
-                                                              O_NONBLOCK | O_CLOEXEC);
-    struct stat st;
-    if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) ||
-        st.st_size <= 0 || st.st_size > JOB_OWNER_MAX)
+    size_t n = 0;
+    NJ_CLEANUP_FREE char *text =
+        nj_read_file(dfd, JOB_OWNER_FILE, JOB_OWNER_MAX, &n);
+    if (!text || n == 0)
         return 0;
-    char buf[JOB_OWNER_MAX + 1];
-    ssize_t n = pread(fd, buf, sizeof buf, 0);
-    if (n != st.st_size)
-        return 0;
-    buf[n] = '\0';
     NJ_CLEANUP_FREE char *want = job_owner_text(j);
-    return strcmp(buf, want) == 0;
+    return strcmp(text, want) == 0;
 }
 
 /* Write the owner file into the new job directory j->dir (ours: we just
