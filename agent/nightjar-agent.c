@@ -42,7 +42,7 @@ static void usage(FILE *f)
         "    without it, qcow2 if the name ends in .qcow2, else raw, and a file\n"
         "    taken as raw that starts like an image format is refused\n"
         "  tuning: [--threads N] [--connections N] [--requests N]\n"
-        "          [--grid BYTES] [--zstd-level N] [--max-inflight BYTES]\n"
+        "          [--grid BYTES] [--zstd-level auto|N|LO..HI] [--max-inflight BYTES]\n"
         "       %s --version\n",
         prog, prog, prog, prog, prog, prog, prog, prog);
 }
@@ -118,8 +118,10 @@ static int parse_tuning(int c, struct nj_datapath_opts *dp)
         dp->grid = v;
         return 1;
     case OPT_ZLEVEL:
-        if (parse_num("--zstd-level", optarg, 1, 19, &v)) return -1;
-        dp->zstd_level = (int)v;
+        if (nj_zstd_level_parse(optarg, &dp->zstd_min, &dp->zstd_max) < 0) {
+            usage_error("--zstd-level: %s", nj_error_get());
+            return -1;
+        }
         return 1;
     case OPT_INFLIGHT:
         if (parse_num("--max-inflight", optarg, 1 << 20, 1ull << 32, &v)) return -1;

@@ -93,12 +93,26 @@ void nj_agent_print_result(const struct nj_manifest *m, bool json,
     if (!json) {
         for (size_t i = 0; i < m->ndisks; i++) {
             const struct nj_manifest_disk *d = &m->disks[i];
-            char r[32], st[32];
-            printf("%s %s %s disk '%s' (%s): read %s, stored %s\n", m->id,
+            char r[32], st[32], z[64] = "";
+            const struct nj_disk_compression *c = &d->compression;
+            if (c->level_min && c->level_min != c->level_max) {
+                /* the level that compressed the most bytes */
+                int best = 0;
+                for (int k = 1; k < NJ_ZSTD_NLEVELS; k++)
+                    if (c->bytes[k] > c->bytes[best])
+                        best = k;
+                if (c->bytes[best])
+                    snprintf(z, sizeof z, ", zstd %d..%d (mostly %d)",
+                             c->level_min, c->level_max,
+                             best + NJ_ZSTD_LEVEL_MIN);
+            } else if (c->level_min) {
+                snprintf(z, sizeof z, ", zstd %d", c->level_min);
+            }
+            printf("%s %s %s disk '%s' (%s): read %s, stored %s%s\n", m->id,
                    nj_level_name(m->level), m->domain_name, d->target,
                    d->full ? "full" : "inc",
                    nj_human_bytes(d->stats.bytes_read, r, sizeof r),
-                   nj_human_bytes(d->stats.bytes_stored, st, sizeof st));
+                   nj_human_bytes(d->stats.bytes_stored, st, sizeof st), z);
         }
         return;
     }
@@ -124,6 +138,9 @@ void nj_agent_print_result(const struct nj_manifest *m, bool json,
         json_object_object_add(jd, "bytes_dedup", json_object_new_uint64(d->stats.bytes_dedup));
         json_object_object_add(jd, "chunks_new", json_object_new_uint64(d->stats.chunks_new));
         json_object_object_add(jd, "chunks_dedup", json_object_new_uint64(d->stats.chunks_dedup));
+        NJ_CLEANUP_FREE char *comp = nj_manifest_compression_json(&d->compression);
+        if (comp)
+            json_object_object_add(jd, "compression", json_tokener_parse(comp));
         if (seconds)
             json_object_object_add(jd, "seconds", json_object_new_double(seconds[i]));
         json_object_array_add(disks, jd);

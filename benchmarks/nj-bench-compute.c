@@ -1,14 +1,19 @@
 /*
  * nj-bench-compute: the compute bound of a backup on given bytes.
  *
- *   nj-bench-compute FILE [--threads N] [--level L] [--grid BYTES] [--json]
+ *   nj-bench-compute FILE [--threads N] [--level L] [--grid BYTES]
+ *                    [--only sha256|zstd] [--limit BYTES] [--json]
  *
  * Reads FILE (a raw disk image) cell by cell, skips all-zero cells as the
  * datapath does, and on N threads hashes (SHA-256) and compresses (zstd
- * at level L, through nightjar's own chunk codec) every other cell: the
- * same work the datapath does per byte, minus all I/O.  Reports the bytes
- * processed, the wall time and the stored (compressed) size.  The file is
- * read into the page cache first so the timing is compute only.
+ * at level L, negative levels included, through nightjar's own chunk
+ * codec, so incompressible cells are sampled and stored raw as in a
+ * backup) every other cell: the same work the datapath does per byte,
+ * minus all I/O.  --only measures one of the two alone (the per-core
+ * rates bench-vs-peer.sh prints); --limit stops after that many non-zero
+ * bytes (a sample).  Reports the bytes processed, the wall time and the
+ * stored (compressed) size.  The file is read into the page cache first
+ * so the timing is compute only.
  */
 #include "nj-chunk.h"
 #include "nj-util.h"
@@ -28,6 +33,9 @@ struct ctx {
     const unsigned char *map;
     uint64_t size, grid;
     int level;
+    bool hash, compress;
+    uint64_t limit; /* non-zero bytes to process; 0: all */
+    uint64_t taken; /* atomic: non-zero bytes claimed */
     uint64_t next; /* atomic cell counter */
     uint64_t bytes, stored, zero;
 };
@@ -48,10 +56,15 @@ static void *work(void *arg)
             zero += len;
             continue;
         }
-        struct nj_digest d;
-        nj_sha256(p, len, &d);
-        size_t flen = 0;
-        if (!nj_codec_encode(codec, p, len, &flen)) {
+        if (c->limit &&
+            __atomic_fetch_add(&c->taken, len, __ATOMIC_RELAXED) >= c->limit)
+            break;
+        size_t flen = len;
+        if (c->hash) {
+            struct nj_digest d;
+            nj_sha256(p, len, &d);
+        }
+        if (c->compress && !nj_codec_encode(codec, p, len, &flen)) {
             nj_error_print("nj-bench-compute");
             exit(1);
         }
@@ -78,7 +91,11 @@ int main(int argc, char **argv)
     uint64_t grid = 4u << 20, v = 0;
     int level = NJ_ZSTD_LEVEL_DEFAULT;
     bool json = false;
+    const char *only = NULL;
+    uint64_t limit = 0;
     static const struct option opts[] = {
+        { "only", required_argument, NULL, 'o' },
+        { "limit", required_argument, NULL, 'm' },
         { "threads", required_argument, NULL, 't' },
         { "level", required_argument, NULL, 'l' },
         { "grid", required_argument, NULL, 'g' },
@@ -89,7 +106,19 @@ int main(int argc, char **argv)
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
         case 't': if (nj_parse_u64(optarg, &v) == 0 && v) threads = (unsigned)v; break;
-        case 'l': if (nj_parse_u64(optarg, &v) == 0 && v) level = (int)v; break;
+        case 'l': {
+            char *end = NULL;
+            long l = strtol(optarg, &end, 10);
+            if (!*optarg || *end || l < NJ_ZSTD_LEVEL_MIN || l > NJ_ZSTD_LEVEL_MAX || l == 0) {
+                fprintf(stderr, "nj-bench-compute: --level must be %d..%d, not 0\n",
+                        NJ_ZSTD_LEVEL_MIN, NJ_ZSTD_LEVEL_MAX);
+                return 2;
+            }
+            level = (int)l;
+            break;
+        }
+        case 'o': only = optarg; break;
+        case 'm': if (nj_parse_u64(optarg, &v) == 0) limit = v; break;
         case 'g': if (nj_parse_u64(optarg, &v) == 0 && v) grid = v; break;
         case 'j': json = true; break;
         default: return 2;
@@ -97,7 +126,8 @@ int main(int argc, char **argv)
     }
     if (argc - optind != 1) {
         fprintf(stderr, "usage: nj-bench-compute FILE [--threads N] "
-                        "[--level L] [--grid BYTES] [--json]\n");
+                        "[--level L] [--grid BYTES] [--only sha256|zstd] "
+                        "[--limit BYTES] [--json]\n");
         return 2;
     }
     int fd = open(argv[optind], O_RDONLY);
@@ -107,8 +137,14 @@ int main(int argc, char **argv)
                 strerror(errno));
         return 1;
     }
+    if (only && strcmp(only, "sha256") != 0 && strcmp(only, "zstd") != 0) {
+        fprintf(stderr, "nj-bench-compute: --only takes sha256 or zstd\n");
+        return 2;
+    }
     struct ctx cx = { .size = (uint64_t)st.st_size, .grid = grid,
-                      .level = level };
+                      .level = level, .limit = limit,
+                      .hash = !only || strcmp(only, "sha256") == 0,
+                      .compress = !only || strcmp(only, "zstd") == 0 };
     cx.map = mmap(NULL, cx.size, PROT_READ, MAP_SHARED, fd, 0);
     if (cx.map == MAP_FAILED) {
         fprintf(stderr, "nj-bench-compute: mmap: %s\n", strerror(errno));
@@ -127,9 +163,10 @@ int main(int argc, char **argv)
         pthread_join(t[i], NULL);
     double el = now() - t0;
     if (json)
-        printf("{\"threads\":%u,\"level\":%d,\"grid\":%llu,\"bytes\":%llu,"
-               "\"zero\":%llu,\"stored\":%llu,\"seconds\":%.4f,"
-               "\"mb_per_s\":%.1f}\n", threads, level,
+        printf("{\"threads\":%u,\"level\":%d,\"only\":\"%s\",\"grid\":%llu,"
+               "\"bytes\":%llu,\"zero\":%llu,\"stored\":%llu,"
+               "\"seconds\":%.4f,\"mb_per_s\":%.1f}\n", threads, level,
+               only ? only : "",
                (unsigned long long)grid, (unsigned long long)cx.bytes,
                (unsigned long long)cx.zero, (unsigned long long)cx.stored,
                el, (double)cx.bytes / el / 1e6);

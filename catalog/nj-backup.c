@@ -260,6 +260,31 @@ static void add_u64(uint64_t *p, uint64_t v)
     __atomic_fetch_add(p, v, __ATOMIC_RELAXED);
 }
 
+/* Count a new chunk under the level its frame was compressed at. */
+static void count_compression(struct nj_disk_compression *c,
+                              const struct nj_codec *codec, const void *frame,
+                              size_t len, size_t flen)
+{
+    int l = nj_codec_level(codec);
+    if ((((const unsigned char *)frame)[5] & NJ_CHUNK_FLAG_ZSTD) &&
+        l >= NJ_ZSTD_LEVEL_MIN && l <= NJ_ZSTD_LEVEL_MAX) {
+        add_u64(&c->chunks[l - NJ_ZSTD_LEVEL_MIN], 1);
+        add_u64(&c->bytes[l - NJ_ZSTD_LEVEL_MIN], len);
+        add_u64(&c->stored[l - NJ_ZSTD_LEVEL_MIN], flen);
+    } else {
+        add_u64(&c->raw_chunks, 1);
+        add_u64(&c->raw_bytes, len);
+    }
+}
+
+void nj_backup_disk_set_compression(struct nj_backup_disk *d, bool adaptive,
+                                    int level_min, int level_max)
+{
+    d->md.compression.adaptive = adaptive;
+    d->md.compression.level_min = level_min;
+    d->md.compression.level_max = level_max;
+}
+
 int nj_backup_put_chunk(struct nj_backup *b, struct nj_backup_disk *d,
                         struct nj_codec *codec, const void *buf, size_t len,
                         struct nj_digest *digest)
@@ -278,6 +303,7 @@ int nj_backup_put_chunk(struct nj_backup *b, struct nj_backup_disk *d,
             add_u64(&d->md.stats.bytes_new, len);
             add_u64(&d->md.stats.bytes_stored, flen);
             add_u64(&d->md.stats.chunks_new, 1);
+            count_compression(&d->md.compression, codec, frame, len, flen);
             return 0;
         }
     }

@@ -92,6 +92,11 @@ void nj_backup_set_checkpoint(struct nj_backup *b, const char *name,
 /* Count bytes read from the source and found zero (thread-safe). */
 void nj_backup_disk_count(struct nj_backup_disk *d, uint64_t read,
                           uint64_t zero);
+/* Record the disk's compression policy: a fixed level (level_min ==
+ * level_max, !adaptive) or an adaptive range.  Chunks are counted per
+ * level by nj_backup_put_chunk, from the codec's level. */
+void nj_backup_disk_set_compression(struct nj_backup_disk *d, bool adaptive,
+                                    int level_min, int level_max);
 /* Record how long the disk's transfer took. */
 void nj_backup_disk_set_usec(struct nj_backup_disk *d, uint64_t usec);
 /* Borrowed: the statistics so far. */

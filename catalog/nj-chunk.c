@@ -33,6 +33,19 @@ struct nj_codec *nj_codec_new(int level)
     return c;
 }
 
+void nj_codec_set_level(struct nj_codec *c, int level)
+{
+    if (level == c->level)
+        return;
+    c->level = level;
+    ZSTD_CCtx_setParameter(c->cctx, ZSTD_c_compressionLevel, level);
+}
+
+int nj_codec_level(const struct nj_codec *c)
+{
+    return c->level;
+}
+
 void nj_codec_free(struct nj_codec *c)
 {
     if (!c)

@@ -35,12 +35,21 @@
 #define NJ_CHUNK_FLAGS_KNOWN NJ_CHUNK_FLAG_ZSTD
 
 #define NJ_ZSTD_LEVEL_DEFAULT 3
+/* The levels nightjar accepts: zstd's fast (negative) levels down to -10,
+ * its regular ones up to 19.  Level 0 means zstd's default (3) to zstd and
+ * is not used. */
+#define NJ_ZSTD_LEVEL_MIN (-10)
+#define NJ_ZSTD_LEVEL_MAX 19
+#define NJ_ZSTD_NLEVELS (NJ_ZSTD_LEVEL_MAX - NJ_ZSTD_LEVEL_MIN + 1)
 
 struct nj_codec;
 
 /* A new codec compressing at the given zstd level. */
 struct nj_codec *nj_codec_new(int level);
 void nj_codec_free(struct nj_codec *c);
+/* Compress the codec's next chunks at another level (between frames). */
+void nj_codec_set_level(struct nj_codec *c, int level);
+int nj_codec_level(const struct nj_codec *c);
 
 /* Worst-case frame size for raw_len plaintext bytes. */
 size_t nj_chunk_frame_bound(size_t raw_len);

@@ -77,6 +77,48 @@ static struct json_object *u64(uint64_t v)
     return json_object_new_uint64(v);
 }
 
+/* "compression": {"policy": "auto"|"fixed", "level_min", "level_max",
+ * "levels": [{"level", "chunks", "bytes", "stored"}...], "raw_chunks",
+ * "raw_bytes"}, or nothing when not recorded (level_min == 0). */
+static void add_compression(struct json_object *jd,
+                            const struct nj_disk_compression *c)
+{
+    if (c->level_min == 0)
+        return;
+    struct json_object *o = json_object_new_object();
+    json_object_object_add(o, "policy",
+                           json_object_new_string(c->adaptive ? "auto" : "fixed"));
+    json_object_object_add(o, "level_min", json_object_new_int(c->level_min));
+    json_object_object_add(o, "level_max", json_object_new_int(c->level_max));
+    struct json_object *lv = json_object_new_array();
+    for (int i = 0; i < NJ_ZSTD_NLEVELS; i++) {
+        if (!c->chunks[i])
+            continue;
+        struct json_object *e = json_object_new_object();
+        json_object_object_add(e, "level", json_object_new_int(i + NJ_ZSTD_LEVEL_MIN));
+        json_object_object_add(e, "chunks", u64(c->chunks[i]));
+        json_object_object_add(e, "bytes", u64(c->bytes[i]));
+        json_object_object_add(e, "stored", u64(c->stored[i]));
+        json_object_array_add(lv, e);
+    }
+    json_object_object_add(o, "levels", lv);
+    json_object_object_add(o, "raw_chunks", u64(c->raw_chunks));
+    json_object_object_add(o, "raw_bytes", u64(c->raw_bytes));
+    json_object_object_add(jd, "compression", o);
+}
+
+char *nj_manifest_compression_json(const struct nj_disk_compression *c)
+{
+    struct json_object *o = json_object_new_object();
+    add_compression(o, c);
+    struct json_object *v = NULL;
+    char *text = json_object_object_get_ex(o, "compression", &v)
+                     ? nj_strdup(json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN))
+                     : NULL;
+    json_object_put(o);
+    return text;
+}
+
 char *nj_manifest_to_json(const struct nj_manifest *m)
 {
     struct json_object *o = json_object_new_object();
@@ -124,6 +166,7 @@ char *nj_manifest_to_json(const struct nj_manifest *m)
         json_object_object_add(st, "chunks_dedup", u64(d->stats.chunks_dedup));
         json_object_object_add(st, "usec", u64(d->stats.usec));
         json_object_object_add(jd, "stats", st);
+        add_compression(jd, &d->compression);
         json_object_array_add(disks, jd);
     }
     json_object_object_add(o, "disks", disks);
@@ -247,6 +290,70 @@ static int get_i64(struct json_object *o, const char *key, int64_t *out,
     return 0;
 }
 
+/* A non-negative integer that fits int64, or false. */
+static bool info_u64(struct json_object *o, const char *key, uint64_t *out)
+{
+    struct json_object *v = NULL;
+    if (!json_object_object_get_ex(o, key, &v) ||
+        !json_object_is_type(v, json_type_int) ||
+        json_object_get_int64(v) < 0 ||
+        json_object_get_uint64(v) > (uint64_t)INT64_MAX)
+        return false;
+    *out = json_object_get_uint64(v);
+    return true;
+}
+
+static bool info_level(struct json_object *o, const char *key, int *out)
+{
+    struct json_object *v = NULL;
+    if (!json_object_object_get_ex(o, key, &v) ||
+        !json_object_is_type(v, json_type_int))
+        return false;
+    int64_t l = json_object_get_int64(v);
+    if (l < NJ_ZSTD_LEVEL_MIN || l > NJ_ZSTD_LEVEL_MAX || l == 0)
+        return false;
+    *out = (int)l;
+    return true;
+}
+
+/* The compression record is informational, like the statistics: anything
+ * malformed in it is dropped (the whole record, or the one level entry),
+ * never trusted and never fatal. */
+static void parse_compression(struct json_object *jd,
+                              struct nj_disk_compression *c)
+{
+    struct json_object *o = NULL, *pol = NULL, *lv = NULL;
+    memset(c, 0, sizeof *c);
+    if (!json_object_object_get_ex(jd, "compression", &o) ||
+        !json_object_is_type(o, json_type_object) ||
+        !json_object_object_get_ex(o, "policy", &pol) ||
+        !json_object_is_type(pol, json_type_string) ||
+        !info_level(o, "level_min", &c->level_min) ||
+        !info_level(o, "level_max", &c->level_max) ||
+        c->level_min > c->level_max) {
+        memset(c, 0, sizeof *c);
+        return;
+    }
+    c->adaptive = strcmp(json_object_get_string(pol), "auto") == 0;
+    info_u64(o, "raw_chunks", &c->raw_chunks);
+    info_u64(o, "raw_bytes", &c->raw_bytes);
+    if (!json_object_object_get_ex(o, "levels", &lv) ||
+        !json_object_is_type(lv, json_type_array))
+        return;
+    for (size_t k = 0; k < json_object_array_length(lv); k++) {
+        struct json_object *e = json_object_array_get_idx(lv, k);
+        int l = 0;
+        uint64_t n = 0, b = 0, st = 0;
+        if (!json_object_is_type(e, json_type_object) ||
+            !info_level(e, "level", &l) || !info_u64(e, "chunks", &n) ||
+            !info_u64(e, "bytes", &b) || !info_u64(e, "stored", &st))
+            continue;
+        c->chunks[l - NJ_ZSTD_LEVEL_MIN] = n;
+        c->bytes[l - NJ_ZSTD_LEVEL_MIN] = b;
+        c->stored[l - NJ_ZSTD_LEVEL_MIN] = st;
+    }
+}
+
 static int parse_disk(struct json_object *jd, struct nj_manifest_disk *d,
                       size_t i)
 {
@@ -305,17 +412,12 @@ static int parse_disk(struct json_object *jd, struct nj_manifest_disk *d,
             { "chunks_dedup", &d->stats.chunks_dedup },
             { "usec", &d->stats.usec },
         };
-        for (size_t k = 0; k < NJ_ARRAY_SIZE(s); k++) {
-            struct json_object *v = NULL;
-            /* Informational: anything else (a wrong type, a negative or
-             * possibly clamped value) reads as 0. */
-            if (json_object_object_get_ex(st, s[k].k, &v) &&
-                json_object_is_type(v, json_type_int) &&
-                json_object_get_int64(v) >= 0 &&
-                json_object_get_uint64(v) <= (uint64_t)INT64_MAX)
-                *s[k].v = json_object_get_uint64(v);
-        }
+        /* Informational: anything else (a wrong type, a negative or
+         * possibly clamped value) reads as 0. */
+        for (size_t k = 0; k < NJ_ARRAY_SIZE(s); k++)
+            info_u64(st, s[k].k, s[k].v);
     }
+    parse_compression(jd, &d->compression);
     return 0;
 }
 

@@ -13,6 +13,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "nj-chunk.h"
 #include "nj-digest.h"
 
 #define NJ_MANIFEST_VERSION 1
@@ -40,6 +41,23 @@ struct nj_disk_stats {
     uint64_t usec;          /* wall time the disk's datapath took */
 };
 
+/*
+ * How a disk's new chunks were compressed (informational: a reader never
+ * needs it, each chunk frame says how it is encoded).  adaptive: the level
+ * followed the pipeline between level_min and level_max; otherwise both
+ * are the one level used.  Per level: chunks compressed at it, their
+ * plaintext and frame bytes; raw_*: chunks stored uncompressed (sampled as
+ * incompressible, or no smaller compressed).
+ */
+struct nj_disk_compression {
+    bool adaptive;
+    int level_min, level_max;
+    uint64_t chunks[NJ_ZSTD_NLEVELS];
+    uint64_t bytes[NJ_ZSTD_NLEVELS];
+    uint64_t stored[NJ_ZSTD_NLEVELS];
+    uint64_t raw_chunks, raw_bytes;
+};
+
 struct nj_manifest_disk {
     char *target;        /* "vda" */
     char *format;        /* "qcow2", "raw" */
@@ -50,6 +68,7 @@ struct nj_manifest_disk {
     uint64_t entries;    /* index entry count */
     uint64_t covered;    /* bytes the index covers */
     struct nj_disk_stats stats;
+    struct nj_disk_compression compression; /* all zero: not recorded */
 };
 
 struct nj_manifest {
@@ -76,6 +95,9 @@ const struct nj_manifest_disk *nj_manifest_disk(const struct nj_manifest *m,
 
 /* JSON text (new string, pretty-printed, newline-terminated). */
 char *nj_manifest_to_json(const struct nj_manifest *m);
+/* The "compression" object of a disk as JSON text (new string), or NULL
+ * when it is not recorded. */
+char *nj_manifest_compression_json(const struct nj_disk_compression *c);
 /* Parse and validate; NULL with the last error on anything malformed. */
 struct nj_manifest *nj_manifest_from_json(const char *text, size_t len);
 

@@ -34,6 +34,7 @@
 #include "nj-util.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <libnbd.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -77,7 +78,12 @@ struct dp {
     bool have_alloc;
     uint64_t size, grid, block;
     unsigned requests;
-    int level;
+
+    /* Compression level (under lock): workers read level before each
+     * item; adapt_vote moves it between level_lo and level_hi. */
+    int level, level_lo, level_hi;
+    unsigned nworkers, votes, behind, starved;
+    uint64_t cpu_idle, cpu_total; /* /proc/stat at the window's start */
 
     pthread_mutex_t plan_lock;
     struct nj_plan *plan;
@@ -150,6 +156,47 @@ fail:
              src->uri ? src->uri : src->socket, nbd_get_error());
     nbd_close(h);
     return NULL;
+}
+
+static int parse_level(const char *s, const char *end, int *out)
+{
+    char buf[16];
+    size_t n = (size_t)(end - s);
+    if (n == 0 || n >= sizeof buf)
+        return -1;
+    memcpy(buf, s, n);
+    buf[n] = '\0';
+    for (size_t i = 0; i < n; i++)
+        if (!(buf[i] >= '0' && buf[i] <= '9') && !(i == 0 && buf[i] == '-'))
+            return -1;
+    char *e = NULL;
+    errno = 0;
+    long l = strtol(buf, &e, 10);
+    if (errno || *e || l < NJ_ZSTD_LEVEL_MIN || l > NJ_ZSTD_LEVEL_MAX || l == 0)
+        return -1;
+    *out = (int)l;
+    return 0;
+}
+
+int nj_zstd_level_parse(const char *s, int *lo, int *hi)
+{
+    if (strcmp(s, "auto") == 0) {
+        *lo = NJ_ZSTD_AUTO_MIN;
+        *hi = NJ_ZSTD_AUTO_MAX;
+        return 0;
+    }
+    const char *dots = strstr(s, "..");
+    int a = 0, b = 0;
+    if (dots ? parse_level(s, dots, &a) < 0 ||
+                   parse_level(dots + 2, dots + 2 + strlen(dots + 2), &b) < 0 ||
+                   a > b
+             : parse_level(s, s + strlen(s), &a) < 0)
+        return nj_error("'%s' is not a zstd level: auto, a level N or a "
+                        "range LO..HI, levels from %d to %d except 0", s,
+                        NJ_ZSTD_LEVEL_MIN, NJ_ZSTD_LEVEL_MAX);
+    *lo = a;
+    *hi = dots ? b : a;
+    return 0;
 }
 
 int nj_nbd_export_size(const struct nj_nbd_source *src, uint64_t *size)
@@ -397,6 +444,90 @@ static void *reader(void *arg)
 
 /* ---- workers ---- */
 
+int nj_zstd_adapt(int level, int lo, int hi, unsigned window,
+                  unsigned behind, unsigned waited, double idle_cores)
+{
+    int l = level;
+    if (behind * 4 >= window * 3)
+        l--;
+    else if (waited * 4 >= window && idle_cores >= 0.5)
+        l++;
+    else if (waited * 4 >= window && idle_cores >= 0 && idle_cores < 0.25)
+        l--;
+    if (l == 0) /* zstd's "default", not a level of its own */
+        l = l < level ? -1 : 1;
+    return NJ_MAX(lo, NJ_MIN(hi, l));
+}
+
+/* The machine's idle and total CPU time so far (/proc/stat, in ticks);
+ * false when it cannot be read. */
+static bool cpu_times(uint64_t *idle, uint64_t *total)
+{
+    char buf[256];
+    int fd = open("/proc/stat", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return false;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 4 || strncmp(buf, "cpu ", 4) != 0)
+        return false;
+    buf[n] = '\0';
+    /* user nice system idle iowait irq softirq steal */
+    unsigned long long v[8] = { 0 };
+    if (sscanf(buf + 4, "%llu %llu %llu %llu %llu %llu %llu %llu", &v[0],
+               &v[1], &v[2], &v[3], &v[4], &v[5], &v[6], &v[7]) < 4)
+        return false;
+    *idle = v[3] + v[4];
+    *total = 0;
+    for (int i = 0; i < 8; i++)
+        *total += v[i];
+    return true;
+}
+
+/*
+ * One vote per item a worker takes (caller holds lock).  waited: the
+ * worker found nothing to do and slept.  behind: after this item, work is
+ * still queued, so the workers are the bottleneck.  A window holds 2
+ * votes per worker (at least 8); at its end:
+ *
+ *   3/4 behind                          one level down
+ *   1/4 waited, the machine has idle    one level up: the reads are the
+ *     CPU (half a core or more)         bottleneck and compressing harder
+ *                                       costs no time
+ *   1/4 waited, the machine has no      one level down: the reads wait for
+ *     idle CPU (under a quarter core)   CPU that compression takes (the
+ *                                       NBD server shares the cores)
+ *
+ * and the window starts again, so each step rests on evidence gathered at
+ * the level it leaves.  Waiting for reads alone cannot tell a slow disk
+ * from a server starved of CPU by our own workers, hence the idle CPU.
+ */
+static void adapt_vote(struct dp *dp, bool waited)
+{
+    if (dp->level_lo == dp->level_hi)
+        return;
+    unsigned window = NJ_MAX(2 * dp->nworkers, 8u);
+    dp->votes++;
+    if (waited)
+        dp->starved++;
+    else if (dp->wq_count > 0)
+        dp->behind++;
+    if (dp->votes < window)
+        return;
+    uint64_t idle = 0, total = 0;
+    double idle_cores = -1;
+    if (cpu_times(&idle, &total)) {
+        if (dp->cpu_total && total > dp->cpu_total)
+            idle_cores = (double)(idle - dp->cpu_idle) /
+                         (double)(total - dp->cpu_total) * nj_ncpus();
+        dp->cpu_idle = idle;
+        dp->cpu_total = total;
+    }
+    dp->level = nj_zstd_adapt(dp->level, dp->level_lo, dp->level_hi, window,
+                              dp->behind, dp->starved, idle_cores);
+    dp->votes = dp->behind = dp->starved = 0;
+}
+
 static int emit(struct dp *dp, struct slot *s, struct nj_codec *codec,
                 uint64_t from, uint64_t to, bool zero)
 {
@@ -442,15 +573,21 @@ static int process(struct dp *dp, struct slot *s, struct nj_codec *codec)
 static void *worker(void *arg)
 {
     struct dp *dp = arg;
-    struct nj_codec *codec = nj_codec_new(dp->level);
+    pthread_mutex_lock(&dp->lock);
+    int level = dp->level;
+    pthread_mutex_unlock(&dp->lock);
+    struct nj_codec *codec = nj_codec_new(level);
     if (!codec) {
         dp_fail(dp, nj_error_get());
         return NULL;
     }
     for (;;) {
         pthread_mutex_lock(&dp->lock);
-        while (dp->wq_count == 0 && !dp->stop_workers && !dp->failed)
+        bool waited = false;
+        while (dp->wq_count == 0 && !dp->stop_workers && !dp->failed) {
+            waited = true;
             pthread_cond_wait(&dp->cond_work, &dp->lock);
+        }
         if (dp->failed || dp->wq_count == 0) {
             pthread_mutex_unlock(&dp->lock);
             break;
@@ -458,7 +595,10 @@ static void *worker(void *arg)
         struct slot *s = &dp->slots[dp->workq[dp->wq_head]];
         dp->wq_head = (dp->wq_head + 1) % dp->nslots;
         dp->wq_count--;
+        adapt_vote(dp, waited);
+        level = dp->level;
         pthread_mutex_unlock(&dp->lock);
+        nj_codec_set_level(codec, level);
         if (process(dp, s, codec) < 0) {
             dp_fail(dp, nj_error_get());
             break;
@@ -603,6 +743,8 @@ static int dp_setup(struct dp *dp, const struct nj_nbd_source *src,
                                   src->bitmap_context == NULL);
     if (!dp->disk)
         return -1;
+    nj_backup_disk_set_compression(dp->disk, dp->level_lo != dp->level_hi,
+                                   dp->level_lo, dp->level_hi);
     dp->plan = nj_plan_new(dp->size, src->bitmap_context != NULL, fetch, dp);
     uint64_t inflight = o->max_inflight ? o->max_inflight : NJ_INFLIGHT_DEFAULT;
     dp->nslots = (size_t)NJ_MAX(inflight / dp->grid, (uint64_t)2);
@@ -631,7 +773,17 @@ int nj_datapath_backup_disk(struct nj_backup *b, const char *target,
     dp->grid = o->grid ? o->grid : NJ_GRID_DEFAULT;
     dp->block = o->block ? o->block : NJ_BLOCK_DEFAULT;
     dp->requests = o->requests ? o->requests : 4;
-    dp->level = o->zstd_level ? o->zstd_level : NJ_ZSTD_LEVEL_DEFAULT;
+    if (o->zstd_min || o->zstd_max) {
+        dp->level_lo = NJ_MIN(o->zstd_min, o->zstd_max);
+        dp->level_hi = NJ_MAX(o->zstd_min, o->zstd_max);
+    } else {
+        dp->level_lo = NJ_ZSTD_AUTO_MIN;
+        dp->level_hi = NJ_ZSTD_AUTO_MAX;
+    }
+    /* Start at the default level, or the range's nearest end. */
+    dp->level = NJ_MAX(dp->level_lo, NJ_MIN(dp->level_hi, NJ_ZSTD_LEVEL_DEFAULT));
+    if (!cpu_times(&dp->cpu_idle, &dp->cpu_total))
+        dp->cpu_total = 0;
     pthread_mutex_init(&dp->plan_lock, NULL);
     pthread_mutex_init(&dp->lock, NULL);
     pthread_cond_init(&dp->cond_free, NULL);
@@ -640,6 +792,7 @@ int nj_datapath_backup_disk(struct nj_backup *b, const char *target,
     /* One more worker than cores: a worker blocked writing a chunk file
      * would otherwise leave its core idle. */
     unsigned nworkers = o->threads ? o->threads : nj_ncpus() + 1;
+    dp->nworkers = nworkers;
     pthread_t *workers = nj_calloc(nworkers, sizeof *workers);
     unsigned started_workers = 0;
     int ret = -1;

@@ -32,6 +32,36 @@
 #define NJ_BLOCK_DEFAULT (64u << 10)
 #define NJ_INFLIGHT_DEFAULT (24u << 20)
 
+/*
+ * Adaptive compression (the default).  How hard to compress is decided
+ * by the pipeline, as zstd --adapt does for a stream: when the workers
+ * fall behind the reads (items queue up behind every worker), the level
+ * goes down one step; when they wait for reads (the NBD source is the
+ * bottleneck, so compressing harder costs no time), it goes up one step.
+ * Each step needs a clear majority over a window of chunks.  The default
+ * range stops at level 1: below it zstd's fast levels trade much more
+ * size for speed (measured in docs/DATAPATH.md, "Choosing the zstd
+ * level"), and on a host whose cores are shared with the QEMU that serves
+ * the export, a backup is always CPU-bound, so the range's bottom is the
+ * level it runs at.  --zstd-level LO..HI widens it, e.g. to -5..3.
+ */
+#define NJ_ZSTD_AUTO_MIN 1
+#define NJ_ZSTD_AUTO_MAX 3
+
+/*
+ * The adaptive step, at the end of a window of `window` items of which
+ * `behind` found work still queued after them and `waited` found none and
+ * waited; idle_cores: the machine's idle CPU over the window, in cores
+ * (negative: unknown).  Returns the next level, within lo..hi, never 0.
+ */
+int nj_zstd_adapt(int level, int lo, int hi, unsigned window,
+                  unsigned behind, unsigned waited, double idle_cores);
+
+/* Parse a --zstd-level argument: "auto", "N" or "LO..HI" (levels from
+ * NJ_ZSTD_LEVEL_MIN to NJ_ZSTD_LEVEL_MAX, 0 excepted).  0, or -1 with the
+ * last error. */
+int nj_zstd_level_parse(const char *s, int *lo, int *hi);
+
 struct nj_datapath_opts {
     unsigned threads;      /* workers; 0: one per core, plus one */
     unsigned connections;  /* NBD connections; 0: 4 when multi-conn */
@@ -39,7 +69,9 @@ struct nj_datapath_opts {
     uint64_t grid;         /* 0: NJ_GRID_DEFAULT */
     uint64_t block;        /* zero-detection block; 0: NJ_BLOCK_DEFAULT */
     uint64_t max_inflight; /* 0: NJ_INFLIGHT_DEFAULT */
-    int zstd_level;        /* 0: NJ_ZSTD_LEVEL_DEFAULT */
+    /* zstd levels: equal, that one fixed level; different, the level
+     * adapts between them (below); both 0: NJ_ZSTD_AUTO_MIN..MAX. */
+    int zstd_min, zstd_max;
     bool progress;         /* progress line on stderr */
     /* When not NULL and set non-zero (e.g. by a signal handler), the run
      * stops with "interrupted" within a fraction of a second. */

@@ -81,8 +81,46 @@ check cmp -n 5000000 "$T/plain.out" "$T/plain.raw"
 check test "$(stat -c %s "$T/plain.out")" -eq 5000192
 check cmp -n 192 -i 5000000:0 "$T/plain.out" /dev/zero
 
+# --- compression: a fixed level, a range, the adaptive default ---
+# Each import gets new data (text that compresses, random that does not)
+# so that its chunks are new; the record in the manifest must account for
+# every new byte, at levels inside the policy's range.
+zimport() {  # NAME LEVEL-ARG...: import fresh data, JSON in $T/z-NAME.json
+    local n=$1; shift
+    # numbers from a random start: new cells, with matches even zstd's
+    # fast levels find (they leave literals uncompressed)
+    seq $((RANDOM * 100000)) $((RANDOM * 100000 + 1600000)) > "$T/z.raw"
+    truncate -s 12M "$T/z.raw"
+    head -c 4M /dev/urandom >> "$T/z.raw"
+    "$A" import -s "$S" -d "z-$n" --disk vda --format raw "$@" --json "$T/z.raw" > "$T/z-$n.json"
+    "$R" restore -s "$S" -d "z-$n" -o "$T/z-$n.out"
+    check cmp "$T/z-$n.out" "$T/z.raw"
+    jq -e '.disks[0] as $d | $d.compression as $c
+        | ([$c.levels[].bytes] | add) + $c.raw_bytes == $d.bytes_new
+          and ([$c.levels[].stored] | add) < ([$c.levels[].bytes] | add)
+          and ([$c.levels[].chunks] | add) + $c.raw_chunks == $d.chunks_new
+          and $c.raw_chunks >= 1
+          and all($c.levels[]; .level >= $c.level_min and .level <= $c.level_max and .level != 0)' \
+        "$T/z-$n.json" > /dev/null || fail "compression record of z-$n: $(jq -c .disks[0] "$T/z-$n.json")"
+    # the manifest in the store says the same
+    id=$(jq -r .id "$T/z-$n.json")
+    check test "$(jq -c .disks[0].compression "$S/backups/$id/manifest.json")" = "$(jq -c .disks[0].compression "$T/z-$n.json")"
+}
+zimport fixed --zstd-level 7
+check test "$(jq -r '.disks[0].compression | "\(.policy) \(.level_min) \(.level_max) \([.levels[].level] | unique)"' "$T/z-fixed.json")" = "fixed 7 7 [7]"
+zimport fast --zstd-level -3..-1
+check test "$(jq -r '.disks[0].compression | "\(.policy) \(.level_min) \(.level_max)"' "$T/z-fast.json")" = "auto -3 -1"
+zimport default
+check test "$(jq -r '.disks[0].compression | "\(.policy) \(.level_min) \(.level_max)"' "$T/z-default.json")" = "auto 1 3"
+# the one-line summary names the policy
+"$A" import -s "$S" -d z-text --disk vda --format raw --zstd-level 2 "$T/z.raw" > "$T/z-text.out"
+check grep -q ", zstd 2\$" "$T/z-text.out"
+
 # --- bad input: clear one-line errors, nothing stored ---
 before=$("$R" list -s "$S" --json | jq length)
+for l in 0 20 -11 3..1 1.. x " 3"; do
+    expect_fail "is not a zstd level" "$A" import -s "$S" -d z-bad --disk vda --format raw --zstd-level "$l" "$T/z.raw"
+done
 expect_fail "needs --bitmap" "$A" import -s "$S" -d "vm 'one' & co" --disk vda -l inc "$img"
 expect_fail "no earlier backup of 'fresh'" "$A" import -s "$S" -d fresh --disk vda -l inc --bitmap nj2 "$img"
 expect_fail "has no persistent bitmap 'nosuch'" "$A" import -s "$S" -d "vm 'one' & co" --disk vda -l inc --bitmap nosuch "$img"

@@ -100,6 +100,25 @@ static struct nj_manifest *sample(enum nj_level level)
         d->stats.bytes_dedup = (1ull << 62) + 1;
         d->stats.chunks_new = 7;
         d->stats.chunks_dedup = 9;
+        /* disk 0: adaptive over negative and positive levels; disk 1:
+         * fixed; disk 2: not recorded (older manifests) */
+        if (i == 0) {
+            d->compression = (struct nj_disk_compression){
+                .adaptive = true, .level_min = -3, .level_max = 3,
+                .raw_chunks = 4, .raw_bytes = 1ull << 40 };
+            d->compression.chunks[-3 - NJ_ZSTD_LEVEL_MIN] = 2;
+            d->compression.bytes[-3 - NJ_ZSTD_LEVEL_MIN] = INT64_MAX;
+            d->compression.stored[-3 - NJ_ZSTD_LEVEL_MIN] = 3;
+            d->compression.chunks[2 - NJ_ZSTD_LEVEL_MIN] = 5;
+            d->compression.bytes[2 - NJ_ZSTD_LEVEL_MIN] = 1ull << 33;
+            d->compression.stored[2 - NJ_ZSTD_LEVEL_MIN] = 1ull << 31;
+        } else if (i == 1) {
+            d->compression = (struct nj_disk_compression){
+                .level_min = NJ_ZSTD_LEVEL_MAX, .level_max = NJ_ZSTD_LEVEL_MAX };
+            d->compression.chunks[NJ_ZSTD_NLEVELS - 1] = 1;
+            d->compression.bytes[NJ_ZSTD_NLEVELS - 1] = 4096;
+            d->compression.stored[NJ_ZSTD_NLEVELS - 1] = 100;
+        }
     }
     return m;
 }
@@ -128,7 +147,9 @@ static bool manifest_eq(const struct nj_manifest *a,
             !str_eq(x->index, y->index) ||
             !nj_digest_eq(&x->index_digest, &y->index_digest) ||
             x->entries != y->entries || x->covered != y->covered ||
-            memcmp(&x->stats, &y->stats, sizeof x->stats) != 0)
+            memcmp(&x->stats, &y->stats, sizeof x->stats) != 0 ||
+            memcmp(&x->compression, &y->compression,
+                   sizeof x->compression) != 0)
             return false;
     }
     return true;
@@ -640,6 +661,42 @@ static void test_rules(void)
               m->disks[1].stats.chunks_new == 0 &&
               m->disks[1].stats.bytes_stored == 12345 &&
               m->disks[2].stats.bytes_read == 0);
+        nj_manifest_free(m);
+    }
+
+    /* The compression record is informational: a malformed record is
+     * dropped whole, a malformed level entry alone, never fatal. */
+    {
+        struct json_object *o = good_obj();
+        struct json_object *c0 = NULL, *c1 = NULL, *lv = NULL;
+        REQUIRE(json_object_object_get_ex(member(o, "disk0"), "compression", &c0));
+        REQUIRE(json_object_object_get_ex(member(o, "disk1"), "compression", &c1));
+        REQUIRE(json_object_object_get_ex(c0, "levels", &lv));
+        REQUIRE(json_object_array_length(lv) == 2);
+        /* disk 0: a new entry with a level out of range, and a negative
+         * chunk count in an existing one */
+        struct json_object *e = json_object_new_object();
+        json_object_object_add(e, "level", json_object_new_int(20));
+        json_object_object_add(e, "chunks", json_object_new_int(1));
+        json_object_object_add(e, "bytes", json_object_new_int(1));
+        json_object_object_add(e, "stored", json_object_new_int(1));
+        json_object_array_add(lv, e);
+        json_object_object_add(json_object_array_get_idx(lv, 0), "chunks",
+                               json_object_new_int(-1));
+        /* disk 1: min above max */
+        json_object_object_add(c1, "level_min", json_object_new_int(5));
+        json_object_object_add(c1, "level_max", json_object_new_int(4));
+        struct nj_manifest *m = ACCEPT_OBJ(o);
+        REQUIRE(m);
+        const struct nj_disk_compression *d0 = &m->disks[0].compression;
+        CHECK(d0->adaptive && d0->level_min == -3 && d0->level_max == 3);
+        CHECK(d0->chunks[-3 - NJ_ZSTD_LEVEL_MIN] == 0);      /* dropped */
+        CHECK(d0->chunks[2 - NJ_ZSTD_LEVEL_MIN] == 5 &&
+              d0->stored[2 - NJ_ZSTD_LEVEL_MIN] == 1ull << 31);
+        CHECK(d0->raw_chunks == 4 && d0->raw_bytes == 1ull << 40);
+        CHECK(m->disks[1].compression.level_min == 0 &&
+              m->disks[1].compression.chunks[NJ_ZSTD_NLEVELS - 1] == 0);
+        CHECK(m->disks[2].compression.level_min == 0);
         nj_manifest_free(m);
     }
 
