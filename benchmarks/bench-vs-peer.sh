@@ -32,13 +32,20 @@
 # repetitions (the incremental: over every incremental of every
 # repetition); stored bytes are du -sb of the store / output directory.
 #
-# Also measured: the hardware bounds on the same bytes (lib-bench.sh:
-# nbdcopy from a qemu-nbd export to null:, and SHA-256 + zstd on all
-# cores); the incremental time with the same dirty bytes on an 8 GiB and
+# Also measured: the CPU (model; SHA-256 and zstd per core on a sample of
+# the image, lib-bench.sh nj_bench_rates); the hardware bounds on the same
+# bytes (lib-bench.sh: nbdcopy from a qemu-nbd export to null:, and
+# SHA-256 + zstd on all cores); the machine bound of each full (the CPU
+# time it needs: the tool's own, user and system, plus what QEMU spent
+# serving the export, from /proc/PID/stat, divided by the cores); one
+# nightjar full per zstd level and with the adaptive default, on one more
+# domain (the time-against-bytes curve); verify, prune and gc of the
+# chain's store (chunks/s, MB/s, peak RSS); the incremental time with the same dirty bytes on an 8 GiB and
 # a 256 GiB virtual disk (nightjar; N incrementals each); and dedup: the
 # full of a second domain whose disk is a cp of the first's, into the same
 # store.  --tiny: 64 MiB disk, 20 scattered writes + 1 MiB, 2 GiB for the
-# scale part, one repetition (the test suite runs it so it cannot rot).
+# scale part, levels 1 and 3 and auto for the curve, one repetition (the
+# test suite runs it so it cannot rot).
 set -euo pipefail
 
 tiny=0 runs='' out=''
@@ -72,12 +79,12 @@ nj_bench_build build-benchpeer
 G=65536                 # dirty bitmap granularity
 if [ $tiny = 1 ]; then
     vsize=$((64 << 20)) bin=$((20 << 20)) rnd=$((8 << 20)) rnd_at=$((40 << 20))
-    nscat=20 seqlen=$((1 << 20)) big=$((2 << 30))
+    nscat=20 seqlen=$((1 << 20)) big=$((2 << 30)) curve="1 3 auto"
     dir=$(mktemp -d "${TMPDIR:-/tmp}/nj-bench-tiny.XXXXXX")
     workroot=${TMPDIR:-/tmp}
 else
     vsize=$((8 << 30)) bin=$((2867 << 20)) rnd=$((1 << 30)) rnd_at=$((5 << 30))
-    nscat=2000 seqlen=$((64 << 20)) big=$((256 << 30))
+    nscat=2000 seqlen=$((64 << 20)) big=$((256 << 30)) curve="-5 -3 -1 1 2 3 6 auto"
     dir=${NJ_BENCH_DIR:-/var/tmp/nightjar-bench}
     workroot=${NJ_BENCH_WORK:-/var/tmp}
     mkdir -p "$dir"
@@ -114,6 +121,10 @@ die() { echo "bench-vs-peer: $*" >&2; exit 1; }
 
 raw=$dir/image.raw img=$dir/image.qcow2
 nj_bench_image "$dir" $vsize $bin $rnd $rnd_at
+ncpu=$(nproc) clk=$(getconf CLK_TCK)
+nj_bench_rates "$raw" "-3 1 3"
+rates="SHA-256 $nj_rate_sha MB/s; zstd -3: ${nj_rate_zstd[-3]} MB/s, 1: ${nj_rate_zstd[1]} MB/s, 3: ${nj_rate_zstd[3]} MB/s (one core, 512 MiB of the image's data)"
+say "CPU: $(nj_bench_machine); $rates"
 
 # --- the write sets: data files (readable by QEMU) and, per disk size, plans ---
 W=$T/w
@@ -208,12 +219,13 @@ domain() {
 }
 
 # timed KEY CMD...: sync, then run CMD under /usr/bin/time with stdout in
-# $T/out and stderr in $T/err; record "seconds rss_kib" as M[KEY].
+# $T/out and stderr in $T/err; record "seconds rss_kib user_s sys_s" as
+# M[KEY].
 declare -A M=()
 timed() {
     local key=$1 rc=0 s r; shift
     sync
-    /usr/bin/time -f '%e %M' -o "$T/time" "$@" > "$T/out" 2> "$T/err" || rc=$?
+    /usr/bin/time -f '%e %M %U %S' -o "$T/time" "$@" > "$T/out" 2> "$T/err" || rc=$?
     if [ $rc -ne 0 ]; then
         tail -n 5 "$T/err" >&2
         die "$key failed (exit $rc): $*"
@@ -222,9 +234,34 @@ timed() {
     M[$key]="$s $r"
 }
 du_b() { du -sb "$1" | cut -f1; }
+hb() {  # BYTES in KiB/MiB/GiB, 3 significant digits
+    awk -v b="$1" 'BEGIN { split("B KiB MiB GiB TiB", u); i = 1
+        while (b >= 1024 && i < 5) { b /= 1024; i++ }
+        if (i == 1 || b >= 100) printf "%.0f %s\n", b, u[i]; else if (b >= 10) printf "%.1f %s\n", b, u[i]
+        else printf "%.2f %s\n", b, u[i] }'
+}
 
-nj_backup() {   # KEY DOMAIN STORE LEVEL
-    timed "$1" "$NIGHTJAR_AGENT" backup -c "$URI" -s "$3" -d "$2" -l "$4" --json
+# qemu_ticks DOMAIN: CPU time (clock ticks, user + system, every thread)
+# of the domain's QEMU so far.
+qemu_ticks() {
+    local pid
+    pid=$(pgrep -f -- "-name guest=$1,") || die "no QEMU process for $1"
+    awk '{ print $14 + $15 }' "/proc/$pid/stat"
+}
+# cpu_timed KEY DOMAIN CMD...: timed, and M[KEY.cpu] = the CPU seconds of
+# CMD (user + system) plus those of the domain's QEMU during it.
+cpu_timed() {
+    local key=$1 dom=$2 q0 u s; shift 2
+    q0=$(qemu_ticks "$dom")
+    "$@"
+    read -r _ _ u s <<<"${M[$key]}"
+    M[$key.cpu]="$(echo "$u + $s" | bc) $(echo "($(qemu_ticks "$dom") - $q0) / $clk" | bc -l)"
+}
+
+nj_backup() {   # KEY DOMAIN STORE LEVEL [OPTION...]
+    local key=$1 dom=$2 st=$3 lv=$4; shift 4
+    timed "$key" "$NIGHTJAR_AGENT" backup -c "$URI" -s "$st" -d "$dom" -l "$lv" --json "$@"
+    set -- "$key" "$dom" "$st" "$lv"
     [ "$(jq -r .level "$T/out")" = "$4" ] || die "$1: nightjar did a $(jq -r .level "$T/out"), not a $4"
     cp "$T/out" "$T/json-$1"
 }
@@ -237,10 +274,6 @@ peer_backup() { # KEY DOMAIN DIR LEVEL
     M[${1/./.fsync.}]=$(echo "$(date +%s.%N) - $s" | bc)
 }
 
-# --- the bounds, on the same bytes ---
-say "bounds: nbdcopy and SHA-256+zstd, $runs runs each"
-nj_bench_bounds "$img" "$raw" "$runs"
-
 # --- the comparison, $runs repetitions ---
 verify_failed=0 coexist_peer='' coexist_nj=''
 for ((r = 1; r <= runs; r++)); do
@@ -251,8 +284,8 @@ for ((r = 1; r <= runs; r++)); do
     domain "$dp" $vsize "$img"
     if [ $((r % 2)) = 1 ]; then order="nj peer"; else order="peer nj"; fi
     for tool in $order; do
-        if [ "$tool" = nj ]; then nj_backup "nj.full.$r" "$dn" "$S" full; M[nj.stored.full.$r]=$(du_b "$S")
-        else peer_backup "peer.full.$r" "$dp" "$P" full; M[peer.stored.full.$r]=$(du_b "$P"); fi
+        if [ "$tool" = nj ]; then cpu_timed "nj.full.$r" "$dn" nj_backup "nj.full.$r" "$dn" "$S" full; M[nj.stored.full.$r]=$(du_b "$S")
+        else cpu_timed "peer.full.$r" "$dp" peer_backup "peer.full.$r" "$dp" "$P" full; M[peer.stored.full.$r]=$(du_b "$P"); fi
         say "  full $tool: ${M[$tool.full.$r]}"
     done
     for ((k = 1; k <= 4; k++)); do
@@ -286,6 +319,15 @@ for ((r = 1; r <= runs; r++)); do
         say "  restore $tool: ${M[$tool.restore.$r]} (${M[$tool.verify.$r]} to the live disk)"
         rm -rf "$o" "$T/restore-peer"
     done
+    # nightjar's store maintenance on the chain (full + 4 incrementals):
+    # verify everything, prune to the last 2 points (merging the chain),
+    # gc with no grace period.
+    timed "nj.check.$r" "$NIGHTJAR_RESTORE" verify -s "$S" --json
+    cp "$T/out" "$T/json-check.$r"
+    timed "nj.prune.$r" "$NIGHTJAR_AGENT" prune -s "$S" -d "$dn" --keep-last 2 --json
+    timed "nj.gc.$r" "$NIGHTJAR_AGENT" gc -s "$S" --grace 0 --json
+    cp "$T/out" "$T/json-gc.$r"
+    say "  verify ${M[nj.check.$r]}, prune ${M[nj.prune.$r]}, gc ${M[nj.gc.$r]}"
     if [ $r = 1 ]; then
         # Do the tools coexist on one domain?  nightjar backs up the peer's
         # domain (which has virtnbdbackup.N checkpoints), then the peer tries
@@ -306,6 +348,12 @@ for ((r = 1; r <= runs; r++)); do
     nj_domain_remove "$dp"
     rm -rf "$S" "$P"
 done
+
+# --- the bounds, on the same bytes; the compute bound at the level that
+# compressed most of the first nightjar full ---
+blevel=$(jq -r '.disks[0].compression | (.levels | max_by(.bytes) | .level) // .level_min' "$T/json-nj.full.1")
+say "bounds: nbdcopy and SHA-256+zstd (level $blevel), $runs runs each"
+nj_bench_bounds "$img" "$raw" "$runs" "$blevel"
 
 # --- scale: the same dirty bytes on an 8 GiB and a $big disk; dedup ---
 d8=nj-bench-$tag-s8 db=nj-bench-$tag-sbig dc=nj-bench-$tag-clone
@@ -332,6 +380,23 @@ for ((k = 1; k <= runs; k++)); do
 done
 nj_domain_remove "$d8"
 nj_domain_remove "$db"
+
+# --- the curve: one nightjar full per zstd level, and the default ---
+dl=nj-bench-$tag-curve
+say "compression curve on $dl: levels $curve, $runs pass(es)"
+domain "$dl" $vsize "$img"
+for ((k = 1; k <= runs; k++)); do
+    for l in $curve; do
+        Ls=$T/store-curve
+        if [ "$l" = auto ]; then nj_backup "curve.$l.$k" "$dl" "$Ls" full
+        else nj_backup "curve.$l.$k" "$dl" "$Ls" full --zstd-level "$l"; fi
+        M[curve.stored.$l.$k]=$(du_b "$Ls")
+        cp "$T/out" "$T/json-curve.$l.$k"
+        rm -rf "$Ls"
+        say "  level $l: ${M[curve.$l.$k]} s, $(hb "${M[curve.stored.$l.$k]}")"
+    done
+done
+nj_domain_remove "$dl"
 load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # --- the report ---
@@ -356,18 +421,15 @@ medstoredinc() {
 rssmax() {  # TOOL: peak RSS in KiB over every backup and restore
     local k
     for k in "${!M[@]}"; do
-        case $k in "$1".full.* | "$1".inc*.* | "$1".restore.*) echo "${M[$k]}" | cut -d' ' -f2 ;; esac
+        case $k in
+        *.cpu) ;;
+        "$1".full.* | "$1".inc*.* | "$1".restore.*) echo "${M[$k]}" | cut -d' ' -f2 ;;
+        esac
     done | nj_bench_max
 }
 ratio() { echo "$1 / $2" | bc -l; }
 f2() { printf '%.2f' "$1"; }
 f3() { printf '%.3f' "$1"; }
-hb() {  # BYTES in KiB/MiB/GiB, 3 significant digits
-    awk -v b="$1" 'BEGIN { split("B KiB MiB GiB TiB", u); i = 1
-        while (b >= 1024 && i < 5) { b /= 1024; i++ }
-        if (i == 1 || b >= 100) printf "%.0f %s\n", b, u[i]; else if (b >= 10) printf "%.1f %s\n", b, u[i]
-        else printf "%.2f %s\n", b, u[i] }'
-}
 mib() { echo $(( ($1 + 1023) / 1024 ))" MiB"; }
 
 nf=$(med nj.full) pf=$(med peer.full) ni=$(medinc nj 1) pi=$(medinc peer 1)
@@ -376,6 +438,35 @@ nsf=$(medstored nj full) psf=$(medstored peer full)
 nsi=$(medstoredinc nj) psi=$(medstoredinc peer)
 nrss=$(rssmax nj) prss=$(rssmax peer)
 s8=$(med scale.inc8) sb=$(med scale.incbig)
+# The machine bound of each full: (the tool's CPU + QEMU's CPU) / cores,
+# and the wall time's fraction of it; medians over the repetitions.
+for t in nj peer; do
+    for ((i = 1; i <= runs; i++)); do
+        read -r c q <<<"${M[$t.full.$i.cpu]}"
+        M[$t.mbound.$i]=$(echo "($c + $q) / $ncpu" | bc -l)
+        M[$t.mfrac.$i]=$(echo "${M[$t.mbound.$i]} / $(cut -d' ' -f1 <<<"${M[$t.full.$i]}")" | bc -l)
+        M[$t.owncpu.$i]=$c M[$t.qemucpu.$i]=$q
+    done
+done
+nmb=$(med nj.mbound) nmf=$(med nj.mfrac) pmb=$(med peer.mbound)
+nown=$(med nj.owncpu) nq=$(med nj.qemucpu) pown=$(med peer.owncpu) pq=$(med peer.qemucpu)
+# the curve
+curve_row() {  # LEVEL
+    local l=$1 t b i mix=''
+    t=$(med "curve.$l")
+    b=$(for ((i = 1; i <= runs; i++)); do echo "${M[curve.stored.$l.$i]}"; done | nj_bench_median)
+    if [ "$l" = auto ]; then
+        mix=$(jq -r '.disks[0].compression | ([.levels[].bytes] | add) as $t
+            | [.levels[] | "\(.level): \(100 * .bytes / $t | floor) %"] | join(", ")' "$T/json-curve.auto.1")
+        mix=" (default; plaintext compressed per level: $mix)"
+    fi
+    echo "| $l$mix | $(f2 "$t") | $(hb "$b") | $(f2 "$(ratio "$t" "$pf")") | $(f2 "$(ratio "$b" "$psf")") |"
+}
+# store maintenance
+vchunks=$(jq .chunks "$T/json-check.1") vbytes=$(jq .bytes "$T/json-check.1")
+gscan=$(jq '.chunks_kept + .chunks_freed' "$T/json-gc.1") gfreed=$(jq .chunks_freed "$T/json-gc.1")
+vt=$(med nj.check) pt=$(med nj.prune) gt=$(med nj.gc)
+mrss=$(for k in check prune gc; do for ((i = 1; i <= runs; i++)); do cut -d' ' -f2 <<<"${M[nj.$k.$i]}"; done; done | nj_bench_max)
 mbs() { printf '%.0f' "$(echo "$vsize / $1 / 1000000" | bc -l)"; }
 pass() { if [ "$(echo "$1" | bc -l)" = 1 ]; then echo "**pass**"; else echo "**FAIL**"; fi; }
 virt=$(case $NJ_VIRT_TYPE in kvm) echo KVM ;; *) echo "TCG (no usable KVM)" ;; esac)
@@ -386,6 +477,7 @@ tab=$T/table.md
     echo "### nightjar vs virtnbdbackup, $date_start"
     echo
     echo "Machine: $(nj_bench_machine), $virt, $(free -g | awk '/^Mem:/ {print $2}') GiB RAM, kernel $(uname -r)."
+    echo "Per core: $rates."
     echo "nightjar $rev (release build); virtnbdbackup $(virtnbdbackup -V 2>&1 | tail -n 1);" \
         "$(qemu-img --version | head -n 1 | sed 's/ (.*//'); libvirt $(nj_virsh version --daemon 2>/dev/null | sed -n 's/.*daemon: *[^0-9]*\([0-9.]*\).*/\1/p' | head -n 1)."
     echo
@@ -420,9 +512,24 @@ tab=$T/table.md
     echo "| measure | seconds | MB/s of virtual disk |"
     echo "|---|---|---|"
     echo "| nbdcopy from qemu-nbd to null: (NBD read bound) | $(f2 "$nj_bound_copy") | $(mbs "$nj_bound_copy") |"
-    echo "| SHA-256 + zstd on all cores (compute bound) | $(f2 "$nj_bound_cpu") | $(mbs "$nj_bound_cpu") |"
+    echo "| SHA-256 + zstd level $blevel on all cores (compute bound) | $(f2 "$nj_bound_cpu") | $(mbs "$nj_bound_cpu") |"
     echo "| nightjar full backup | $(f2 "$nf") | $(mbs "$nf") |"
     echo "| virtnbdbackup -z full backup | $(f2 "$pf") | $(mbs "$pf") |"
+    echo
+    echo "Machine bound of a full (median of $runs): the CPU time it needs, the tool's own (user + system: hashing, compression, its share of the kernel's copies) plus what QEMU spent serving the export, divided by the $ncpu cores. A full that keeps every core busy with its own work runs at 100 %."
+    echo
+    echo "| tool | own CPU s | QEMU CPU s | machine bound s | wall s | bound / wall |"
+    echo "|---|---|---|---|---|---|"
+    echo "| nightjar | $(f2 "$nown") | $(f2 "$nq") | $(f2 "$nmb") | $(f2 "$nf") | $(printf '%.0f' "$(echo "100 * $nmf" | bc -l)") % |"
+    echo "| virtnbdbackup -z | $(f2 "$pown") | $(f2 "$pq") | $(f2 "$pmb") | $(f2 "$pf") | $(printf '%.0f' "$(echo "100 * $(med peer.mfrac)" | bc -l)") % |"
+    echo
+    echo "Compression level against time and bytes: nightjar fulls of one more domain (a fresh copy of the image), into an empty store each, at each forced level (--zstd-level N) and with the adaptive default; median of $runs; ratios to the peer's median full above."
+    echo
+    echo "| zstd level | full, seconds | store | time / peer | bytes / peer |"
+    echo "|---|---|---|---|---|"
+    for l in $curve; do curve_row "$l"; done
+    echo
+    echo "Store maintenance on the chain's store (full + 4 incrementals; median of $runs): verify read and checked $vchunks chunks, $(hb "$vbytes") of plaintext, in $(f2 "$vt") s ($(printf '%.0f' "$(echo "$vchunks / $vt" | bc -l)") chunks/s, $(printf '%.0f' "$(echo "$vbytes / $vt / 1000000" | bc -l)") MB/s); prune --keep-last 2 took $(f2 "$pt") s; gc looked at $gscan chunks and freed $gfreed in $(f2 "$gt") s ($(printf '%.0f' "$(echo "$gscan / $gt" | bc -l)") chunks/s); peak RSS of the three $(mib "$mrss")."
     echo
     echo "Scale (nightjar; the same $(hb $dirty) dirty, scattered over the whole disk; median of $runs incrementals):" \
         "$(hb $vsize): $(f2 "$s8") s, $(hb $big): $(f2 "$sb") s, ratio $(f2 "$(ratio "$sb" "$s8")")." \
@@ -434,13 +541,16 @@ tab=$T/table.md
     echo "|---|---|---|---|"
     echo "| full backup wall time | $(f3 "$(ratio "$nf" "$pf")") x peer | <= 0.4 | $(pass "$nf <= 0.4 * $pf") |"
     echo "| store bytes after the full | $(f3 "$(ratio "$nsf" "$psf")") x peer | <= 0.85 | $(pass "$nsf <= 0.85 * $psf") |"
+    echo "| where both cannot hold: full time and store | $(f3 "$(ratio "$nf" "$pf")") x and $(f3 "$(ratio "$nsf" "$psf")") x peer | <= 0.5 and <= 0.9 | $(pass "$nf <= 0.5 * $pf && $nsf <= 0.9 * $psf") |"
     echo "| incremental wall time | $(f3 "$(ratio "$ni" "$pi")") x peer | <= 0.5 | $(pass "$ni <= 0.5 * $pi") |"
     echo "| incremental stored bytes | $(f3 "$(ratio "$nsi" "$psi")") x peer | <= 1.0 | $(pass "$nsi <= $psi") |"
     echo "| restore of the latest point | $(f3 "$(ratio "$nr" "$pr")") x peer | <= 0.4 | $(pass "$nr <= 0.4 * $pr") |"
     echo "| peak RSS, backup and restore | $(mib "$nrss") | <= 64 MiB | $(pass "$nrss <= 65536") |"
+    echo "| peak RSS, verify, prune and gc | $(mib "$mrss") | <= 64 MiB | $(pass "$mrss <= 65536") |"
     echo "| incremental, $(hb $big) vs $(hb $vsize) | $(f3 "$(ratio "$sb" "$s8")") x | <= 1.3 | $(pass "$sb <= 1.3 * $s8") |"
     echo "| clone's full added to the store | $(printf '%.2f' "$(echo "100 * $clone_added / $first_full" | bc -l)") % of the first full | <= 2 % | $(pass "$clone_added <= 0.02 * $first_full") |"
-    echo "| full backup throughput | $(printf '%.0f' "$(echo "100 * $nj_bound_cpu / $nf" | bc -l)") % of the compute bound | >= 85 % | $(pass "$nj_bound_cpu >= 0.85 * $nf") |"
+    echo "| full backup, machine bound / wall time | $(printf '%.0f' "$(echo "100 * $nmf" | bc -l)") % | >= 85 % | $(pass "$nmf >= 0.85") |"
+    echo "| (for reference) compute bound / wall time | $(printf '%.0f' "$(echo "100 * $nj_bound_cpu / $nf" | bc -l)") % | | |"
     echo
     echo "Each repetition (seconds; full, inc 1-4, restore):"
     echo

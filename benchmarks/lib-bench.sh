@@ -90,6 +90,23 @@ nj_bench_bounds() {
     nj_bound_data=$(echo "$nj_bound_json" | jq .bytes)
 }
 
+# nj_bench_rates RAW [LEVELS]: what one core of this CPU does on a sample
+# of RAW's non-zero data (512 MiB; nj-bench-compute --threads 1): sets
+# nj_rate_sha (SHA-256, MB/s), nj_rate_zstd[L] (zstd at level L, MB/s,
+# incompressible cells stored raw as in a backup) and nj_ratio_zstd[L]
+# (stored / plaintext bytes) for each of LEVELS (default "-3 1 3").
+declare -A nj_rate_zstd=() nj_ratio_zstd=()
+nj_rate_sha=
+nj_bench_rates() {
+    local raw=$1 levels=${2:--3 1 3} l j
+    nj_rate_sha=$("$NJ_BENCH_COMPUTE" --json --threads 1 --only sha256 --limit $((512 << 20)) "$raw" | jq .mb_per_s)
+    for l in $levels; do
+        j=$("$NJ_BENCH_COMPUTE" --json --threads 1 --only zstd --level "$l" --limit $((512 << 20)) "$raw")
+        nj_rate_zstd[$l]=$(echo "$j" | jq .mb_per_s)
+        nj_ratio_zstd[$l]=$(echo "$j" | jq '.stored / .bytes')
+    done
+}
+
 # nj_bench_machine: "N cores, CPU model" of this machine.
 nj_bench_machine() {
     local model
