@@ -14,6 +14,7 @@
 #include <json-c/json.h>
 
 #include <getopt.h>
+#include <malloc.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -577,6 +578,13 @@ static int cmd_import(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
+    /* Chunk and slot buffers are megabytes each, allocated per disk and
+     * per worker.  A fixed threshold keeps them in their own mappings,
+     * returned to the kernel when freed; glibc's default threshold rises
+     * after the first such free and then leaves them in per-thread heaps
+     * that only grow, which made the peak RSS depend on the thread count
+     * and the order of frees. */
+    mallopt(M_MMAP_THRESHOLD, 256 << 10);
     opterr = 0; /* bad_option() says what is wrong, once */
     if (argc < 2) {
         usage(stderr);

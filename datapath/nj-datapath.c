@@ -789,9 +789,16 @@ int nj_datapath_backup_disk(struct nj_backup *b, const char *target,
     pthread_cond_init(&dp->cond_free, NULL);
     pthread_cond_init(&dp->cond_work, NULL);
     pthread_cond_init(&dp->cond_done, NULL);
-    /* One more worker than cores: a worker blocked writing a chunk file
-     * would otherwise leave its core idle. */
-    unsigned nworkers = o->threads ? o->threads : nj_ncpus() + 1;
+    /* One more worker than cores (a worker blocked writing a chunk file
+     * would otherwise leave its core idle), but no more than there are
+     * slots: more could never have an item, and each costs a frame buffer
+     * and a zstd context, so the memory stays bounded however many cores
+     * the host has. */
+    uint64_t inflight = o->max_inflight ? o->max_inflight : NJ_INFLIGHT_DEFAULT;
+    unsigned max_workers = (unsigned)NJ_MIN(NJ_MAX(inflight / dp->grid, (uint64_t)2),
+                                            (uint64_t)256);
+    unsigned nworkers = o->threads ? o->threads
+                                   : NJ_MIN(nj_ncpus() + 1, max_workers);
     dp->nworkers = nworkers;
     pthread_t *workers = nj_calloc(nworkers, sizeof *workers);
     unsigned started_workers = 0;

@@ -63,7 +63,8 @@ int nj_zstd_adapt(int level, int lo, int hi, unsigned window,
 int nj_zstd_level_parse(const char *s, int *lo, int *hi);
 
 struct nj_datapath_opts {
-    unsigned threads;      /* workers; 0: one per core, plus one */
+    unsigned threads;      /* workers; 0: one per core plus one, at most
+                              one per slot (max_inflight / grid) */
     unsigned connections;  /* NBD connections; 0: 4 when multi-conn */
     unsigned requests;     /* requests in flight per connection; 0: 4 */
     uint64_t grid;         /* 0: NJ_GRID_DEFAULT */
