@@ -2,6 +2,7 @@
  * nj-chunk.c: the chunk frame codec.  See nj-chunk.h for the layout.
  */
 #include "nj-chunk.h"
+#include "nj-io.h"
 #include "nj-util.h"
 
 #include <string.h>
@@ -147,7 +148,8 @@ const void *nj_codec_encode(struct nj_codec *c, const void *raw,
     size_t need = nj_chunk_frame_bound(raw_len);
     if (c->scratch_cap < need) {
         free(c->scratch);
-        c->scratch = nj_malloc(need);
+        /* aligned for the store's O_DIRECT writes (nj_write_direct) */
+        c->scratch = nj_malloc_aligned(NJ_DIRECT_ALIGN, need);
         c->scratch_cap = need;
     }
     *frame_len = nj_chunk_encode(c, raw, raw_len, c->scratch, c->scratch_cap);

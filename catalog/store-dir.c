@@ -213,7 +213,7 @@ static int dir_chunk_put(struct nj_store *s, const struct nj_digest *d,
                                               sizeof p.tmp);
     if (fd < 0)
         return -1;
-    if (nj_full_write(fd, frame, len) < 0) {
+    if (nj_write_direct(fd, frame, len) < 0) {
         int e = errno;
         unlinkat(dfd, p.tmp, 0);
         return nj_error_errno(e, "write chunk to '%s'", ds->base.path);

@@ -50,6 +50,39 @@ int nj_full_write(int fd, const void *buf, size_t len)
     return 0;
 }
 
+int nj_write_direct(int fd, const void *buf, size_t len)
+{
+    size_t head = len & ~(size_t)(NJ_DIRECT_ALIGN - 1);
+    if (head == 0 || ((uintptr_t)buf & (NJ_DIRECT_ALIGN - 1)))
+        return nj_full_write(fd, buf, len);
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_DIRECT) < 0)
+        return nj_full_write(fd, buf, len);
+    const char *p = buf;
+    size_t done = 0;
+    while (done < head) {
+        ssize_t r = pwrite(fd, p + done, head - done, (off_t)done);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0 || ((size_t)r & (NJ_DIRECT_ALIGN - 1))) {
+            /* Refused (EINVAL: the file system or the device wants
+             * another alignment), or a short write that leaves the rest
+             * unaligned: the rest goes through the page cache. */
+            if (r < 0 && errno != EINVAL)
+                return -1;
+            if (r > 0)
+                done += (size_t)r;
+            break;
+        }
+        done += (size_t)r;
+    }
+    if (fcntl(fd, F_SETFL, fl) < 0)
+        return -1;
+    if (lseek(fd, (off_t)done, SEEK_SET) < 0)
+        return -1;
+    return nj_full_write(fd, p + done, len - done);
+}
+
 int nj_full_pread(int fd, void *buf, size_t len, off_t off)
 {
     char *p = buf;

@@ -35,6 +35,20 @@
  * end of file before len bytes sets errno to ENODATA. */
 int nj_full_read(int fd, void *buf, size_t len);
 int nj_full_write(int fd, const void *buf, size_t len);
+
+/*
+ * Write len bytes to a new, empty file fd, bypassing the page cache where
+ * the file system allows it: the largest multiple of NJ_DIRECT_ALIGN of
+ * them with O_DIRECT when buf is aligned to NJ_DIRECT_ALIGN, the rest (and
+ * everything, where O_DIRECT is refused) with ordinary writes.  Chunk
+ * files are written once and read rarely: copying them into the page
+ * cache costs CPU that a backup competing with its VMs for the cores does
+ * not have (measured in docs/DATAPATH.md), and evicts the host's cache.
+ * Durability is unchanged: the caller still syncs before publishing.
+ * 0, or -1 with errno.
+ */
+#define NJ_DIRECT_ALIGN 4096u
+int nj_write_direct(int fd, const void *buf, size_t len);
 int nj_full_pread(int fd, void *buf, size_t len, off_t off);
 int nj_full_pwrite(int fd, const void *buf, size_t len, off_t off);
 

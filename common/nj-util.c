@@ -70,6 +70,14 @@ void *nj_malloc(size_t n)
     return p;
 }
 
+void *nj_malloc_aligned(size_t align, size_t n)
+{
+    void *p = NULL;
+    if (posix_memalign(&p, align, n ? n : 1) != 0)
+        nj_oom(n);
+    return p;
+}
+
 void *nj_calloc(size_t n, size_t size)
 {
     void *p = calloc(n ? n : 1, size ? size : 1);

@@ -38,6 +38,8 @@ void nj_error_print(const char *prog);
 
 /* Allocation that never returns NULL: aborts with a message instead. */
 void *nj_malloc(size_t n);
+/* n bytes aligned to align (a power of two, at least sizeof(void *)); free() it. */
+void *nj_malloc_aligned(size_t align, size_t n);
 void *nj_calloc(size_t n, size_t size);
 void *nj_realloc_array(void *p, size_t n, size_t size);
 char *nj_strdup(const char *s);
