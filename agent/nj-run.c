@@ -460,7 +460,11 @@ static bool spawn(struct service *sv, struct child *c, int64_t fake_now)
                      (char *)"-s", cfg->store, (char *)"-d", c->uuid,
                      (char *)"-l", cfg->level, (char *)"--max-chain", chain,
                      (char *)"--max-age", age, (char *)"--scratch-dir",
-                     cfg->scratch_dir, (char *)"--json", NULL };
+                     cfg->scratch_dir, (char *)"--json", NULL, NULL, NULL };
+    if (cfg->zstd_level) {
+        argv[NJ_ARRAY_SIZE(argv) - 3] = (char *)"--zstd-level";
+        argv[NJ_ARRAY_SIZE(argv) - 2] = cfg->zstd_level;
+    }
     c->pid = fork();
     if (c->pid < 0) {
         close(out[0]); close(out[1]); close(err[0]); close(err[1]);

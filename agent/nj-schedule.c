@@ -1,6 +1,7 @@
 /*
  * nj-schedule.c: calendars and the configuration file.  See nj-schedule.h.
  */
+#include "nj-datapath.h"
 #include "nj-io.h"
 #include "nj-store.h"
 #include "nj-schedule.h"
@@ -216,6 +217,7 @@ void nj_config_free(struct nj_config *c)
     free(c->state_file);
     free(c->schedule_text);
     free(c->level);
+    free(c->zstd_level);
     nj_strv_free(c->domains);
     nj_strv_free(c->exclude);
     free(c);
@@ -240,6 +242,9 @@ static int set_string(const char *path, int line, const char *key,
         strcmp(v, "inc") && strcmp(v, "diff") && strcmp(v, "copy"))
         return nj_error("%s:%d: level: auto, full, inc, diff or copy, not "
                         "'%s'", path, line, v);
+    int lo, hi;
+    if (!strcmp(key, "zstd-level") && nj_zstd_level_parse(v, &lo, &hi) < 0)
+        return nj_error_prefix("%s:%d: zstd-level", path, line);
     free(*out);
     *out = nj_strdup(v);
     return 0;
@@ -272,6 +277,7 @@ static int config_line(struct nj_config *c, const char *path, int line,
         { "store", &c->store },           { "connect", &c->uri },
         { "scratch-dir", &c->scratch_dir }, { "status-file", &c->status_file },
         { "state-file", &c->state_file }, { "level", &c->level },
+        { "zstd-level", &c->zstd_level },
     };
     for (size_t i = 0; i < NJ_ARRAY_SIZE(strs); i++)
         if (!strcmp(key, strs[i].k))

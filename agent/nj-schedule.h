@@ -45,6 +45,7 @@ struct nj_config {
     struct nj_calendar schedule;
     char *schedule_text;
     char *level;                 /* auto, full, inc, diff, copy */
+    char *zstd_level;            /* --zstd-level for every backup, or NULL */
     unsigned max_chain, max_age_days, concurrency;
     struct nj_keep_rules keep;
     int64_t gc_grace;

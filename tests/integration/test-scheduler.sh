@@ -142,6 +142,7 @@ exclude = *-skip    # not D
 schedule = daily 02:30
 
 level = auto
+zstd-level = 2..4
 max-chain = 4
 # (off: the agent judges max-age on the real clock, not the simulated one)
 max-age = 0
@@ -703,6 +704,15 @@ done <"$T/store.txt"
 rm -f "$T/restored.raw"
 echo "restored $n points"
 check test "$n" -ge 8
+
+# every backup the scheduler ran compressed with the configured zstd-level
+nm=0
+for m in "$S"/backups/*/manifest.json; do
+    jq -e '[.disks[].compression | .policy == "auto" and .level_min == 2 and .level_max == 4] | all' "$m" > /dev/null \
+        || fail "$m: not compressed with zstd-level 2..4: $(jq -c '[.disks[].compression]' "$m")"
+    nm=$((nm + 1))
+done
+check test "$nm" -ge 4
 
 step "done"
 finish

@@ -367,6 +367,7 @@ static void test_config_full(void)
         "\n"
         "schedule = Mon..Fri *-*-* 01:30   # weeknights\n"
         "level = inc\n"
+        "zstd-level = -3..2\n"
         "max-chain = 14\n"
         "max-age = 9\n"
         "concurrency = 3\n"
@@ -393,6 +394,7 @@ static void test_config_full(void)
     CHECK(c->schedule.dow == 0x3e && c->schedule.hours == H(1) &&
           c->schedule.minutes == M(30));
     CHECK(!strcmp(c->level, "inc"));
+    CHECK(c->zstd_level && !strcmp(c->zstd_level, "-3..2"));
     CHECK(c->max_chain == 14 && c->max_age_days == 9 && c->concurrency == 3);
     CHECK(c->keep.last == 2 && c->keep.hourly == 24 && c->keep.daily == 7 &&
           c->keep.weekly == 4 && c->keep.monthly == 6 && c->keep.yearly == 1);
@@ -504,6 +506,10 @@ static void test_config_errors(void)
         ":4: schedule 'daily 25:00' is not understood");
     BAD(PRE "schedule =\n", ":4: schedule '' is not understood");
     BAD(PRE "level = fastest\nschedule = daily 02:00\n", ":4: level: ");
+    BAD(PRE "zstd-level = 0\nschedule = daily 02:00\n",
+        ":4: zstd-level: '0' is not a zstd level");
+    BAD(PRE "zstd-level = 9..1\nschedule = daily 02:00\n",
+        ":4: zstd-level: '9..1' is not a zstd level");
     BAD(PRE "scratch-dir =\nschedule = daily 02:00\n", ":4: scratch-dir: ");
     BAD("# no store\n\nschedule = daily 02:00\n", ": 'store' is required");
     BAD("store = /s\n", ": 'schedule' is required");
