@@ -6,11 +6,11 @@
  * core by default) each own a zstd context and buffers: they read the
  * chunk frame, check its CRC, decompress it into a write buffer of the
  * output, check its SHA-256 against the address, and only then write the
- * job's ranges from that buffer (handed to the output, not copied).  A damaged chunk stops
- * the pipeline with an error naming the chunk and the disk range; nothing
- * from it is written.  The job queue is bounded and the output bounds its
- * write buffers, so memory is a few chunk buffers per worker regardless of
- * the disk size.
+ * job's ranges from that buffer (handed to the output, not copied).  A
+ * damaged chunk stops the pipeline with an error naming the chunk and the
+ * disk range; nothing from it is written.  The job queue is bounded and
+ * the output bounds its write buffers, so memory is a few chunk buffers
+ * per worker regardless of the disk size.
  */
 #include "nj-restore.h"
 #include "nj-util.h"
@@ -99,9 +99,11 @@ static int job_run(struct pipeline *p, const struct job *j,
     ssize_t flen = nj_store_chunk_get(p->store, &j->digest, frame, frame_cap);
     ssize_t n = -1;
     struct nj_output_buf *raw = NULL;
-    if (flen >= 0)
+    if (flen >= 0) {
+        /* Fails only when the output has: its error, not the chunk's. */
         raw = nj_output_buf_get(p->out, j->chunk_len);
-    if (raw) {
+        if (!raw)
+            return -1;
         n = nj_chunk_decode(codec, *frame, (size_t)flen, &j->digest,
                             raw->data, j->chunk_len);
         if (n >= 0 && (uint64_t)n != j->chunk_len) {
