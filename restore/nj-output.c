@@ -256,6 +256,147 @@ static int publish(struct out_file *f)
     return 0;
 }
 
+/* ---- write buffers ----
+ *
+ * A buffer is in use while it has references (the caller's from get to
+ * put, and one per queued write); with none it goes to the free list for
+ * the next get.  in_use counts the bytes of buffers in use, total those of
+ * all.  A get takes a free buffer that is large enough; when none is, the
+ * free ones are freed and a new one is made, unless that would take in_use
+ * past the limit: then it waits for a put.  One buffer is always granted
+ * when none is in use, so a chunk of any size can be restored; total
+ * stays within the limit or that one buffer.  The lock is taken after an
+ * output's own lock, never before.
+ */
+struct obuf {
+    struct nj_output_buf pub; /* first */
+    struct obuf *next;        /* free list */
+    unsigned refs;
+};
+
+struct nj_output_pool {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    struct obuf *free;
+    uint64_t total, in_use, limit; /* limit 0: none */
+    bool failed;
+    char error[512];
+};
+
+static struct nj_output_pool *pool_new(uint64_t limit)
+{
+    struct nj_output_pool *p = nj_calloc(1, sizeof *p);
+    pthread_mutex_init(&p->lock, NULL);
+    pthread_cond_init(&p->cond, NULL);
+    p->limit = limit;
+    return p;
+}
+
+/* Every buffer has been put and every write that held one is gone. */
+static void pool_free(struct nj_output_pool *p)
+{
+    if (!p)
+        return;
+    for (struct obuf *b = p->free, *next = NULL; b; b = next) {
+        next = b->next;
+        free(b);
+    }
+    pthread_mutex_destroy(&p->lock);
+    pthread_cond_destroy(&p->cond);
+    free(p);
+}
+
+/* Wake the waiting gets and make them, and all later ones, fail. */
+static void pool_fail(struct nj_output_pool *p, const char *msg)
+{
+    pthread_mutex_lock(&p->lock);
+    if (!p->failed) {
+        p->failed = true;
+        snprintf(p->error, sizeof p->error, "%s", msg);
+    }
+    pthread_cond_broadcast(&p->cond);
+    pthread_mutex_unlock(&p->lock);
+}
+
+struct nj_output_buf *nj_output_buf_get(struct nj_output *o, size_t len)
+{
+    struct nj_output_pool *p = o->pool;
+    struct obuf *b = NULL;
+    pthread_mutex_lock(&p->lock);
+    while (!p->failed) {
+        struct obuf **pp = &p->free;
+        while (*pp && (*pp)->pub.cap < len)
+            pp = &(*pp)->next;
+        if (*pp) {
+            b = *pp;
+            *pp = b->next;
+            break;
+        }
+        /* None fits: the free ones are all too small. */
+        while (p->free) {
+            struct obuf *f = p->free;
+            p->free = f->next;
+            p->total -= f->pub.cap;
+            free(f);
+        }
+        if (p->in_use == 0 || !p->limit || p->in_use + len <= p->limit) {
+            /* A new one: malloc outside the lock. */
+            p->total += len;
+            p->in_use += len;
+            pthread_mutex_unlock(&p->lock);
+            b = nj_malloc(sizeof *b + len);
+            b->pub.data = b + 1;
+            b->pub.cap = len;
+            b->next = NULL;
+            b->refs = 1;
+            return &b->pub;
+        }
+        pthread_cond_wait(&p->cond, &p->lock);
+    }
+    if (!b) {
+        nj_error("%s", p->error);
+        pthread_mutex_unlock(&p->lock);
+        return NULL;
+    }
+    b->refs = 1;
+    b->next = NULL;
+    p->in_use += b->pub.cap;
+    pthread_mutex_unlock(&p->lock);
+    return &b->pub;
+}
+
+void nj_output_buf_ref(struct nj_output *o, struct nj_output_buf *pub)
+{
+    struct obuf *b = (struct obuf *)pub;
+    pthread_mutex_lock(&o->pool->lock);
+    b->refs++;
+    pthread_mutex_unlock(&o->pool->lock);
+}
+
+void nj_output_buf_put(struct nj_output *o, struct nj_output_buf *pub)
+{
+    if (!pub)
+        return;
+    struct nj_output_pool *p = o->pool;
+    struct obuf *b = (struct obuf *)pub;
+    pthread_mutex_lock(&p->lock);
+    if (--b->refs == 0) {
+        p->in_use -= b->pub.cap;
+        b->next = p->free;
+        p->free = b;
+        pthread_cond_broadcast(&p->cond);
+    }
+    pthread_mutex_unlock(&p->lock);
+}
+
+int nj_output_write_buf(struct nj_output *o, struct nj_output_buf *b,
+                        size_t boff, size_t len, uint64_t off)
+{
+    if (o->ops->pwrite_buf)
+        return o->ops->pwrite_buf(o, b, boff, len, off);
+    return o->ops->pwrite(o, (const char *)b->data + boff, len, off);
+}
+
 /* ---- helpers: qemu-img and qemu-nbd ---- */
 
 /* Format v in decimal into buf without malloc or locale (after fork). */
@@ -276,26 +417,43 @@ static void fmt_ulong(unsigned long v, char *buf, size_t size)
 /*
  * Start argv[0] (from PATH) with f's private directory descriptor
  * inherited under the same number and, when listenfd >= 0, as a systemd
- * socket-activated server on fd 3.  The child gets its own process group
- * and an empty signal mask.  Registers the pid in f->helper.  Only
- * async-signal-safe calls in the child: the restore has threads.
+ * socket-activated server on fd 3.  tunables, when not NULL, is put in
+ * front of the child's GLIBC_TUNABLES (the user's own settings come after
+ * it and win).  The child gets its own process group and an empty signal
+ * mask.  Registers the pid in f->helper.  Only async-signal-safe calls in
+ * the child: the restore has threads.
  */
-static pid_t spawn(struct out_file *f, char *const argv[], int listenfd)
+static pid_t spawn(struct out_file *f, char *const argv[], int listenfd,
+                   const char *tunables)
 {
     char **envp = NULL;
     char *listen_pid = NULL;
-    if (listenfd >= 0) {
+    NJ_CLEANUP_FREE char *tun = NULL;
+    if (listenfd >= 0 || tunables) {
+        static const char tun_name[] = "GLIBC_TUNABLES=";
         size_t n = 0;
         while (environ[n])
             n++;
-        envp = nj_calloc(n + 3, sizeof *envp);
-        listen_pid = nj_strdup("LISTEN_PID=xxxxxxxxxxxxxxxxxxxx");
+        envp = nj_calloc(n + 4, sizeof *envp);
         size_t k = 0;
-        envp[k++] = listen_pid;
-        envp[k++] = (char *)"LISTEN_FDS=1";
-        for (size_t i = 0; i < n; i++)
-            if (strncmp(environ[i], "LISTEN_", 7) != 0)
+        if (listenfd >= 0) {
+            listen_pid = nj_strdup("LISTEN_PID=xxxxxxxxxxxxxxxxxxxx");
+            envp[k++] = listen_pid;
+            envp[k++] = (char *)"LISTEN_FDS=1";
+        }
+        const char *user_tun = NULL;
+        for (size_t i = 0; i < n; i++) {
+            if (tunables && !strncmp(environ[i], tun_name, sizeof tun_name - 1))
+                user_tun = environ[i] + sizeof tun_name - 1;
+            else if (listenfd < 0 || strncmp(environ[i], "LISTEN_", 7) != 0)
                 envp[k++] = environ[i];
+        }
+        if (tunables) {
+            tun = user_tun && *user_tun
+                      ? nj_asprintf("%s%s:%s", tun_name, tunables, user_tun)
+                      : nj_asprintf("%s%s", tun_name, tunables);
+            envp[k++] = tun;
+        }
     }
     pid_t pid = fork();
     if (pid < 0) {
@@ -319,8 +477,9 @@ static pid_t spawn(struct out_file *f, char *const argv[], int listenfd)
                 _exit(126);
             }
             fmt_ulong((unsigned long)getpid(), listen_pid + 11, 21);
-            environ = envp;
         }
+        if (envp)
+            environ = envp;
         execvp(argv[0], argv);
         static const char msg[] = "nightjar-restore: cannot run ";
         ssize_t w = write(STDERR_FILENO, msg, sizeof msg - 1);
@@ -507,26 +666,64 @@ static int device_open(struct fd_output *f, const char *devpath)
  * One thread owns the libnbd handle and keeps many asynchronous writes in
  * flight, so that qemu-nbd allocates and writes clusters in parallel;
  * synchronous writes from the restore workers would go one at a time.
- * pwrite copies the data into a queued request and returns; it blocks
- * only while MAX_QUEUED bytes are queued or in flight, which bounds the
- * memory.  A write that fails is reported by the next pwrite and by
- * finish, so a restore never ends well with data missing.
+ * pwrite_buf queues requests that hold a reference to the caller's write
+ * buffer (the decoded chunk) and returns; the buffer goes back to the pool
+ * when its last request is retired (libnbd's free callback, which runs
+ * exactly once per request, even when the connection is gone), and the
+ * pool's MAX_BUFFERED bounds the memory.  pwrite copies the data into a
+ * queued request; it blocks only while MAX_QUEUED copied bytes are queued
+ * or in flight.  A write that fails is reported by the next write and by
+ * finish, and makes waiting nj_output_buf_get calls fail, so a restore
+ * never ends well with data missing.
  *
  * qemu-nbd serves one connection (no --persistent) and exits when it is
  * closed; nightjar creates the listening socket in the private directory
  * and starts qemu-nbd itself (spawn), so it knows the pid and an abort can
  * kill it.
+ *
+ * qemu-nbd writes with O_DIRECT (--cache=none) when the filesystem takes
+ * it: a restore writes each cluster once and never reads it back, so the
+ * page cache only costs a copy of every byte (the largest cost of a qcow2
+ * restore with --cache=writeback, more than SHA-256 and zstd together).
+ * --cache=none still honours flushes, and finish flushes, waits for
+ * qemu-nbd's clean exit and fsyncs the image before the rename.  Requests
+ * of at most MAX_REQUEST bytes, at most MAX_IN_FLIGHT of them: enough to
+ * keep the disk busy, and qemu-nbd's buffers (one per request) stay small.
  */
 
-#define MAX_QUEUED (16u << 20)
-#define MAX_IN_FLIGHT 16
+/*
+ * qemu-nbd allocates a buffer for each write request and frees it when the
+ * write is done; glibc serves these from mmap (its threshold does not
+ * adapt here), so every request cost an mmap, page faults that clear each
+ * page, and a munmap: with --cache=none, a third of qemu-nbd's time.  A
+ * fixed mmap threshold above the request size and a trim threshold above
+ * the bytes in flight make them reuse the heap.  One arena: with one per
+ * thread the buffers spread over several heaps and qemu-nbd's peak RSS
+ * went up to 58 MB (8 GiB bench image); with one, 24 to 50 MB over 15
+ * runs, mostly 33.
+ */
+#define NBD_TUNABLES "glibc.malloc.mmap_threshold=2097152:" \
+                     "glibc.malloc.trim_threshold=16777216:" \
+                     "glibc.malloc.arena_max=1"
 
+#define MAX_REQUEST (1u << 20)
+/* Bytes of the write buffers in use: the chunks being decoded and those
+ * whose writes are queued or in flight. */
+#define MAX_BUFFERED (16u << 20)
+#define MAX_QUEUED (8u << 20)
+#define MAX_IN_FLIGHT 8
+
+/* A write of len bytes at ptr (in data, or in the caller's buf, which the
+ * request holds a reference to), or a zero request. */
 struct wreq {
     struct wreq *next;
     struct nbd_output *n;
     uint64_t off;
     size_t len;
+    size_t cost;              /* bytes counted in queued: the copies */
     bool zero;
+    struct nj_output_buf *buf;
+    const char *ptr;
     char data[];
 };
 
@@ -539,7 +736,8 @@ struct nbd_output {
     pthread_mutex_t lock;
     pthread_cond_t cond;
     struct wreq *head, *tail; /* queued, not yet submitted */
-    uint64_t queued;          /* bytes queued or in flight */
+    uint64_t queued;          /* bytes copied into requests queued or in
+                               * flight */
     unsigned in_flight;
     bool stop, failed;
     char error[512];
@@ -550,12 +748,28 @@ static int nbd_err(const char *what, const char *path)
     return nj_error("%s '%s': %s", what, path, nbd_get_error());
 }
 
+/* Under n->lock. */
 static void wfail(struct nbd_output *n, const char *msg)
 {
     if (!n->failed) {
         n->failed = true;
         snprintf(n->error, sizeof n->error, "%s", msg);
     }
+    pool_fail(n->file.base.pool, n->error);
+}
+
+static void wreq_free(struct wreq *r)
+{
+    nj_output_buf_put(&r->n->file.base, r->buf);
+    free(r);
+}
+
+/* libnbd's free callback: called exactly once for every request handed to
+ * nbd_aio_*, after wdone or when nbd_close retires it, or when the call
+ * fails.  No libnbd calls here. */
+static void wfree(void *user_data)
+{
+    wreq_free(user_data);
 }
 
 /* Runs in the writer thread, inside libnbd: no libnbd calls here. */
@@ -571,10 +785,9 @@ static int wdone(void *user_data, int *error)
         wfail(n, msg);
     }
     n->in_flight--;
-    n->queued -= r->zero ? 0 : r->len;
+    n->queued -= r->cost;
     pthread_cond_broadcast(&n->cond);
     pthread_mutex_unlock(&n->lock);
-    free(r);
     return 1;
 }
 
@@ -590,10 +803,13 @@ static void *writer(void *arg)
                 n->tail = NULL;
             n->in_flight++;
             pthread_mutex_unlock(&n->lock);
-            nbd_completion_callback cb = { .callback = wdone, .user_data = r };
+            size_t cost = r->cost;
+            nbd_completion_callback cb = { .callback = wdone, .user_data = r,
+                                           .free = wfree };
             int64_t c = r->zero ? nbd_aio_zero(n->nbd, r->len, r->off, cb, 0)
-                                : nbd_aio_pwrite(n->nbd, r->data, r->len,
+                                : nbd_aio_pwrite(n->nbd, r->ptr, r->len,
                                                  r->off, cb, 0);
+            /* r may be freed now (wfree). */
             pthread_mutex_lock(&n->lock);
             if (c < 0) {
                 char msg[512];
@@ -601,8 +817,7 @@ static void *writer(void *arg)
                          nbd_get_error());
                 wfail(n, msg);
                 n->in_flight--;
-                n->queued -= r->zero ? 0 : r->len;
-                free(r);
+                n->queued -= cost;
             }
         }
         bool done = n->stop && !n->head && n->in_flight == 0;
@@ -628,32 +843,44 @@ static void *writer(void *arg)
     return NULL;
 }
 
+/* Queue a write of len bytes at buf: copied, or with a reference to ob
+ * when it is not NULL; or a zero request (buf NULL). */
 static int enqueue(struct nbd_output *n, const void *buf, size_t len,
-                   uint64_t off, bool zero)
+                   uint64_t off, bool zero, struct nj_output_buf *ob)
 {
-    struct wreq *r = nj_malloc(sizeof *r + (zero ? 0 : len));
+    bool copy = !zero && !ob;
+    struct wreq *r = nj_malloc(sizeof *r + (copy ? len : 0));
     r->next = NULL;
     r->n = n;
     r->off = off;
     r->len = len;
+    r->cost = copy ? len : 0;
     r->zero = zero;
-    if (!zero)
+    r->buf = NULL;
+    r->ptr = buf;
+    if (copy) {
         memcpy(r->data, buf, len);
+        r->ptr = r->data;
+    }
     if (is_aborted(&n->file)) {
         free(r);
         return interrupted(&n->file);
     }
+    if (ob) {
+        nj_output_buf_ref(&n->file.base, ob);
+        r->buf = ob;
+    }
     pthread_mutex_lock(&n->lock);
-    while (!n->failed && !zero && n->queued > 0 &&
+    while (!n->failed && r->cost && n->queued > 0 &&
            n->queued + len > MAX_QUEUED)
         pthread_cond_wait(&n->cond, &n->lock);
     if (n->failed) {
         nj_error("%s", n->error);
         pthread_mutex_unlock(&n->lock);
-        free(r);
+        wreq_free(r);
         return -1;
     }
-    n->queued += zero ? 0 : len;
+    n->queued += r->cost;
     if (n->tail)
         n->tail->next = r;
     else
@@ -668,11 +895,10 @@ static int nbd_out_pwrite(struct nj_output *o, const void *buf, size_t len,
                           uint64_t off)
 {
     struct nbd_output *n = (struct nbd_output *)o;
-    /* libnbd limits one request to 32 MiB. */
     const char *p = buf;
     while (len > 0) {
-        size_t k = NJ_MIN(len, (size_t)(32u << 20));
-        if (enqueue(n, p, k, off, false) < 0)
+        size_t k = NJ_MIN(len, (size_t)MAX_REQUEST);
+        if (enqueue(n, p, k, off, false, NULL) < 0)
             return -1;
         p += k;
         off += k;
@@ -686,8 +912,24 @@ static int nbd_out_zero(struct nj_output *o, uint64_t off, uint64_t len)
     struct nbd_output *n = (struct nbd_output *)o;
     while (len > 0) {
         uint64_t k = NJ_MIN(len, (uint64_t)1 << 30);
-        if (enqueue(n, NULL, (size_t)k, off, true) < 0)
+        if (enqueue(n, NULL, (size_t)k, off, true, NULL) < 0)
             return -1;
+        off += k;
+        len -= k;
+    }
+    return 0;
+}
+
+static int nbd_out_pwrite_buf(struct nj_output *o, struct nj_output_buf *b,
+                              size_t boff, size_t len, uint64_t off)
+{
+    struct nbd_output *n = (struct nbd_output *)o;
+    const char *p = (const char *)b->data + boff;
+    while (len > 0) {
+        size_t k = NJ_MIN(len, (size_t)MAX_REQUEST);
+        if (enqueue(n, p, k, off, false, b) < 0)
+            return -1;
+        p += k;
         off += k;
         len -= k;
     }
@@ -707,7 +949,7 @@ static void writer_stop(struct nbd_output *n)
     n->started = false;
     for (struct wreq *r = n->head, *next = NULL; r; r = next) {
         next = r->next;
-        free(r);
+        wreq_free(r);
     }
     n->head = n->tail = NULL;
 }
@@ -781,10 +1023,24 @@ static void nbd_out_discard(struct nj_output *o)
 
 static const struct nj_output_ops nbd_ops = {
     .pwrite = nbd_out_pwrite,
+    .pwrite_buf = nbd_out_pwrite_buf,
     .zero = nbd_out_zero,
     .finish = nbd_out_finish,
     .discard = nbd_out_discard,
 };
+
+/* Whether the image's filesystem takes O_DIRECT (tmpfs before Linux 6.6
+ * does not), tried on a descriptor of the image itself. */
+static bool direct_ok(int imgfd)
+{
+    char self[64];
+    snprintf(self, sizeof self, "/proc/self/fd/%d", imgfd);
+    int fd = open(self, O_RDONLY | O_DIRECT | O_CLOEXEC);
+    if (fd < 0)
+        return false;
+    close(fd);
+    return true;
+}
 
 /* Create the image with qemu-img, then serve it with qemu-nbd and connect.
  * Both see the image only as /proc/self/fd/N/image. */
@@ -798,7 +1054,7 @@ static int qcow2_start(struct nbd_output *n)
     char *create[] = { (char *)"qemu-img", (char *)"create", (char *)"-q",
                        (char *)"-f", (char *)"qcow2", (char *)"--", img,
                        sizebuf, NULL };
-    if (spawn(f, create, -1) < 0 || helper_wait(f, "qemu-img") < 0)
+    if (spawn(f, create, -1, NULL) < 0 || helper_wait(f, "qemu-img") < 0)
         return nj_error_prefix("create qcow2 '%s'", path);
     n->imgfd = openat(f->privfd, IMAGE_NAME,
                       O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
@@ -820,8 +1076,10 @@ static int qcow2_start(struct nbd_output *n)
         listen(s, 1) < 0)
         return nj_error_errno(errno, "listen for qemu-nbd");
     char *serve[] = { (char *)"qemu-nbd", (char *)"-f", (char *)"qcow2",
-                      (char *)"--cache=writeback", (char *)"--", img, NULL };
-    if (spawn(f, serve, s) < 0)
+                      (char *)(direct_ok(n->imgfd) ? "--cache=none"
+                                                   : "--cache=writeback"),
+                      (char *)"--", img, NULL };
+    if (spawn(f, serve, s, NBD_TUNABLES) < 0)
         return nj_error_prefix("serve qcow2 '%s' with qemu-nbd", path);
     /* Only qemu-nbd holds the listening socket now: if it dies, the
      * connection fails instead of waiting. */
@@ -849,6 +1107,7 @@ static bool dir_trusted(int dirfd)
 
 static void out_free(struct out_file *f)
 {
+    pool_free(f->base.pool);
     if (f->privfd >= 0)
         close(f->privfd);
     if (f->dirfd >= 0)
@@ -964,6 +1223,7 @@ struct nj_output *nj_output_open_opts(const char *path,
     }
     f->base.path = nj_strdup(path);
     f->base.size = size;
+    f->base.pool = pool_new(fmt == NJ_OUTPUT_QCOW2 ? MAX_BUFFERED : 0);
     f->dirfd = NJ_STEAL_FD(&dirfd);
     f->privfd = -1;
     f->name = nj_strdup(name);

@@ -31,6 +31,13 @@
  * --force it is replaced by the restored file, its target never opened.
  *
  * pwrite may be called from several threads at once.
+ *
+ * Write buffers (nj_output_buf_get/write/put) let the caller hand over the
+ * bytes instead of having them copied: the qcow2 output queues its NBD
+ * writes with a reference to the caller's buffer and drops it when the
+ * write is done.  The output owns the buffers and bounds their bytes,
+ * which bounds the memory of a restore; other outputs write before
+ * nj_output_write_buf returns and only recycle the buffers.
  */
 #ifndef NJ_OUTPUT_H
 #define NJ_OUTPUT_H
@@ -46,10 +53,22 @@ enum nj_output_format {
 };
 
 struct nj_output;
+struct nj_output_pool;
+
+/* A write buffer: cap bytes at data, owned by the output. */
+struct nj_output_buf {
+    void *data;
+    size_t cap;
+};
 
 struct nj_output_ops {
     int (*pwrite)(struct nj_output *o, const void *buf, size_t len,
                   uint64_t off);
+    /* Optional: write len bytes at b->data + boff, keeping a reference to
+     * b (nj_output_buf_ref) until they are written instead of copying
+     * them.  NULL: pwrite is used. */
+    int (*pwrite_buf)(struct nj_output *o, struct nj_output_buf *b,
+                      size_t boff, size_t len, uint64_t off);
     int (*zero)(struct nj_output *o, uint64_t off, uint64_t len);
     int (*finish)(struct nj_output *o);  /* flush, close, publish: success */
     void (*discard)(struct nj_output *o); /* failure: remove what we made */
@@ -61,6 +80,7 @@ struct nj_output {
     uint64_t size;
     bool needs_zero; /* zero ranges must be written (block devices) */
     bool in_place;   /* a block device: written in place, never removed */
+    struct nj_output_pool *pool; /* write buffers */
 };
 
 struct nj_output_opts {
@@ -88,6 +108,24 @@ struct nj_output *nj_output_open(const char *path, enum nj_output_format fmt,
 /* Finish (ok) or discard (!ok), then free.  Returns -1 if finishing
  * failed (the output is then discarded). */
 int nj_output_close(struct nj_output *o, bool ok);
+
+/*
+ * A write buffer of at least len bytes, for the caller alone until its
+ * first nj_output_write_buf.  Blocks while the output's buffers that are
+ * in use hold its bound of bytes (one buffer is always granted, however
+ * large); NULL with the last error once the output has failed.
+ */
+struct nj_output_buf *nj_output_buf_get(struct nj_output *o, size_t len);
+/* Write len bytes at b->data + boff to off; boff + len <= b->cap.  The
+ * bytes of b must not change after this call: they may be written later.
+ * A failed write is reported by this call, a later one, or close. */
+int nj_output_write_buf(struct nj_output *o, struct nj_output_buf *b,
+                        size_t boff, size_t len, uint64_t off);
+/* The caller is done with b (its writes may still be in flight). */
+void nj_output_buf_put(struct nj_output *o, struct nj_output_buf *b);
+/* For a pwrite_buf op: one more reference to b, dropped with
+ * nj_output_buf_put.  Does not block. */
+void nj_output_buf_ref(struct nj_output *o, struct nj_output_buf *b);
 
 /*
  * For a signal handler thread: abandon every open output at once.  Removes

@@ -4,11 +4,13 @@
  * The main thread walks the merged view and batches consecutive segments
  * that come from the same chunk into one job.  Worker threads (one per
  * core by default) each own a zstd context and buffers: they read the
- * chunk frame, check its CRC, decompress it, check its SHA-256 against the
- * address, and only then write the job's ranges.  A damaged chunk stops
- * the pipeline with an error naming the chunk and the disk range; nothing
- * from it is written.  The job queue is bounded, so memory is a few chunk
- * buffers per worker regardless of the disk size.
+ * chunk frame, check its CRC, decompress it into a write buffer of the
+ * output, check its SHA-256 against the address, and only then write the
+ * job's ranges from that buffer (handed to the output, not copied).  A
+ * damaged chunk stops the pipeline with an error naming the chunk and the
+ * disk range; nothing from it is written.  The job queue is bounded and
+ * the output bounds its write buffers, so memory is a few chunk buffers
+ * per worker regardless of the disk size.
  */
 #include "nj-restore.h"
 #include "nj-util.h"
@@ -65,43 +67,45 @@ static void pipe_fail(struct pipeline *p, const char *msg)
  * qcow2 image) gets no writes for the aligned blocks of zeroes inside a
  * chunk, so they stay holes; an output with old content gets every byte.
  */
-static int write_piece(struct nj_output *out, const char *buf, uint64_t len,
-                       uint64_t off)
+static int write_piece(struct nj_output *out, struct nj_output_buf *b,
+                       size_t boff, uint64_t len, uint64_t off)
 {
     if (out->needs_zero)
-        return out->ops->pwrite(out, buf, (size_t)len, off);
+        return nj_output_write_buf(out, b, boff, (size_t)len, off);
+    const char *buf = (const char *)b->data + boff;
     uint64_t pos = 0, run = 0; /* [run, pos) is data not yet written */
     while (pos < len) {
         uint64_t blk_end = NJ_MIN(len, (off + pos) / SPARSE_BLOCK *
                                            SPARSE_BLOCK + SPARSE_BLOCK - off);
         bool zero = nj_is_zero(buf + pos, (size_t)(blk_end - pos));
         if (zero && pos > run &&
-            out->ops->pwrite(out, buf + run, (size_t)(pos - run), off + run) < 0)
+            nj_output_write_buf(out, b, boff + run, (size_t)(pos - run),
+                                off + run) < 0)
             return -1;
         pos = blk_end;
         if (zero)
             run = pos;
     }
     if (pos > run &&
-        out->ops->pwrite(out, buf + run, (size_t)(pos - run), off + run) < 0)
+        nj_output_write_buf(out, b, boff + run, (size_t)(pos - run),
+                            off + run) < 0)
         return -1;
     return 0;
 }
 
 static int job_run(struct pipeline *p, const struct job *j,
-                   struct nj_codec *codec, void **frame, size_t *frame_cap,
-                   void **raw, size_t *raw_cap)
+                   struct nj_codec *codec, void **frame, size_t *frame_cap)
 {
     ssize_t flen = nj_store_chunk_get(p->store, &j->digest, frame, frame_cap);
     ssize_t n = -1;
+    struct nj_output_buf *raw = NULL;
     if (flen >= 0) {
-        if (*raw_cap < j->chunk_len) {
-            free(*raw);
-            *raw = nj_malloc(j->chunk_len);
-            *raw_cap = j->chunk_len;
-        }
-        n = nj_chunk_decode(codec, *frame, (size_t)flen, &j->digest, *raw,
-                            j->chunk_len);
+        /* Fails only when the output has: its error, not the chunk's. */
+        raw = nj_output_buf_get(p->out, j->chunk_len);
+        if (!raw)
+            return -1;
+        n = nj_chunk_decode(codec, *frame, (size_t)flen, &j->digest,
+                            raw->data, j->chunk_len);
         if (n >= 0 && (uint64_t)n != j->chunk_len) {
             nj_error("chunk is %zd bytes, the index says %u", n,
                      j->chunk_len);
@@ -109,6 +113,7 @@ static int job_run(struct pipeline *p, const struct job *j,
         }
     }
     if (n < 0) {
+        nj_output_buf_put(p->out, raw);
         char hex[NJ_DIGEST_HEX_LEN + 1];
         nj_digest_to_hex(&j->digest, hex);
         const struct piece *first = &j->pieces[0];
@@ -121,13 +126,17 @@ static int job_run(struct pipeline *p, const struct job *j,
                                (unsigned long long)(end - first->disk_off),
                                hex);
     }
-    for (size_t i = 0; i < j->npieces; i++) {
+    int ret = 0;
+    for (size_t i = 0; ret == 0 && i < j->npieces; i++) {
         const struct piece *pc = &j->pieces[i];
-        if (write_piece(p->out, (const char *)*raw + pc->chunk_off, pc->len,
-                        pc->disk_off) < 0)
-            return -1;
-        __atomic_fetch_add(&p->bytes_data, pc->len, __ATOMIC_RELAXED);
+        ret = write_piece(p->out, raw, (size_t)pc->chunk_off, pc->len,
+                          pc->disk_off);
+        if (ret == 0)
+            __atomic_fetch_add(&p->bytes_data, pc->len, __ATOMIC_RELAXED);
     }
+    nj_output_buf_put(p->out, raw);
+    if (ret < 0)
+        return -1;
     __atomic_fetch_add(&p->chunks_read, 1, __ATOMIC_RELAXED);
     return 0;
 }
@@ -136,8 +145,8 @@ static void *worker(void *arg)
 {
     struct pipeline *p = arg;
     struct nj_codec *codec = nj_codec_new(1);
-    void *frame = NULL, *raw = NULL;
-    size_t frame_cap = 0, raw_cap = 0;
+    void *frame = NULL;
+    size_t frame_cap = 0;
     struct job j;
     if (!codec) {
         pipe_fail(p, nj_error_get());
@@ -156,14 +165,13 @@ static void *worker(void *arg)
         p->count--;
         pthread_cond_signal(&p->can_put);
         pthread_mutex_unlock(&p->lock);
-        if (job_run(p, &j, codec, &frame, &frame_cap, &raw, &raw_cap) < 0) {
+        if (job_run(p, &j, codec, &frame, &frame_cap) < 0) {
             pipe_fail(p, nj_error_get());
             break;
         }
     }
     nj_codec_free(codec);
     free(frame);
-    free(raw);
     return NULL;
 }
 

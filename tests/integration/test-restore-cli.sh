@@ -48,6 +48,21 @@ check qemu-img compare -q -f qcow2 -F raw "$T/latest.qcow2" "$T/truth/${ids[3]}.
 check test "$(qemu-img info --output=json "$T/latest.qcow2" | jq -r .format)" = qcow2
 unalloc=$(qemu-img map --output=json "$T/latest.qcow2" | jq '[.[] | select(.data == false) | .length] | add // 0')
 check test "$unalloc" -gt 0
+check qemu-img check -q "$T/latest.qcow2"
+
+# chunks larger than the qcow2 output's bound on write buffers (16 MiB):
+# one buffer is always granted, and the other workers wait for it
+mkdir "$T/bigtruth"
+"$NJ_TESTGEN" --seed 9 --size $((70 * 1048576 + 512)) --grid $((32 * 1048576)) \
+    --incs 1 "$T/bigstore" "$T/bigtruth" > "$T/bigids"
+bigid=$(tail -n1 "$T/bigids")
+for threads in 1 3; do
+    "$NIGHTJAR_RESTORE" restore -s "$T/bigstore" -d testgen --disk vda \
+        --threads $threads -o "$T/big$threads.qcow2" -f qcow2
+    check qemu-img compare -q -f qcow2 -F raw "$T/big$threads.qcow2" "$T/bigtruth/$bigid.raw"
+    check qemu-img check -q "$T/big$threads.qcow2"
+    rm -f "$T/big$threads.qcow2"
+done
 
 # never overwrite without --force; the existing file is untouched
 echo precious > "$T/existing"

@@ -49,6 +49,7 @@ exec "$real_img" "\$@"
 EOF
 # NJ_HOOK_NBD=block: serve with nbdkit instead, whose first write blocks
 # forever after leaving a mark: a restore stopped mid-write, for certain.
+# NJ_HOOK_NBD=fail: nbdkit too, failing every write.
 cat > "$T/bin/qemu-nbd" <<EOF
 #!/bin/bash
 "$T/bin/record" qemu-nbd "\$@"
@@ -58,6 +59,11 @@ if [ "\${NJ_HOOK_NBD-}" = block ]; then
     exec nbdkit -f eval get_size="echo \$NJ_HOOK_SIZE" \\
         pread='head -c \$3 /dev/zero' \\
         pwrite="echo \\\$\\\$ >> '\$NJ_HOOK/blocked.pids'; touch '\$NJ_HOOK/written'; exec sleep infinity"
+fi
+# NJ_HOOK_NBD=fail: a server whose writes all fail with EIO.
+if [ "\${NJ_HOOK_NBD-}" = fail ]; then
+    exec nbdkit -f eval get_size="echo \$NJ_HOOK_SIZE" \\
+        pread='head -c \$3 /dev/zero' pwrite='echo EIO >&2; exit 1'
 fi
 exec "$real_nbd" "\$@"
 EOF
@@ -250,6 +256,18 @@ done
 echo "raw SIGTERM: landed before the publish in $landed of $attempt attempts"
 check test $landed -ge 1
 rm -f "$T/big.raw" "$P/big.raw"
+
+# --- 4b. the server fails the writes: the restore fails (the workers that
+# wait for a write buffer are released), nothing is published or left ---
+rm -f "$H/nbd.pid"
+rc=0
+NJ_HOOK_NBD=fail NJ_HOOK_SIZE=$size "$R" restore -s "$S" -d testgen \
+    --disk vda -f qcow2 -o "$P/eio.qcow2" 2> "$T/eio.err" || rc=$?
+check test $rc -eq 1
+check grep -q "^nightjar-restore: .*write '$P/eio.qcow2'.*Input/output error" "$T/eio.err"
+check test ! -e "$P/eio.qcow2"
+check no_temp "$P"
+check group_gone "$(cat "$H/nbd.pid")"
 
 # --- 5. hostile names in the store ---
 N=$T/names
