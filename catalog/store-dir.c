@@ -262,10 +262,11 @@ static ssize_t dir_chunk_get(struct nj_store *s, const struct nj_digest *d,
     size_t len = (size_t)st.st_size;
     if (*cap < len) {
         free(*buf);
-        *buf = nj_malloc(len);
+        /* aligned for nj_read_direct */
+        *buf = nj_malloc_aligned(NJ_DIRECT_ALIGN, len);
         *cap = len;
     }
-    if (nj_full_read(fd, *buf, len) < 0)
+    if (nj_read_direct(fd, *buf, len) < 0)
         return nj_error_errno(errno, "read chunk %.16s", name);
     return (ssize_t)len;
 }

@@ -50,37 +50,70 @@ int nj_full_write(int fd, const void *buf, size_t len)
     return 0;
 }
 
-int nj_write_direct(int fd, const void *buf, size_t len)
+/*
+ * The O_DIRECT part of nj_write_direct / nj_read_direct: transfer the
+ * first `head` bytes (a multiple of NJ_DIRECT_ALIGN, buf aligned) with
+ * O_DIRECT set, and put the descriptor back as it was, positioned after
+ * what was transferred.  Returns how many bytes were (less than head when
+ * the file system refused O_DIRECT or stopped at an unaligned count: the
+ * caller does the rest the ordinary way), or -1 with errno.
+ */
+static ssize_t direct_head(int fd, char *buf, size_t head, bool writing)
 {
-    size_t head = len & ~(size_t)(NJ_DIRECT_ALIGN - 1);
-    if (head == 0 || ((uintptr_t)buf & (NJ_DIRECT_ALIGN - 1)))
-        return nj_full_write(fd, buf, len);
     int fl = fcntl(fd, F_GETFL);
     if (fl < 0 || fcntl(fd, F_SETFL, fl | O_DIRECT) < 0)
-        return nj_full_write(fd, buf, len);
-    const char *p = buf;
+        return 0;
     size_t done = 0;
+    int err = 0;
     while (done < head) {
-        ssize_t r = pwrite(fd, p + done, head - done, (off_t)done);
+        ssize_t r = writing ? pwrite(fd, buf + done, head - done, (off_t)done)
+                            : pread(fd, buf + done, head - done, (off_t)done);
         if (r < 0 && errno == EINTR)
             continue;
-        if (r <= 0 || ((size_t)r & (NJ_DIRECT_ALIGN - 1))) {
-            /* Refused (EINVAL: the file system or the device wants
-             * another alignment), or a short write that leaves the rest
-             * unaligned: the rest goes through the page cache. */
-            if (r < 0 && errno != EINVAL)
-                return -1;
-            if (r > 0)
-                done += (size_t)r;
+        if (r < 0 && errno != EINVAL)
+            err = errno;
+        if (r > 0)
+            done += (size_t)r;
+        if (r <= 0 || ((size_t)r & (NJ_DIRECT_ALIGN - 1)))
             break;
-        }
-        done += (size_t)r;
     }
-    if (fcntl(fd, F_SETFL, fl) < 0)
+    if (fcntl(fd, F_SETFL, fl) < 0 && !err)
+        err = errno;
+    if (!err && lseek(fd, (off_t)done, SEEK_SET) < 0)
+        err = errno;
+    if (err) {
+        errno = err;
         return -1;
-    if (lseek(fd, (off_t)done, SEEK_SET) < 0)
+    }
+    return (ssize_t)done;
+}
+
+static bool direct_ok(const void *buf, size_t len)
+{
+    return len >= NJ_DIRECT_MIN && !((uintptr_t)buf & (NJ_DIRECT_ALIGN - 1));
+}
+
+int nj_write_direct(int fd, const void *buf, size_t len)
+{
+    if (!direct_ok(buf, len))
+        return nj_full_write(fd, buf, len);
+    ssize_t done = direct_head(fd, (char *)buf,
+                               len & ~(size_t)(NJ_DIRECT_ALIGN - 1), true);
+    if (done < 0)
         return -1;
-    return nj_full_write(fd, p + done, len - done);
+    return nj_full_write(fd, (const char *)buf + done, len - (size_t)done);
+}
+
+int nj_read_direct(int fd, void *buf, size_t len)
+{
+    if (!direct_ok(buf, len))
+        return nj_full_read(fd, buf, len);
+    ssize_t done = direct_head(fd, buf, len & ~(size_t)(NJ_DIRECT_ALIGN - 1),
+                               false);
+    if (done < 0)
+        return -1;
+    /* an early end of file shows here as ENODATA */
+    return nj_full_read(fd, (char *)buf + done, len - (size_t)done);
 }
 
 int nj_full_pread(int fd, void *buf, size_t len, off_t off)

@@ -89,7 +89,8 @@ zimport() {  # NAME LEVEL-ARG...: import fresh data, JSON in $T/z-NAME.json
     local n=$1; shift
     # numbers from a random start: new cells, with matches even zstd's
     # fast levels find (they leave literals uncompressed)
-    seq $((RANDOM * 100000)) $((RANDOM * 100000 + 1600000)) > "$T/z.raw"
+    local from=$((RANDOM * 100000))
+    seq $from $((from + 1600000)) > "$T/z.raw"
     truncate -s 12M "$T/z.raw"
     head -c 4M /dev/urandom >> "$T/z.raw"
     "$A" import -s "$S" -d "z-$n" --disk vda --format raw "$@" --json "$T/z.raw" > "$T/z-$n.json"

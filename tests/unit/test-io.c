@@ -1,15 +1,18 @@
 /*
- * test-io: nj_write_direct, the chunk writer that bypasses the page cache
- * where it can.  Every length around the alignment, from aligned and
- * unaligned buffers, on the test's own directory and on /dev/shm (tmpfs,
- * where O_DIRECT may be refused and the ordinary path must take over):
- * the file must hold exactly the bytes given, no more, and the descriptor
- * must be left without O_DIRECT.
+ * test-io: nj_write_direct and nj_read_direct, the chunk writer and
+ * reader that bypass the page cache where they can.  Every length around
+ * the alignment, from aligned and unaligned buffers, on the test's own
+ * directory and on /dev/shm (tmpfs, where O_DIRECT may be refused and the
+ * ordinary path must take over): the file must hold exactly the bytes
+ * given, no more; reading them back directly gives them exactly, and
+ * asking for more than the file holds fails with ENODATA; the descriptor
+ * is left without O_DIRECT.
  */
 #include "nj-io.h"
 #include "nj-test.h"
 #include "nj-util.h"
 
+#include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,8 +23,9 @@
 static void run_in(const char *dir)
 {
     static const size_t lens[] = { 0, 1, 511, 512, 4095, 4096, 4097, 8192,
-                                   65536 + 17, (1u << 20) + 4095,
-                                   (4u << 20) + 32 };
+                                   65536 + 17, NJ_DIRECT_MIN - 1,
+                                   NJ_DIRECT_MIN, NJ_DIRECT_MIN + 1,
+                                   (1u << 20) + 4095, (4u << 20) + 32 };
     size_t max = (4u << 20) + 32 + 2 * NJ_DIRECT_ALIGN;
     unsigned char *buf = nj_malloc_aligned(NJ_DIRECT_ALIGN, max);
     unsigned char *back = nj_malloc(max);
@@ -48,6 +52,21 @@ static void run_in(const char *dir)
                         dir, len, shift);
                 nj_test_failures++;
             }
+            /* read back directly, into an aligned and an unaligned buffer */
+            unsigned char *rd = nj_malloc_aligned(NJ_DIRECT_ALIGN, max);
+            CHECK(lseek(fd, 0, SEEK_SET) == 0);
+            memset(rd, 0xee, max);
+            CHECK(nj_read_direct(fd, rd + shift, len) == 0);
+            CHECK(memcmp(rd + shift, src, len) == 0);
+            fl = fcntl(fd, F_GETFL);
+            CHECK(fl >= 0 && !(fl & O_DIRECT));
+            CHECK(lseek(fd, 0, SEEK_SET) == 0);
+            errno = 0;
+            CHECK(nj_read_direct(fd, rd, len + 1) == -1 && errno == ENODATA);
+            CHECK(lseek(fd, 0, SEEK_SET) == 0);
+            CHECK(nj_read_direct(fd, rd, len + NJ_DIRECT_ALIGN) == -1 &&
+                  errno == ENODATA);
+            free(rd);
             close(fd);
             unlink(path);
         }
