@@ -36,23 +36,23 @@
 int nj_full_read(int fd, void *buf, size_t len);
 int nj_full_write(int fd, const void *buf, size_t len);
 
-/*
- * Write len bytes to a new, empty file fd, bypassing the page cache where
- * the file system allows it: the largest multiple of NJ_DIRECT_ALIGN of
- * them with O_DIRECT when buf is aligned to NJ_DIRECT_ALIGN and len is at
- * least NJ_DIRECT_MIN, the rest (and everything, where O_DIRECT is
- * refused) with ordinary writes.  Chunk
- * files are written once and read rarely: copying them into the page
- * cache costs CPU that a backup competing with its VMs for the cores does
- * not have (measured in docs/DATAPATH.md), and evicts the host's cache.
- * Durability is unchanged: the caller still syncs before publishing.
- * 0, or -1 with errno.
- */
 #define NJ_DIRECT_ALIGN 4096u
 /* Below this, ordinary I/O: copying a small chunk costs little, and a
  * direct transfer's latency would serialise the many small chunks of an
  * incremental (a full's chunks are megabytes). */
 #define NJ_DIRECT_MIN (256u << 10)
+/*
+ * Write len bytes to a new, empty file fd, bypassing the page cache where
+ * the file system allows it: the largest multiple of NJ_DIRECT_ALIGN of
+ * them with O_DIRECT when buf is aligned to NJ_DIRECT_ALIGN and len is at
+ * least NJ_DIRECT_MIN, the rest (and everything, where O_DIRECT is
+ * refused) with ordinary writes.  Chunk files are written once and read
+ * rarely: copying them into the page cache costs CPU that a backup
+ * competing with its VMs for the cores does not have (measured in
+ * docs/DATAPATH.md), and evicts the host's cache.  Durability is
+ * unchanged: the caller still syncs before publishing.  0, or -1 with
+ * errno.
+ */
 int nj_write_direct(int fd, const void *buf, size_t len);
 /* Read len bytes from the start of fd the same way (a restore reads each
  * chunk once), as nj_full_read does otherwise: -1 with ENODATA at an

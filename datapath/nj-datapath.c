@@ -697,6 +697,13 @@ static int commit_loop(struct dp *dp, bool progress, volatile int *cancel)
     return 0;
 }
 
+/* The ring's size: max_inflight bytes of grid-sized buffers, at least 2. */
+static size_t slot_count(const struct nj_datapath_opts *o, uint64_t grid)
+{
+    uint64_t inflight = o->max_inflight ? o->max_inflight : NJ_INFLIGHT_DEFAULT;
+    return (size_t)NJ_MAX(inflight / grid, (uint64_t)2);
+}
+
 /* Connect, check the export and prepare the slots. */
 static int dp_setup(struct dp *dp, const struct nj_nbd_source *src,
                     const struct nj_datapath_opts *o, const char *target,
@@ -746,8 +753,7 @@ static int dp_setup(struct dp *dp, const struct nj_nbd_source *src,
     nj_backup_disk_set_compression(dp->disk, dp->level_lo != dp->level_hi,
                                    dp->level_lo, dp->level_hi);
     dp->plan = nj_plan_new(dp->size, src->bitmap_context != NULL, fetch, dp);
-    uint64_t inflight = o->max_inflight ? o->max_inflight : NJ_INFLIGHT_DEFAULT;
-    dp->nslots = (size_t)NJ_MAX(inflight / dp->grid, (uint64_t)2);
+    dp->nslots = slot_count(o, dp->grid);
     dp->slots = nj_calloc(dp->nslots, sizeof *dp->slots);
     dp->workq = nj_calloc(dp->nslots, sizeof *dp->workq);
     for (size_t i = 0; i < dp->nslots; i++)
@@ -794,9 +800,7 @@ int nj_datapath_backup_disk(struct nj_backup *b, const char *target,
      * slots: more could never have an item, and each costs a frame buffer
      * and a zstd context, so the memory stays bounded however many cores
      * the host has. */
-    uint64_t inflight = o->max_inflight ? o->max_inflight : NJ_INFLIGHT_DEFAULT;
-    unsigned max_workers = (unsigned)NJ_MIN(NJ_MAX(inflight / dp->grid, (uint64_t)2),
-                                            (uint64_t)256);
+    unsigned max_workers = (unsigned)NJ_MIN(slot_count(o, dp->grid), (size_t)256);
     unsigned nworkers = o->threads ? o->threads
                                    : NJ_MIN(nj_ncpus() + 1, max_workers);
     dp->nworkers = nworkers;

@@ -34,16 +34,16 @@
 
 /*
  * Adaptive compression (the default).  How hard to compress is decided
- * by the pipeline, as zstd --adapt does for a stream: when the workers
- * fall behind the reads (items queue up behind every worker), the level
- * goes down one step; when they wait for reads (the NBD source is the
- * bottleneck, so compressing harder costs no time), it goes up one step.
- * Each step needs a clear majority over a window of chunks.  The default
- * range stops at level 1: below it zstd's fast levels trade much more
- * size for speed (measured in docs/DATAPATH.md, "Choosing the zstd
- * level"), and on a host whose cores are shared with the QEMU that serves
- * the export, a backup is always CPU-bound, so the range's bottom is the
- * level it runs at.  --zstd-level LO..HI widens it, e.g. to -5..3.
+ * by the pipeline, as zstd --adapt does for a stream: the level goes one
+ * step down when the workers fall behind the reads, or when reads wait
+ * while the machine has no idle CPU (the NBD server shares the cores);
+ * one step up when reads are the bottleneck and cores are idle.  Each
+ * step needs a clear majority over a window of chunks (adapt_vote in
+ * nj-datapath.c).  The default range stops at level 1: below it zstd's
+ * fast levels cost much more size for little time (the curve in
+ * docs/DATAPATH.md, "Throughput against the bounds"), and a host whose
+ * cores are shared with the QEMU serving the export runs at the range's
+ * bottom.  --zstd-level LO..HI widens it, e.g. to -5..3.
  */
 #define NJ_ZSTD_AUTO_MIN 1
 #define NJ_ZSTD_AUTO_MAX 3
