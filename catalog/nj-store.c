@@ -7,8 +7,10 @@
 
 #include <errno.h>
 #include <json-c/json.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/file.h>
+#include <time.h>
 
 bool nj_store_name_valid(const char *name)
 {
@@ -239,3 +241,115 @@ char *nj_store_staging_owner(struct nj_store *s, const char *id)
     json_object_put(j);
     return text;
 }
+
+/* ---- shared by the backends (store-backend.h) ---- */
+
+char *nj_store_marker_new(void)
+{
+    struct json_object *o = json_object_new_object();
+    json_object_object_add(o, "format", json_object_new_string(NJ_STORE_FORMAT_NAME));
+    json_object_object_add(o, "version", json_object_new_int(NJ_STORE_FORMAT_VERSION));
+    json_object_object_add(o, "chunk_id", json_object_new_string("sha256"));
+    json_object_object_add(o, "created", json_object_new_int64((int64_t)time(NULL)));
+    const char *text = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY);
+    char *body = nj_asprintf("%s\n", text);
+    json_object_put(o);
+    return body;
+}
+
+int nj_store_marker_check(const char *text, size_t len, const char *path)
+{
+    struct json_tokener *tok = json_tokener_new();
+    struct json_object *o = json_tokener_parse_ex(tok, text, (int)len);
+    bool complete = json_tokener_get_error(tok) == json_tokener_success;
+    if (complete) {
+        size_t end = json_tokener_get_parse_end(tok);
+        complete = end <= len &&
+                   strspn(text + end, " \t\r\n") == len - end;
+    }
+    json_tokener_free(tok);
+    struct json_object *f = NULL, *v = NULL, *c = NULL, *t = NULL;
+    int ret = 0;
+    if (!o || !complete || !json_object_is_type(o, json_type_object) ||
+        !json_object_object_get_ex(o, "format", &f) ||
+        !json_object_is_type(f, json_type_string) ||
+        strcmp(json_object_get_string(f), NJ_STORE_FORMAT_NAME) != 0) {
+        ret = nj_error("'%s' is not a nightjar store (%s is not a store "
+                       "marker)", path, NJ_STORE_MARKER);
+    } else if (!json_object_object_get_ex(o, "version", &v) ||
+               !json_object_is_type(v, json_type_int)) {
+        ret = nj_error("store '%s' has no format version", path);
+    } else if (json_object_get_int64(v) != NJ_STORE_FORMAT_VERSION) {
+        ret = nj_error("store '%s' has format version %lld; this nightjar "
+                       "reads version %d", path,
+                       (long long)json_object_get_int64(v),
+                       NJ_STORE_FORMAT_VERSION);
+    } else if (json_object_object_get_ex(o, "chunk_id", &c) &&
+               (!json_object_is_type(c, json_type_string) ||
+                strcmp(json_object_get_string(c), "sha256") != 0)) {
+        ret = nj_error("store '%s' names chunks by an unknown id (%s: "
+                       "\"chunk_id\" is not \"sha256\")", path, NJ_STORE_MARKER);
+    } else if (json_object_object_get_ex(o, "created", &t) &&
+               (!json_object_is_type(t, json_type_int) ||
+                json_object_get_int64(t) < 0)) {
+        ret = nj_error("store '%s': %s has an invalid \"created\"", path,
+                       NJ_STORE_MARKER);
+    }
+    json_object_put(o);
+    return ret;
+}
+
+
+/*
+ * Parse and validate an owner record (name: for messages).  1 with *o
+ * filled; -1 with the last error set when it is not a JSON object whose
+ * "lock" is a store name and whose "started" is an integer in
+ * [0, NJ_STORE_OWNER_STARTED_MAX], or when "pid" or "domain" are present with the
+ * wrong type or out of range.  Unknown members are ignored.
+ */
+int nj_store_owner_parse(const char *text, size_t len, const char *name,
+                         struct nj_store_owner *o)
+{
+    memset(o, 0, sizeof *o);
+    struct json_tokener *tok = json_tokener_new();
+    struct json_object *j = json_tokener_parse_ex(tok, text, (int)len);
+    /* Complete, with nothing but white space after it. */
+    bool complete = json_tokener_get_error(tok) == json_tokener_success;
+    size_t end = complete ? json_tokener_get_parse_end(tok) : 0;
+    json_tokener_free(tok);
+    if (j && (!complete || end > len ||
+              strspn(text + end, " \t\r\n") != len - end)) {
+        json_object_put(j);
+        j = NULL;
+    }
+    struct json_object *k = NULL, *st = NULL, *pid = NULL, *dom = NULL;
+    int ret = 1;
+    if (!j || !json_object_is_type(j, json_type_object))
+        ret = nj_error("'%s' is not a JSON object", name);
+    else if (!json_object_object_get_ex(j, "lock", &k) ||
+             !json_object_is_type(k, json_type_string) ||
+             !nj_store_name_valid(json_object_get_string(k)))
+        ret = nj_error("'%s' has no valid \"lock\"", name);
+    else if (!json_object_object_get_ex(j, "started", &st) ||
+             !json_object_is_type(st, json_type_int) ||
+             json_object_get_int64(st) < 0 ||
+             json_object_get_int64(st) > NJ_STORE_OWNER_STARTED_MAX)
+        ret = nj_error("'%s' has no valid \"started\"", name);
+    else if (json_object_object_get_ex(j, "pid", &pid) &&
+             (!json_object_is_type(pid, json_type_int) ||
+              json_object_get_int64(pid) <= 0 ||
+              json_object_get_int64(pid) > INT32_MAX))
+        ret = nj_error("'%s' has an invalid \"pid\"", name);
+    else if (json_object_object_get_ex(j, "domain", &dom) &&
+             (!json_object_is_type(dom, json_type_string) ||
+              json_object_get_string_len(dom) > 1024))
+        ret = nj_error("'%s' has an invalid \"domain\"", name);
+    if (ret == 1) {
+        snprintf(o->lock, sizeof o->lock, "%s", json_object_get_string(k));
+        o->started = json_object_get_int64(st);
+        o->pid = pid ? json_object_get_int64(pid) : 0;
+    }
+    json_object_put(j);
+    return ret;
+}
+

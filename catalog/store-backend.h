@@ -69,6 +69,21 @@ struct nj_store {
 };
 
 struct nj_store *nj_store_dir_open(const char *path, unsigned flags);
+/* url: "s3://BUCKET" or "s3://BUCKET/PREFIX" (catalog/store-s3.c). */
+struct nj_store *nj_store_s3_open(const char *url, unsigned flags);
+
+/* What every backend shares: the store marker (its text, newly made, and
+ * its check; path names the store in messages) and the owner record. */
+#define NJ_STORE_MARKER "nightjar-store.json"
+#define NJ_STORE_FORMAT_NAME "nightjar-store"
+#define NJ_STORE_OWNER_MAX 65536
+#define NJ_STORE_OWNER_STARTED_MAX (INT64_C(1) << 40) /* seconds: year 36812 */
+char *nj_store_marker_new(void);
+int nj_store_marker_check(const char *text, size_t len, const char *path);
+/* Parse and validate an owner record (name: for messages): 1 with *o
+ * filled, -1 with the last error set. */
+int nj_store_owner_parse(const char *text, size_t len, const char *name,
+                         struct nj_store_owner *o);
 
 
 #endif

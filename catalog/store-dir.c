@@ -66,8 +66,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define STORE_MARKER "nightjar-store.json"
-#define STORE_FORMAT_NAME "nightjar-store"
+#define STORE_MARKER NJ_STORE_MARKER
 #define PENDING_MAX_COUNT 4096
 #define PENDING_MAX_BYTES (256ull << 20)
 #define STAGING_ORPHAN_AGE (24 * 3600)
@@ -388,61 +387,6 @@ static int dir_staging_remove(struct nj_store *s, const char *id)
     return staging_remove_dir(ds->stagingfd, id);
 }
 
-#define OWNER_MAX 65536
-#define OWNER_STARTED_MAX (INT64_C(1) << 40) /* seconds: year 36812 */
-
-/*
- * Parse and validate an owner record (name: for messages).  1 with *o
- * filled; -1 with the last error set when it is not a JSON object whose
- * "lock" is a store name and whose "started" is an integer in
- * [0, OWNER_STARTED_MAX], or when "pid" or "domain" are present with the
- * wrong type or out of range.  Unknown members are ignored.
- */
-static int owner_parse(const char *text, size_t len, const char *name,
-                       struct nj_store_owner *o)
-{
-    memset(o, 0, sizeof *o);
-    struct json_tokener *tok = json_tokener_new();
-    struct json_object *j = json_tokener_parse_ex(tok, text, (int)len);
-    /* Complete, with nothing but white space after it. */
-    bool complete = json_tokener_get_error(tok) == json_tokener_success;
-    size_t end = complete ? json_tokener_get_parse_end(tok) : 0;
-    json_tokener_free(tok);
-    if (j && (!complete || end > len ||
-              strspn(text + end, " \t\r\n") != len - end)) {
-        json_object_put(j);
-        j = NULL;
-    }
-    struct json_object *k = NULL, *st = NULL, *pid = NULL, *dom = NULL;
-    int ret = 1;
-    if (!j || !json_object_is_type(j, json_type_object))
-        ret = nj_error("'%s' is not a JSON object", name);
-    else if (!json_object_object_get_ex(j, "lock", &k) ||
-             !json_object_is_type(k, json_type_string) ||
-             !nj_store_name_valid(json_object_get_string(k)))
-        ret = nj_error("'%s' has no valid \"lock\"", name);
-    else if (!json_object_object_get_ex(j, "started", &st) ||
-             !json_object_is_type(st, json_type_int) ||
-             json_object_get_int64(st) < 0 ||
-             json_object_get_int64(st) > OWNER_STARTED_MAX)
-        ret = nj_error("'%s' has no valid \"started\"", name);
-    else if (json_object_object_get_ex(j, "pid", &pid) &&
-             (!json_object_is_type(pid, json_type_int) ||
-              json_object_get_int64(pid) <= 0 ||
-              json_object_get_int64(pid) > INT32_MAX))
-        ret = nj_error("'%s' has an invalid \"pid\"", name);
-    else if (json_object_object_get_ex(j, "domain", &dom) &&
-             (!json_object_is_type(dom, json_type_string) ||
-              json_object_get_string_len(dom) > 1024))
-        ret = nj_error("'%s' has an invalid \"domain\"", name);
-    if (ret == 1) {
-        snprintf(o->lock, sizeof o->lock, "%s", json_object_get_string(k));
-        o->started = json_object_get_int64(st);
-        o->pid = pid ? json_object_get_int64(pid) : 0;
-    }
-    json_object_put(j);
-    return ret;
-}
 
 /* The owner record of staging/<name>, read relative to that directory's
  * fd: 1 (filled), 0 when there is none, -1 when unreadable or invalid. */
@@ -450,14 +394,14 @@ static int owner_read_at(int dfd, const char *name, struct nj_store_owner *o)
 {
     NJ_CLEANUP_FREE char *display = nj_asprintf("staging/%s/owner.json", name);
     size_t len = 0;
-    NJ_CLEANUP_FREE char *text = nj_read_file(dfd, "owner.json", OWNER_MAX,
+    NJ_CLEANUP_FREE char *text = nj_read_file(dfd, "owner.json", NJ_STORE_OWNER_MAX,
                                               &len);
     if (!text) {
         if (errno == ENOENT)
             return 0;
         return nj_error_prefix("staging/%s", name);
     }
-    return owner_parse(text, len, display, o);
+    return nj_store_owner_parse(text, len, display, o);
 }
 
 static int dir_staging_owner(struct nj_store *s, const char *id,
@@ -1097,14 +1041,7 @@ static int store_init(int rootfd, const char *path)
     }
     if (nj_fsync_dir(rootfd, "chunks") < 0)
         return -1;
-    struct json_object *o = json_object_new_object();
-    json_object_object_add(o, "format", json_object_new_string(STORE_FORMAT_NAME));
-    json_object_object_add(o, "version", json_object_new_int(NJ_STORE_FORMAT_VERSION));
-    json_object_object_add(o, "chunk_id", json_object_new_string("sha256"));
-    json_object_object_add(o, "created", json_object_new_int64((int64_t)time(NULL)));
-    const char *text = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY);
-    NJ_CLEANUP_FREE char *body = nj_asprintf("%s\n", text);
-    json_object_put(o);
+    NJ_CLEANUP_FREE char *body = nj_store_marker_new();
     /* The marker goes last: a store half created is not yet a store. */
     if (nj_publish_buffer(rootfd, STORE_MARKER, body, strlen(body)) < 0)
         return nj_error_prefix("initialise store '%s'", path);
@@ -1123,44 +1060,7 @@ static int store_check_marker(int rootfd, const char *path)
                             STORE_MARKER);
         return nj_error_prefix("open store '%s'", path);
     }
-    struct json_tokener *tok = json_tokener_new();
-    struct json_object *o = json_tokener_parse_ex(tok, text, (int)len);
-    bool complete = json_tokener_get_error(tok) == json_tokener_success;
-    if (complete) {
-        size_t end = json_tokener_get_parse_end(tok);
-        complete = end <= len &&
-                   strspn(text + end, " \t\r\n") == len - end;
-    }
-    json_tokener_free(tok);
-    struct json_object *f = NULL, *v = NULL, *c = NULL, *t = NULL;
-    int ret = 0;
-    if (!o || !complete || !json_object_is_type(o, json_type_object) ||
-        !json_object_object_get_ex(o, "format", &f) ||
-        !json_object_is_type(f, json_type_string) ||
-        strcmp(json_object_get_string(f), STORE_FORMAT_NAME) != 0) {
-        ret = nj_error("'%s' is not a nightjar store (%s is not a store "
-                       "marker)", path, STORE_MARKER);
-    } else if (!json_object_object_get_ex(o, "version", &v) ||
-               !json_object_is_type(v, json_type_int)) {
-        ret = nj_error("store '%s' has no format version", path);
-    } else if (json_object_get_int64(v) != NJ_STORE_FORMAT_VERSION) {
-        ret = nj_error("store '%s' has format version %lld; this nightjar "
-                       "reads version %d", path,
-                       (long long)json_object_get_int64(v),
-                       NJ_STORE_FORMAT_VERSION);
-    } else if (json_object_object_get_ex(o, "chunk_id", &c) &&
-               (!json_object_is_type(c, json_type_string) ||
-                strcmp(json_object_get_string(c), "sha256") != 0)) {
-        ret = nj_error("store '%s' names chunks by an unknown id (%s: "
-                       "\"chunk_id\" is not \"sha256\")", path, STORE_MARKER);
-    } else if (json_object_object_get_ex(o, "created", &t) &&
-               (!json_object_is_type(t, json_type_int) ||
-                json_object_get_int64(t) < 0)) {
-        ret = nj_error("store '%s': %s has an invalid \"created\"", path,
-                       STORE_MARKER);
-    }
-    json_object_put(o);
-    return ret;
+    return nj_store_marker_check(text, len, path);
 }
 
 struct nj_store *nj_store_dir_open(const char *path, unsigned flags)
