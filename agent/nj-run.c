@@ -738,6 +738,25 @@ static void sleep_until(int64_t t)
     }
 }
 
+/* The config file's S3 settings reach this process's store opens and the
+ * backups it starts as the AWS variables they stand for; a variable the
+ * environment already sets wins, as nj-s3.h orders the sources. */
+static void export_s3_settings(const struct nj_config *c)
+{
+    static const char *const map[][2] = {
+        { "s3-endpoint", "AWS_ENDPOINT_URL" },
+        { "s3-region", "AWS_REGION" },
+        { "s3-access-key-id", "AWS_ACCESS_KEY_ID" },
+        { "s3-secret-access-key", "AWS_SECRET_ACCESS_KEY" },
+        { "s3-session-token", "AWS_SESSION_TOKEN" },
+        { "s3-ca-file", "AWS_CA_BUNDLE" },
+    };
+    for (size_t i = 0; c->s3 && c->s3[i]; i += 2)
+        for (size_t k = 0; k < NJ_ARRAY_SIZE(map); k++)
+            if (strcmp(c->s3[i], map[k][0]) == 0)
+                setenv(map[k][1], c->s3[i + 1], 0);
+}
+
 int nj_agent_run(const struct nj_run_opts *o)
 {
     nj_virt_init();
@@ -745,6 +764,7 @@ int nj_agent_run(const struct nj_run_opts *o)
     sv.cfg = nj_config_load(o->config);
     if (!sv.cfg)
         return -1;
+    export_s3_settings(sv.cfg);
     load_state(&sv);
     bool sim = o->simulate_from > 0;
     int64_t now = sim ? o->simulate_from : (int64_t)time(NULL);

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <time.h>
 
 static const char *const dow_names[] = { "sunday", "monday", "tuesday",
@@ -220,6 +221,7 @@ void nj_config_free(struct nj_config *c)
     free(c->zstd_level);
     nj_strv_free(c->domains);
     nj_strv_free(c->exclude);
+    nj_strv_free(c->s3);
     free(c);
 }
 
@@ -282,6 +284,27 @@ static int config_line(struct nj_config *c, const char *path, int line,
     for (size_t i = 0; i < NJ_ARRAY_SIZE(strs); i++)
         if (!strcmp(key, strs[i].k))
             return set_string(path, line, key, v, strs[i].p);
+    static const char *const s3_keys[] = {
+        "s3-endpoint", "s3-region", "s3-access-key-id",
+        "s3-secret-access-key", "s3-session-token", "s3-ca-file",
+    };
+    for (size_t i = 0; i < NJ_ARRAY_SIZE(s3_keys); i++) {
+        if (strcmp(key, s3_keys[i]) != 0)
+            continue;
+        if (!*v)
+            return nj_error("%s:%d: %s: no value", path, line, key);
+        size_t n = 0;
+        while (c->s3 && c->s3[n])
+            n++;
+        for (size_t k = 0; k < n; k += 2)
+            if (!strcmp(c->s3[k], key))
+                return nj_error("%s:%d: '%s' given twice", path, line, key);
+        c->s3 = nj_realloc_array(c->s3, n + 3, sizeof *c->s3);
+        c->s3[n] = nj_strdup(key);
+        c->s3[n + 1] = nj_strdup(v);
+        c->s3[n + 2] = NULL;
+        return 0;
+    }
     if (!strcmp(key, "domains") || !strcmp(key, "exclude")) {
         char ***p = !strcmp(key, "domains") ? &c->domains : &c->exclude;
         nj_strv_free(*p);
@@ -367,6 +390,22 @@ struct nj_config *nj_config_load(const char *path)
     }
     if (!c->domains)
         c->domains = split_words("*");
+    if (!c->state_file && nj_store_url_is_remote(c->store)) {
+        nj_error("%s: 'state-file' is required when the store is not a "
+                 "local directory ('%s')", path, c->store);
+        nj_config_free(c);
+        return NULL;
+    }
+    for (size_t i = 0; c->s3 && c->s3[i]; i += 2) {
+        struct stat st;
+        if (strcmp(c->s3[i], "s3-secret-access-key") == 0 &&
+            stat(real, &st) == 0 && (st.st_mode & 077)) {
+            nj_error("%s: holds s3-secret-access-key but is readable by "
+                     "others (chmod 600 it)", path);
+            nj_config_free(c);
+            return NULL;
+        }
+    }
     if (!c->state_file)
         c->state_file = nj_asprintf("%s.scheduler-state", c->store);
     if (c->concurrency == 0)

@@ -50,6 +50,9 @@ struct nj_config {
     struct nj_keep_rules keep;
     int64_t gc_grace;
     bool gc;
+    /* S3 settings ("s3-endpoint", ...; nj-s3.h): key, value pairs, NULL
+     * terminated, or NULL when the file has none. */
+    char **s3;
 };
 
 /* Parse a configuration file ("key = value" lines, '#' comments); every

@@ -132,15 +132,21 @@ int nj_gc(struct nj_store *s, int64_t grace, struct nj_gc_stats *st)
     int64_t t0 = (int64_t)time(NULL);
     int64_t cutoff = t0 - grace;
     int64_t oldest = 0;
-    if (oldest_running(s, t0, &oldest) < 0) {
+    /* On object stores, new backups wait from here on before relying on
+     * old chunks (store-s3.c); the directory needs no such exclusion. */
+    int gc_lock = nj_store_gc_begin(s);
+    if (gc_lock < 0 || oldest_running(s, t0, &oldest) < 0) {
+        nj_store_unlock_domain(gc_lock);
         st->seconds = nj_mono_sec() - t_start;
         return -1;
     }
     if (oldest < t0 + 1)
         cutoff = NJ_MIN(cutoff, oldest - START_MARGIN);
     struct nj_catalog *c = nj_catalog_open(s);
-    if (!c)
+    if (!c) {
+        nj_store_unlock_domain(gc_lock);
         return -1;
+    }
     int ret = 0;
     if (nj_catalog_broken_count(c) > 0)
         ret = nj_error("gc: backup '%s' is unreadable (%s); not sweeping",
@@ -155,6 +161,7 @@ int nj_gc(struct nj_store *s, int64_t grace, struct nj_gc_stats *st)
         ret = nj_store_gc_sweep(s, cutoff, t0 - 86400, &st->chunks_kept,
                                 &st->bytes_kept, &st->chunks_freed,
                                 &st->bytes_freed, &st->tmp_removed);
+    nj_store_unlock_domain(gc_lock);
     st->seconds = nj_mono_sec() - t_start;
     return ret;
 }

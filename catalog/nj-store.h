@@ -35,13 +35,19 @@ enum nj_store_open_flags {
                                  an empty directory */
 };
 
-/* Open the store at path (symlinks in path itself are followed: that is
- * the caller's choice; none inside the store is).  Fails with a clear
- * message when path is not a store, has an unknown format version or an
- * invalid nightjar-store.json, or lacks one of its directories. */
-struct nj_store *nj_store_open(const char *path, unsigned flags);
+/* Open the store at a URL: a path or file://PATH for a directory store,
+ * s3://BUCKET[/PREFIX] for an S3 store (catalog/store-s3.c; credentials
+ * and endpoint the AWS way, nj-s3.h).  For a directory, symlinks in path
+ * itself are followed: that is the caller's choice; none inside the store
+ * is.  Fails with a clear message when the URL is not a store, has an
+ * unknown format version or an invalid nightjar-store.json, or lacks one
+ * of its directories. */
+struct nj_store *nj_store_open(const char *url, unsigned flags);
+/* True when url names an S3 store (not a local path). */
+bool nj_store_url_is_remote(const char *url);
+
 void nj_store_close(struct nj_store *s);
-/* Borrowed: the path the store was opened with. */
+/* Borrowed: the path or URL the store was opened with. */
 const char *nj_store_path(const struct nj_store *s);
 
 /*
@@ -179,6 +185,13 @@ int nj_store_backup_open(struct nj_store *s, const char *id, const char *name);
 int nj_store_lock_domain(struct nj_store *s, const char *key,
                          const char *display_name);
 void nj_store_unlock_domain(int fd);
+
+/* Garbage collection's exclusion (S3 stores: a lease that makes new
+ * backups wait before they rely on old chunks; see store-s3.c).  Returns a
+ * lock handle for nj_store_unlock_domain(), or -1 with "garbage collection
+ * is already running ..." ; directory stores need none and return a handle
+ * that holds nothing. */
+int nj_store_gc_begin(struct nj_store *s);
 
 void nj_strv_free(char **v);
 

@@ -61,6 +61,9 @@ struct nj_store_ops {
     /* 1 filled, 0 no record, -1 unreadable or invalid. */
     int (*staging_owner)(struct nj_store *s, const char *id,
                          struct nj_store_owner *o);
+    /* Optional: exclude writers' reliance on old chunks while gc runs
+     * (object stores; see store-s3.c).  A lock handle, or -1. */
+    int (*gc_begin)(struct nj_store *s);
 };
 
 struct nj_store {
@@ -71,6 +74,8 @@ struct nj_store {
 struct nj_store *nj_store_dir_open(const char *path, unsigned flags);
 /* url: "s3://BUCKET" or "s3://BUCKET/PREFIX" (catalog/store-s3.c). */
 struct nj_store *nj_store_s3_open(const char *url, unsigned flags);
+/* Release the S3 lease whose handle this is: true when it was one. */
+bool nj_store_s3_unlock(int handle);
 
 /* What every backend shares: the store marker (its text, newly made, and
  * its check; path names the store in messages) and the owner record. */

@@ -3,6 +3,7 @@
  */
 #include "nj-test.h"
 #include "nj-io.h"
+#include "nj-s3.h"
 #include "nj-restore.h"
 #include "nj-util.h"
 
@@ -22,6 +23,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 int nj_test_failures;
@@ -59,6 +61,80 @@ char *nj_test_tmpdir(const char *tag)
         exit(1);
     }
     return t;
+}
+
+bool nj_test_s3_env(void)
+{
+    const char *ep = getenv("NJ_TEST_S3_ENDPOINT");
+    const char *ak = getenv("NJ_TEST_S3_ACCESS_KEY");
+    const char *sk = getenv("NJ_TEST_S3_SECRET_KEY");
+    if (!ep || !*ep || !ak || !*ak || !sk || !*sk)
+        return false;
+    const char *region = getenv("NJ_TEST_S3_REGION");
+    setenv("AWS_ENDPOINT_URL", ep, 1);
+    setenv("AWS_ACCESS_KEY_ID", ak, 1);
+    setenv("AWS_SECRET_ACCESS_KEY", sk, 1);
+    setenv("AWS_REGION", region && *region ? region : "us-east-1", 1);
+    /* No profile of the machine's user may leak into a test. */
+    setenv("AWS_SHARED_CREDENTIALS_FILE", "/dev/null", 1);
+    return true;
+}
+
+char *nj_test_store_url(const char *local)
+{
+    const char *kind = getenv("NJ_TEST_STORE");
+    if (!kind || strcmp(kind, "s3") != 0)
+        return nj_strdup(local);
+    if (!nj_test_s3_env()) {
+        printf("NJ_TEST_STORE=s3 but no test S3 endpoint: run "
+               "scripts/ceph-start.sh and export what it prints\n");
+        exit(77);
+    }
+    /* A prefix of its own in the shared test bucket, from the local
+     * name, the pid and the time (runs never share one). */
+    static unsigned seq;
+    const char *base = strrchr(local, '/');
+    base = base ? base + 1 : local;
+    char clean[64];
+    size_t n = 0;
+    for (const char *p = base; *p && n < sizeof clean - 1; p++)
+        clean[n++] = strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                            "0123456789-_", *p) ? *p : '_';
+    clean[n] = '\0';
+    return nj_asprintf("s3://nj-test/%ld-%ld-%u-%s", (long)time(NULL),
+                       (long)getpid(), seq++, n ? clean : "store");
+}
+
+void nj_test_s3_chunks(const char *url,
+                       void (*fn)(void *arg, const char *name, uint64_t size,
+                                  int64_t mtime),
+                       void *arg)
+{
+    REQUIRE(strncmp(url, "s3://", 5) == 0);
+    const char *b = url + 5;
+    size_t blen = strcspn(b, "/");
+    NJ_CLEANUP_FREE char *bucket = nj_calloc(1, blen + 1);
+    memcpy(bucket, b, blen);
+    const char *pre = b[blen] ? b + blen + 1 : "";
+    NJ_CLEANUP_FREE char *prefix =
+        nj_asprintf("%s%schunks/", pre, *pre ? "/" : "");
+    struct nj_s3_config c = { 0 };
+    REQUIRE(nj_s3_config_load(&c, NULL) == 0);
+    struct nj_s3 *s3 = nj_s3_new(&c, bucket);
+    REQUIRE(s3);
+    char *token = NULL;
+    do {
+        struct nj_s3_page page = { 0 };
+        REQUIRE(nj_s3_list(s3, prefix, NULL, &token, &page) == 0);
+        for (size_t i = 0; i < page.nobjects; i++) {
+            const char *k = page.objects[i].key + strlen(prefix);
+            fn(arg, strlen(k) > 3 ? k + 3 : k, page.objects[i].size,
+               page.objects[i].mtime);
+        }
+        nj_s3_page_clear(&page);
+    } while (token);
+    nj_s3_free(s3);
+    nj_s3_config_clear(&c);
 }
 
 void nj_test_rmtree(const char *path)

@@ -37,7 +37,8 @@ static void run_chain(const char *storedir, uint64_t seed, uint64_t grid)
         /* Sparse initial content. */
         nj_test_mutate(&rng, truth[k], size[k], &since_last[k], 12);
     }
-    struct nj_store *s = nj_store_open(storedir, NJ_STORE_CREATE);
+    NJ_CLEANUP_FREE char *url = nj_test_store_url(storedir);
+    struct nj_store *s = nj_store_open(url, NJ_STORE_CREATE);
     REQUIRE(s);
     struct nj_codec *codec = nj_codec_new(NJ_ZSTD_LEVEL_DEFAULT);
     char uuid[64];
