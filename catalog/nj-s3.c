@@ -262,16 +262,21 @@ static bool xml_is(const xmlNode *n, const char *name)
            strcmp((const char *)n->name, name) == 0;
 }
 
+/* The text of n, a new string. */
+static char *xml_text(const xmlNode *n)
+{
+    xmlChar *t = xmlNodeGetContent(n);
+    char *s = nj_strdup(t ? (const char *)t : "");
+    xmlFree(t);
+    return s;
+}
+
 /* The text of n's child element name, a new string, or NULL. */
 static char *xml_child_text(const xmlNode *n, const char *name)
 {
     for (const xmlNode *c = n->children; c; c = c->next) {
-        if (xml_is(c, name)) {
-            xmlChar *t = xmlNodeGetContent(c);
-            char *s = nj_strdup(t ? (const char *)t : "");
-            xmlFree(t);
-            return s;
-        }
+        if (xml_is(c, name))
+            return xml_text(c);
     }
     return NULL;
 }
@@ -435,6 +440,16 @@ static void req_free(struct req *r)
     free(r);
 }
 
+/* An object's key: not empty (that would name the bucket itself). */
+static int key_check(const char *method, const char *key)
+{
+    if (key && *key)
+        return 0;
+    nj_error("s3 %s: empty key", method);
+    errno = EINVAL;
+    return -1;
+}
+
 /* A request on key (NULL: the bucket itself) with query (already sorted
  * and encoded, or NULL). */
 static struct req *req_new(struct nj_s3 *s3, const char *method,
@@ -490,6 +505,8 @@ static int req_setup(struct req *r, struct curl_slist **hdrs)
 #define SET(opt, val) \
     do { if (c == CURLE_OK) c = curl_easy_setopt(e, opt, val); } while (0)
     SET(CURLOPT_URL, r->url);
+    /* Keys are names, not paths: "a/../b" must not become "b". */
+    SET(CURLOPT_PATH_AS_IS, 1L);
     SET(CURLOPT_PROTOCOLS_STR, "http,https");
     SET(CURLOPT_NOSIGNAL, 1L);
     SET(CURLOPT_PRIVATE, (void *)r);
@@ -540,6 +557,27 @@ static bool curl_retryable(CURLcode c)
            c == CURLE_RECV_ERROR || c == CURLE_GOT_NOTHING ||
            c == CURLE_PARTIAL_FILE || c == CURLE_SSL_CONNECT_ERROR ||
            c == CURLE_HTTP2 || c == CURLE_HTTP2_STREAM;
+}
+
+static const char *http_reason(long status)
+{
+    switch (status) {
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 409: return "Conflict";
+    case 411: return "Length Required";
+    case 412: return "Precondition Failed";
+    case 416: return "Range Not Satisfiable";
+    case 429: return "Too Many Requests";
+    case 500: return "Internal Server Error";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    default: return "";
+    }
 }
 
 static int http_errno(long status)
@@ -644,6 +682,8 @@ static int judge(struct nj_s3 *s3, struct req *r, CURLcode cc)
     }
     if ((st >= 500 || st == 429) && r->attempt < s3->retries)
         return 1;
+    if (!code[0])
+        snprintf(code, sizeof code, "%s", http_reason(st));
     char after[48] = "";
     if (r->attempt)
         snprintf(after, sizeof after, " (after %u attempts)", r->attempt + 1);
@@ -937,6 +977,8 @@ void nj_s3_stats(struct nj_s3 *s3, struct nj_s3_stats *st)
 int nj_s3_get(struct nj_s3 *s3, const char *key, size_t max, void **buf,
               size_t *len)
 {
+    if (key_check("GET", key) < 0)
+        return -1;
     struct req *r = req_new(s3, "GET", key, NULL);
     r->resp_max = max;
     int rc = run(s3, r);
@@ -953,6 +995,8 @@ int nj_s3_get(struct nj_s3 *s3, const char *key, size_t max, void **buf,
 ssize_t nj_s3_get_range(struct nj_s3 *s3, const char *key, uint64_t off,
                         void *buf, size_t len)
 {
+    if (key_check("GET", key) < 0)
+        return -1;
     if (len == 0)
         return 0;
     if (len > SSIZE_MAX || !nj_range_ok(off, len, UINT64_MAX)) {
@@ -1013,6 +1057,8 @@ static int put_prepare(struct req *r, enum nj_s3_put_mode mode,
 int nj_s3_put(struct nj_s3 *s3, const char *key, const void *buf, size_t len,
               enum nj_s3_put_mode mode, const char *etag, char *etag_out)
 {
+    if (key_check("PUT", key) < 0)
+        return -1;
     struct req *r = req_new(s3, "PUT", key, NULL);
     r->body = buf;
     r->body_len = len;
@@ -1033,6 +1079,8 @@ int nj_s3_put_async(struct nj_s3 *s3, const char *key, const void *buf,
                     size_t len, enum nj_s3_put_mode mode,
                     void (*done)(void *arg, int rc), void *arg)
 {
+    if (key_check("PUT", key) < 0)
+        return -1;
     if (mode != NJ_S3_PUT_REPLACE && mode != NJ_S3_PUT_CREATE) {
         nj_error("s3 PUT '%s': asynchronous puts are REPLACE or CREATE", key);
         errno = EINVAL;
@@ -1075,6 +1123,8 @@ void nj_s3_wait(struct nj_s3 *s3)
 int nj_s3_head(struct nj_s3 *s3, const char *key, uint64_t *size,
                int64_t *mtime, char *etag)
 {
+    if (key_check("HEAD", key) < 0)
+        return -1;
     struct req *r = req_new(s3, "HEAD", key, NULL);
     r->ok_mask = OK_404;
     int rc = run(s3, r);
@@ -1095,6 +1145,8 @@ int nj_s3_head(struct nj_s3 *s3, const char *key, uint64_t *size,
 
 int nj_s3_delete(struct nj_s3 *s3, const char *key)
 {
+    if (key_check("DELETE", key) < 0)
+        return -1;
     struct req *r = req_new(s3, "DELETE", key, NULL);
     r->ok_mask = OK_404;
     int rc = run(s3, r);
@@ -1140,6 +1192,9 @@ static int delete_result(struct req *r)
 
 int nj_s3_delete_many(struct nj_s3 *s3, const char *const *keys, size_t n)
 {
+    for (size_t i = 0; i < n; i++)
+        if (key_check("POST ?delete", keys[i]) < 0)
+            return -1;
     for (size_t start = 0; start < n; start += 1000) {
         size_t end = NJ_MIN(n, start + 1000);
         struct buf b = {0};
@@ -1244,11 +1299,11 @@ static int list_parse(struct req *r, const char *prefix, char **token,
             }
             page->prefixes[page->nprefixes++] = p;
         } else if (xml_is(n, "IsTruncated")) {
-            NJ_CLEANUP_FREE char *t = xml_child_text(n->parent, "IsTruncated");
+            NJ_CLEANUP_FREE char *t = xml_text(n);
             truncated = t && strcmp(t, "true") == 0;
         } else if (xml_is(n, "NextContinuationToken")) {
             free(next);
-            next = xml_child_text(n->parent, "NextContinuationToken");
+            next = xml_text(n);
         }
     }
     xmlFreeDoc(doc);

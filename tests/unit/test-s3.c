@@ -212,6 +212,13 @@ static void test_roundtrip(struct nj_s3 *s3)
     errno = 0;
     CHECK(nj_s3_get_range(s3, "rt/absent", 0, buf, sizeof buf) == -1);
     CHECK(errno == ENOENT);
+
+    /* An empty key would name the bucket: refused before any request. */
+    errno = 0;
+    CHECK(nj_s3_delete(s3, "") == -1);
+    CHECK(errno == EINVAL);
+    CHECK(nj_s3_put(s3, "", "x", 1, NJ_S3_PUT_REPLACE, NULL, NULL) == -1);
+    CHECK(nj_s3_head(s3, "", NULL, NULL, NULL) == -1);
 }
 
 static void test_range(struct nj_s3 *s3)
@@ -293,6 +300,7 @@ static void test_encoding(struct nj_s3 *s3)
         "enc/with space", "enc/plus+sign", "enc/per%cent", "enc/eq=als",
         "enc/amp&ersand", "enc/quo\"te'", "enc/unicod\xc3\xa9-\xe2\x82\xac",
         "enc/question?mark#hash", "enc/a//double", "enc/tilde~_-.",
+        "enc/dot/../dotdot", "enc/./dot", "enc/tab\there", "enc/semi;colon,comma",
     };
     for (size_t i = 0; i < NJ_ARRAY_SIZE(keys); i++) {
         CHECK(nj_s3_put(s3, keys[i], keys[i], strlen(keys[i]),
