@@ -23,6 +23,9 @@ packages=(
     linux-image-cloud-amd64 busybox-static cpio
     # systemd-analyze verify of the units (the package, not systemd as init)
     systemd
+    # the S3 client (catalog/nj-s3.c) and its tests: libcurl, and a
+    # throw-away single-node Ceph with radosgw (scripts/ceph-start.sh)
+    libcurl4-openssl-dev ceph-mon ceph-osd radosgw ceph-common
 )
 
 missing=()
