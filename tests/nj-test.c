@@ -76,7 +76,7 @@ bool nj_test_s3_env(void)
     setenv("AWS_SECRET_ACCESS_KEY", sk, 1);
     setenv("AWS_REGION", region && *region ? region : "us-east-1", 1);
     /* No profile of the machine's user may leak into a test. */
-    setenv("AWS_SHARED_CREDENTIALS_FILE", "/dev/null", 1);
+    setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/nightjar-test", 1);
     return true;
 }
 

@@ -578,8 +578,8 @@ static void prune_one(struct world *w, const char *id_in)
     if (nj_store_url_is_remote(w->store)) {
         char **staged = nj_store_staging_list(w->s);
         REQUIRE(staged);
-        for (char **id = staged; *id; id++) {
-            fprintf(stderr, "staging '%s' left by a prune\n", *id);
+        for (char **sid = staged; *sid; sid++) {
+            fprintf(stderr, "staging '%s' left by a prune\n", *sid);
             CHECK(!"staging left behind");
         }
         nj_strv_free(staged);
