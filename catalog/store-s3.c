@@ -78,7 +78,8 @@
 #include <unistd.h>
 
 #define LEASE_TTL_DEFAULT 300 /* seconds */
-#define LEASE_SKEW 30         /* seconds of clock slack between hosts */
+/* Seconds of clock slack between hosts: 30, or a tenth of a short TTL */
+#define LEASE_SKEW(ttl) ((ttl) >= 300 ? 30 : (ttl) / 10)
 #define LEASE_MAX 4096
 #define GC_LEASE_KEY ".gc" /* not a store name: no domain key can be it */
 #define RANGE_STEP (4u << 20)
@@ -167,6 +168,13 @@ NJ_VECTOR(staged_vec, struct staged *);
 struct lease;
 NJ_VECTOR(lease_vec, struct lease *);
 
+/* The newest generation of each backup, as last listed or written. */
+struct gen_entry {
+    char id[129];
+    unsigned gen;
+};
+NJ_VECTOR(gen_vec, struct gen_entry);
+
 struct s3_store {
     struct nj_store base;
     struct nj_s3 *s3;
@@ -178,6 +186,7 @@ struct s3_store {
     struct digest_set marked; /* gc's marks */
     struct staged_vec staged;
     struct lease_vec leases;
+    struct gen_vec gens;
     pthread_t renewer;
     bool renewer_running, stopping;
     pthread_cond_t wake;
@@ -355,7 +364,7 @@ static bool lease_parse(const char *text, size_t len, struct lease_info *li)
 static bool lease_live(const struct s3_store *st, const struct lease_info *li,
                        int64_t now)
 {
-    if (li->expires + LEASE_SKEW < now)
+    if (li->expires + LEASE_SKEW(st->ttl) < now)
         return false;
     if (strcmp(li->host, st->host) == 0 && strcmp(li->boot, st->boot) == 0 &&
         li->pid > 0 && li->pid <= INT32_MAX && li->pid != getpid() &&
@@ -739,6 +748,38 @@ static struct staged *staged_take(struct s3_store *st, const char *id)
     return sg;
 }
 
+static unsigned gen_cached(struct s3_store *st, const char *id)
+{
+    unsigned gen = 0;
+    pthread_mutex_lock(&st->lock);
+    for (size_t i = 0; i < st->gens.len && !gen; i++)
+        if (strcmp(st->gens.ptr[i].id, id) == 0)
+            gen = st->gens.ptr[i].gen;
+    pthread_mutex_unlock(&st->lock);
+    return gen;
+}
+
+/* Remember id's newest generation (0: forget it). */
+static void gen_set(struct s3_store *st, const char *id, unsigned gen)
+{
+    pthread_mutex_lock(&st->lock);
+    size_t i = 0;
+    while (i < st->gens.len && strcmp(st->gens.ptr[i].id, id) != 0)
+        i++;
+    if (gen == 0) {
+        if (i < st->gens.len)
+            st->gens.ptr[i] = st->gens.ptr[--st->gens.len];
+    } else {
+        if (i == st->gens.len) {
+            struct gen_entry e = { .gen = gen };
+            snprintf(e.id, sizeof e.id, "%s", id);
+            gen_vec_append(&st->gens, e);
+        }
+        st->gens.ptr[i].gen = gen;
+    }
+    pthread_mutex_unlock(&st->lock);
+}
+
 /*
  * The generations of one backup, from a listing of backups/<id>/: the
  * newest with a manifest (0: none), the highest seen, and whether a key
@@ -856,6 +897,8 @@ static int s3_backup_publish(struct nj_store *s, const char *id)
         ret = nj_error("publish '%s': a backup of that id exists", id);
     if (ret == 0)
         ret = upload_generation(st, sg, id, g.highest + 1);
+    if (ret == 0)
+        gen_set(st, id, g.highest + 1);
     if (ret == 0) {
         NJ_CLEANUP_FREE char *key = key_of(st, "staging/%s/owner.json", id);
         nj_s3_delete(st->s3, key); /* if this fails, gc removes it later */
@@ -990,6 +1033,7 @@ static char **s3_backup_list(struct nj_store *s)
                 break; /* the id may go on in the next page */
             if (!same && cur[0]) {
                 if (g.newest || g.odd) {
+                    gen_set(st, cur, g.odd ? 0 : g.newest);
                     v = nj_realloc_array(v, n + 2, sizeof *v);
                     v[n++] = nj_strdup(cur);
                     v[n] = NULL;
@@ -1015,13 +1059,21 @@ static char **s3_backup_list(struct nj_store *s)
 }
 
 /* The key of a published backup's file in its newest generation; NULL
- * with errno ENOENT when the backup does not exist. */
+ * with errno ENOENT when the backup does not exist.  The generation comes
+ * from the cache unless fresh; *cached says whether it did, so that a
+ * caller that finds the object gone (another process merged or removed
+ * the backup) asks again, fresh. */
 static char *published_key(struct s3_store *st, const char *id,
-                           const char *name)
+                           const char *name, bool fresh, bool *cached)
 {
+    unsigned gen = fresh ? 0 : gen_cached(st, id);
+    *cached = gen != 0;
+    if (gen)
+        return key_of(st, "backups/%s/g%08u/%s", id, gen, name);
     struct backup_gens g;
     if (backup_scan(st, id, &g, NULL, NULL) < 0)
         return NULL;
+    gen_set(st, id, g.odd ? 0 : g.newest);
     if (g.newest == 0) {
         nj_error(g.odd ? "'backups/%s' is not a backup (objects outside "
                          "the layout)"
@@ -1036,17 +1088,22 @@ static char *s3_backup_read(struct nj_store *s, const char *id,
                             const char *name, size_t max, size_t *len)
 {
     struct s3_store *st = to_s3(s);
-    NJ_CLEANUP_FREE char *key = published_key(st, id, name);
-    if (!key)
-        return NULL;
-    void *text = NULL;
-    if (nj_s3_get(st->s3, key, max, &text, len) < 0) {
+    for (bool fresh = false;; fresh = true) {
+        bool cached = false;
+        NJ_CLEANUP_FREE char *key = published_key(st, id, name, fresh,
+                                                  &cached);
+        if (!key)
+            return NULL;
+        void *text = NULL;
+        if (nj_s3_get(st->s3, key, max, &text, len) == 0)
+            return text;
         int e = errno;
+        if (e == ENOENT && cached)
+            continue;
         nj_error_prefix("backups/%s/%s", id, name);
         errno = e;
         return NULL;
     }
-    return text;
 }
 
 /* Copy an object into fd with range GETs; 0 or -1. */
@@ -1079,16 +1136,37 @@ static int fetch_into(struct s3_store *st, const char *key, int fd)
     return ret;
 }
 
+/* Fetch a published file into a new spool (or fd, when >= 0): the fd, or
+ * -1. */
+static int fetch_published(struct s3_store *st, const char *id,
+                           const char *name, int fd)
+{
+    NJ_CLEANUP_CLOSE int own = fd < 0 ? spool_open() : -1;
+    if (fd < 0 && own < 0)
+        return -1;
+    int out = fd >= 0 ? fd : own;
+    for (bool fresh = false;; fresh = true) {
+        bool cached = false;
+        NJ_CLEANUP_FREE char *key = published_key(st, id, name, fresh,
+                                                  &cached);
+        if (!key)
+            return -1;
+        if (fetch_into(st, key, out) == 0)
+            break;
+        if (errno != ENOENT || !cached)
+            return -1;
+        if (ftruncate(out, 0) < 0 || lseek(out, 0, SEEK_SET) < 0)
+            return nj_error_errno(errno, "spool");
+    }
+    return fd >= 0 ? fd : NJ_STEAL_FD(&own);
+}
+
 static int s3_backup_open(struct nj_store *s, const char *id, const char *name)
 {
-    struct s3_store *st = to_s3(s);
-    NJ_CLEANUP_FREE char *key = published_key(st, id, name);
-    if (!key)
-        return -1;
-    NJ_CLEANUP_CLOSE int fd = spool_open();
-    if (fd < 0 || fetch_into(st, key, fd) < 0)
+    int fd = fetch_published(to_s3(s), id, name, -1);
+    if (fd < 0)
         return nj_error_prefix("backups/%s/%s", id, name);
-    return NJ_STEAL_FD(&fd);
+    return fd;
 }
 
 static int s3_staging_link(struct nj_store *s, const char *id,
@@ -1096,11 +1174,8 @@ static int s3_staging_link(struct nj_store *s, const char *id,
                            const char *from_name)
 {
     struct s3_store *st = to_s3(s);
-    NJ_CLEANUP_FREE char *key = published_key(st, from_id, from_name);
-    if (!key)
-        return -1;
     NJ_CLEANUP_CLOSE int fd = spool_add(st, id, name);
-    if (fd < 0 || fetch_into(st, key, fd) < 0)
+    if (fd < 0 || fetch_published(st, from_id, from_name, fd) < 0)
         return nj_error_prefix("link '%s/%s'", from_id, from_name);
     return 0;
 }
@@ -1155,6 +1230,8 @@ static int s3_backup_replace(struct nj_store *s, const char *staged_id,
     unsigned gen = g.highest + 1;
     if (ret == 0)
         ret = upload_generation(st, sg, id, gen);
+    if (ret == 0)
+        gen_set(st, id, gen);
     staged_free(sg);
     if (ret == 0) {
         NJ_CLEANUP_FREE char *okey =
@@ -1182,6 +1259,7 @@ static int s3_backup_remove(struct nj_store *s, const char *id)
         errno = ENOENT;
         ret = nj_error("remove '%s': no such backup", id);
     }
+    gen_set(st, id, 0);
     if (ret == 0)
         ret = delete_backup_keys(st, keys, n, id, 0, false);
     for (size_t i = 0; i < n; i++)
@@ -1196,7 +1274,9 @@ static int s3_backup_set_flag(struct nj_store *s, const char *id,
                               const char *flag, bool on)
 {
     struct s3_store *st = to_s3(s);
-    NJ_CLEANUP_FREE char *mkey = published_key(st, id, NJ_MANIFEST_NAME);
+    bool cached = false;
+    NJ_CLEANUP_FREE char *mkey = published_key(st, id, NJ_MANIFEST_NAME,
+                                               true, &cached);
     if (!mkey)
         return -1;
     NJ_CLEANUP_FREE char *key = key_of(st, "backups/%s/flags/%s", id, flag);
@@ -1444,6 +1524,7 @@ static void s3_close(struct nj_store *s)
         pthread_mutex_unlock(&lease_registry_lock);
     }
     free(st->leases.ptr);
+    free(st->gens.ptr);
     for (size_t i = 0; i < st->staged.len; i++)
         staged_free(st->staged.ptr[i]);
     free(st->staged.ptr);

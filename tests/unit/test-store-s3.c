@@ -1,0 +1,501 @@
+/*
+ * test-store-s3: what the S3 backend guarantees beyond what test-chain and
+ * test-prune check on it, on a real radosgw (NJ_TEST_S3_*, exit 77 without):
+ *  - domain leases: refused while held, taken over at once from a dead
+ *    process of this host, after expiry from another host, never while
+ *    alive; a writer whose lease was taken away does not publish;
+ *  - a writer killed at any moment leaves every committed backup restorable
+ *    and nothing half visible;
+ *  - gc and writers: gc sweeps nothing while a backup runs; a backup that
+ *    starts while gc holds its lease waits for it, and a chunk it then
+ *    dedups against survives the next gc;
+ *  - a hostile bucket: objects outside the layout are never deleted and
+ *    make gc refuse to sweep rather than guess; a newer generation wins.
+ */
+#include "nj-test.h"
+#include "nj-prune.h"
+#include "nj-s3.h"
+#include "nj-util.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define SIZE (6u * 1048576 + 4093)
+#define GRID (256u << 10)
+
+static const char *UUID = "5a5a5a5a-0000-4000-8000-000000000001";
+
+struct world {
+    char *url;
+    char *prefix; /* key prefix inside the bucket, with '/' */
+    struct nj_s3 *s3;
+    struct nj_codec *codec;
+    uint64_t rng;
+    char *scratch;
+};
+
+static struct nj_store *open_store(struct world *w)
+{
+    struct nj_store *s = nj_store_open(w->url, NJ_STORE_CREATE);
+    if (!s)
+        fprintf(stderr, "open: %s\n", nj_error_get());
+    REQUIRE(s);
+    return s;
+}
+
+/* A full backup of truth, committed; its id (free it). */
+static char *backup_full(struct nj_store *s, struct world *w,
+                         const char *uuid, const unsigned char *truth,
+                         const char *id)
+{
+    struct nj_backup_params bp = { .domain_name = "s3 'dom' & co",
+                                   .domain_uuid = uuid,
+                                   .level = NJ_LEVEL_FULL,
+                                   .id = id };
+    struct nj_backup *b = nj_backup_begin(s, &bp);
+    if (!b)
+        fprintf(stderr, "begin: %s\n", nj_error_get());
+    REQUIRE(b);
+    REQUIRE(nj_test_store_disk(b, w->codec, "vda", truth, SIZE, NULL, true,
+                               GRID) == 0);
+    REQUIRE(nj_backup_commit(b) == 0);
+    char *out = nj_strdup(nj_backup_id(b));
+    nj_backup_free(b);
+    return out;
+}
+
+static void check_restores(struct nj_store *s, struct world *w, const char *id,
+                           const unsigned char *truth)
+{
+    struct nj_catalog *c = nj_catalog_open(s);
+    REQUIRE(c);
+    CHECK(nj_catalog_broken_count(c) == 0);
+    const struct nj_manifest *m = nj_catalog_find(c, id);
+    CHECK(m != NULL);
+    if (m)
+        CHECK(nj_test_restore_compare(s, c, m, "vda", truth, SIZE,
+                                      w->scratch) == 0);
+    nj_catalog_free(c);
+}
+
+static size_t count_backups(struct nj_store *s)
+{
+    char **ids = nj_store_backup_list(s);
+    REQUIRE(ids);
+    size_t n = 0;
+    while (ids[n])
+        n++;
+    nj_strv_free(ids);
+    return n;
+}
+
+/* ---- leases ---- */
+
+static void test_leases(struct world *w)
+{
+    struct nj_store *a = open_store(w);
+    struct nj_store *b = open_store(w);
+    int la = nj_backup_lock_domain(a, UUID, "dom");
+    CHECK(la >= 0);
+    /* Held by a live process (this one): refused, with who holds it. */
+    CHECK(nj_backup_lock_domain(b, UUID, "dom") < 0);
+    CHECK(strstr(nj_error_get(), "already being backed up (pid") != NULL);
+    nj_store_unlock_domain(la);
+    int lb = nj_backup_lock_domain(b, UUID, "dom");
+    CHECK(lb >= 0);
+    nj_store_unlock_domain(lb);
+
+    /* A holder killed on this host: taken over at once. */
+    pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        struct nj_store *c = nj_store_open(w->url, 0);
+        _exit(c && nj_backup_lock_domain(c, UUID, "dom") >= 0 ? 0 : 1);
+        /* exits holding it: no release */
+    }
+    int st = 0;
+    REQUIRE(waitpid(pid, &st, 0) == pid);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    la = nj_backup_lock_domain(a, UUID, "dom");
+    CHECK(la >= 0);
+    nj_store_unlock_domain(la);
+    nj_store_close(a);
+    nj_store_close(b);
+
+    /* Another host's holder that died: refused until the lease expires
+     * (TTL 3 s here), then taken over. */
+    setenv("NIGHTJAR_HOST_ID", "other-host", 1);
+    pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        struct nj_store *c = nj_store_open(w->url, 0);
+        _exit(c && nj_backup_lock_domain(c, UUID, "dom") >= 0 ? 0 : 1);
+    }
+    REQUIRE(waitpid(pid, &st, 0) == pid);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    setenv("NIGHTJAR_HOST_ID", "this-host", 1);
+    a = open_store(w);
+    CHECK(nj_backup_lock_domain(a, UUID, "dom") < 0);
+    CHECK(strstr(nj_error_get(), "on host other-host") != NULL);
+    sleep(5); /* past its expiry: a lease's time, not the machine's speed */
+    la = nj_backup_lock_domain(a, UUID, "dom");
+    CHECK(la >= 0);
+    nj_store_unlock_domain(la);
+
+    /* A lease that changed hands under a running backup: no publish. */
+    unsigned char *truth = nj_calloc(1, SIZE);
+    nj_test_fill_random(&w->rng, truth, 3 * GRID);
+    struct nj_backup_params bp = { .domain_name = "dom", .domain_uuid = UUID,
+                                   .level = NJ_LEVEL_FULL };
+    struct nj_backup *bk = nj_backup_begin(a, &bp);
+    REQUIRE(bk);
+    REQUIRE(nj_test_store_disk(bk, w->codec, "vda", truth, SIZE, NULL, true,
+                               GRID) == 0);
+    NJ_CLEANUP_FREE char *lkey = nj_asprintf("%slocks/%s.lease", w->prefix,
+                                             UUID);
+    const char *intruder = "{\"host\":\"thief\",\"boot\":\"x\",\"pid\":1,"
+                           "\"expires\":99999999999}";
+    REQUIRE(nj_s3_put(w->s3, lkey, intruder, strlen(intruder),
+                      NJ_S3_PUT_REPLACE, NULL, NULL) == 0);
+    sleep(3); /* a renewal round (every second at TTL 3) sees it */
+    size_t before = count_backups(a);
+    CHECK(nj_backup_commit(bk) < 0);
+    CHECK(strstr(nj_error_get(), "lease was lost") != NULL);
+    nj_backup_free(bk);
+    CHECK(count_backups(a) == before);
+    /* Not ours any more: releasing left the intruder's lease alone. */
+    void *text = NULL;
+    size_t len = 0;
+    CHECK(nj_s3_get(w->s3, lkey, 4096, &text, &len) == 0 && text &&
+          strstr(text, "thief") != NULL);
+    free(text);
+    nj_s3_delete(w->s3, lkey);
+    nj_store_close(a);
+    free(truth);
+}
+
+/* ---- a writer killed at any moment ---- */
+
+static void test_killed_writer(struct world *w)
+{
+    struct nj_store *s = open_store(w);
+    unsigned char *truth = nj_calloc(1, SIZE);
+    nj_test_fill_random(&w->rng, truth, SIZE / 2);
+    char *committed = backup_full(s, w, "killed-dom", truth, NULL);
+    nj_store_close(s);
+
+    /* How long an uninterrupted backup takes here, to spread the kills
+     * over it; where each lands does not matter, only that the store is
+     * sound after every one. */
+    unsigned char *next = nj_malloc(SIZE);
+    double t0 = 0;
+    unsigned visible = 0;
+    /* Rounds 0 and 1 run through (the second one's time is t0, free of
+     * first-connection costs); rounds 2..9 are killed. */
+    for (int round = 0; round < 10; round++) {
+        memcpy(next, truth, SIZE);
+        nj_test_fill_random(&w->rng, next, SIZE / 3);
+        NJ_CLEANUP_FREE char *rid = nj_backup_id_new();
+        /* Kills spread over [t0/4, 2 t0]: before, during and after the
+         * chunks, the indexes and the manifest. */
+        useconds_t delay = (useconds_t)(t0 * 1e6 * (round - 1) / 4.0);
+        pid_t pid = fork();
+        REQUIRE(pid >= 0);
+        if (pid == 0) {
+            struct nj_store *cs = nj_store_open(w->url, 0);
+            if (!cs)
+                _exit(2);
+            free(backup_full(cs, w, "killed-dom", next, rid));
+            _exit(0);
+        }
+        double start = nj_mono_sec();
+        if (round > 1) {
+            usleep(delay);
+            kill(pid, SIGKILL);
+        }
+        int st = 0;
+        REQUIRE(waitpid(pid, &st, 0) == pid);
+        if (round <= 1) {
+            CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+            t0 = nj_mono_sec() - start;
+        }
+        s = open_store(w);
+        struct nj_catalog *c = nj_catalog_open(s);
+        REQUIRE(c);
+        CHECK(nj_catalog_broken_count(c) == 0);
+        /* The committed one restores exactly; this round's, when it is
+         * visible at all, is complete and restores what it was given. */
+        const struct nj_manifest *m = nj_catalog_find(c, committed);
+        CHECK(m && nj_test_restore_compare(s, c, m, "vda", truth, SIZE,
+                                           w->scratch) == 0);
+        m = nj_catalog_find(c, rid);
+        CHECK(round > 1 || m != NULL);
+        if (m) {
+            visible++;
+            CHECK(nj_test_restore_compare(s, c, m, "vda", next, SIZE,
+                                          w->scratch) == 0);
+        }
+        nj_catalog_free(c);
+        nj_store_close(s);
+    }
+    printf("killed writers: %u of 8 killed backups had committed (%.2f s "
+           "each)\n", visible - 2, t0);
+    /* The next backup of the domain cleans what the dead ones left in
+     * staging, and gc finds nothing referenced missing. */
+    s = open_store(w);
+    char *id = backup_full(s, w, "killed-dom", truth, NULL);
+    char **staged = nj_store_staging_list(s);
+    REQUIRE(staged);
+    CHECK(staged[0] == NULL);
+    nj_strv_free(staged);
+    struct nj_gc_stats gs;
+    CHECK(nj_gc(s, 0, &gs) == 0);
+    check_restores(s, w, id, truth);
+    check_restores(s, w, committed, truth);
+    nj_store_close(s);
+    free(id);
+    free(committed);
+    free(truth);
+    free(next);
+}
+
+/* ---- gc and writers ---- */
+
+static void put_garbage_chunk(struct nj_store *s, struct world *w,
+                              unsigned char *buf, size_t len,
+                              struct nj_digest *d)
+{
+    nj_test_fill_random(&w->rng, buf, len);
+    REQUIRE(nj_sha256(buf, len, d) == 0);
+    size_t flen = 0;
+    const void *frame = nj_codec_encode(w->codec, buf, len, &flen);
+    REQUIRE(frame);
+    REQUIRE(nj_store_chunk_put(s, d, frame, flen) == 0);
+}
+
+static int chunk_present(struct world *w, const struct nj_digest *d)
+{
+    char hex[NJ_DIGEST_HEX_LEN + 1];
+    nj_digest_to_hex(d, hex);
+    NJ_CLEANUP_FREE char *key = nj_asprintf("%schunks/%.2s/%s", w->prefix,
+                                            hex, hex);
+    return nj_s3_head(w->s3, key, NULL, NULL, NULL);
+}
+
+static void test_gc_and_writers(struct world *w)
+{
+    struct nj_store *s = open_store(w);
+    unsigned char *buf = nj_malloc(GRID);
+    struct nj_digest g1, g2;
+    put_garbage_chunk(s, w, buf, GRID, &g1);
+    sleep(2); /* older than a grace of 1 s */
+
+    /* A backup running (its staging registered): gc sweeps nothing. */
+    struct nj_backup_params bp = { .domain_name = "gcw", .domain_uuid = "gcw",
+                                   .level = NJ_LEVEL_FULL };
+    struct nj_backup *b = nj_backup_begin(s, &bp);
+    REQUIRE(b);
+    struct nj_store *g = open_store(w);
+    struct nj_gc_stats gs;
+    CHECK(nj_gc(g, 1, &gs) == 0);
+    CHECK(gs.chunks_freed == 0);
+    CHECK(chunk_present(w, &g1) == 1);
+    nj_backup_abort(b);
+    nj_backup_free(b);
+    /* None running: the garbage goes. */
+    CHECK(nj_gc(g, 1, &gs) == 0);
+    CHECK(gs.chunks_freed >= 1);
+    CHECK(chunk_present(w, &g1) == 0);
+
+    /* A backup that starts while gc holds its lease waits, then dedups
+     * against an old unreferenced chunk; that chunk survives gc. */
+    put_garbage_chunk(s, w, buf, GRID, &g2);
+    sleep(2);
+    int gl = nj_store_gc_begin(g);
+    REQUIRE(gl >= 0);
+    CHECK(nj_store_gc_begin(s) < 0); /* one gc at a time */
+    CHECK(strstr(nj_error_get(), "garbage collection is already running"));
+    int pfd[2];
+    REQUIRE(pipe(pfd) == 0);
+    pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        close(pfd[0]);
+        struct nj_store *cs = nj_store_open(w->url, 0);
+        struct nj_backup_params cp = { .domain_name = "gcw2",
+                                       .domain_uuid = "gcw2",
+                                       .level = NJ_LEVEL_FULL };
+        struct nj_backup *cb = cs ? nj_backup_begin(cs, &cp) : NULL;
+        if (!cb)
+            _exit(2);
+        /* Only now past the wait: say so. */
+        if (write(pfd[1], "w", 1) != 1)
+            _exit(3);
+        /* A disk whose one chunk is g2's content. */
+        unsigned char *t = nj_calloc(1, SIZE);
+        memcpy(t, buf, GRID);
+        if (nj_test_store_disk(cb, w->codec, "vda", t, SIZE, NULL, true,
+                               GRID) < 0 ||
+            nj_backup_commit(cb) < 0)
+            _exit(4);
+        _exit(0);
+    }
+    close(pfd[1]);
+    /* While gc's lease is held the writer must not get past its wait.
+     * (A slow machine only makes this more certain.) */
+    sleep(2);
+    char c;
+    struct timeval tv = { 0, 0 };
+    fd_set set;
+    FD_ZERO(&set);
+    FD_SET(pfd[0], &set);
+    CHECK(select(pfd[0] + 1, &set, NULL, NULL, &tv) == 0);
+    nj_store_unlock_domain(gl);
+    CHECK(read(pfd[0], &c, 1) == 1);
+    close(pfd[0]);
+    int st = 0;
+    REQUIRE(waitpid(pid, &st, 0) == pid);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    CHECK(nj_gc(g, 1, &gs) == 0);
+    CHECK(chunk_present(w, &g2) == 1);
+    unsigned char *t = nj_calloc(1, SIZE);
+    memcpy(t, buf, GRID);
+    struct nj_catalog *cat = nj_catalog_open(g);
+    REQUIRE(cat);
+    const struct nj_manifest *m = nj_catalog_resolve(cat, "gcw2", "latest");
+    CHECK(m != NULL);
+    if (m)
+        CHECK(nj_test_restore_compare(g, cat, m, "vda", t, SIZE,
+                                      w->scratch) == 0);
+    nj_catalog_free(cat);
+    free(t);
+    free(buf);
+    nj_store_close(g);
+    nj_store_close(s);
+}
+
+/* ---- a hostile bucket ---- */
+
+static void test_hostile(struct world *w)
+{
+    struct nj_store *s = open_store(w);
+    unsigned char *truth = nj_calloc(1, SIZE);
+    nj_test_fill_random(&w->rng, truth, GRID * 2);
+    char *id = backup_full(s, w, "hostile", truth, NULL);
+
+    /* A newer complete generation (what a merge killed before it deleted
+     * the old one leaves) wins: copy the manifest into g2. */
+    NJ_CLEANUP_FREE char *g1 = nj_asprintf("%sbackups/%s/g00000001/manifest.json",
+                                           w->prefix, id);
+    NJ_CLEANUP_FREE char *g2 = nj_asprintf("%sbackups/%s/g00000002/manifest.json",
+                                           w->prefix, id);
+    NJ_CLEANUP_FREE char *i1 = nj_asprintf("%sbackups/%s/g00000001/disk0.idx",
+                                           w->prefix, id);
+    NJ_CLEANUP_FREE char *i2 = nj_asprintf("%sbackups/%s/g00000002/disk0.idx",
+                                           w->prefix, id);
+    void *mt = NULL, *it = NULL;
+    size_t ml = 0, il = 0;
+    REQUIRE(nj_s3_get(w->s3, g1, 1 << 20, &mt, &ml) == 0);
+    REQUIRE(nj_s3_get(w->s3, i1, 1 << 24, &it, &il) == 0);
+    REQUIRE(nj_s3_put(w->s3, i2, it, il, NJ_S3_PUT_CREATE, NULL, NULL) == 0);
+    REQUIRE(nj_s3_put(w->s3, g2, mt, ml, NJ_S3_PUT_CREATE, NULL, NULL) == 0);
+    nj_store_close(s);
+    s = open_store(w);
+    /* g1's index damaged: only g2 is read, so the backup still restores. */
+    REQUIRE(nj_s3_put(w->s3, i1, "junk", 4, NJ_S3_PUT_REPLACE, NULL, NULL) == 0);
+    check_restores(s, w, id, truth);
+
+    /* Objects outside the layout: a stray key under chunks/ is never
+     * deleted by gc; a backup whose objects make no sense is reported
+     * unreadable, and gc then refuses to sweep at all. */
+    NJ_CLEANUP_FREE char *stray = nj_asprintf("%schunks/zz/not-a-chunk",
+                                              w->prefix);
+    NJ_CLEANUP_FREE char *odd = nj_asprintf("%sbackups/evil/manifest.json",
+                                            w->prefix);
+    REQUIRE(nj_s3_put(w->s3, stray, "x", 1, NJ_S3_PUT_REPLACE, NULL, NULL) == 0);
+    struct nj_gc_stats gs;
+    CHECK(nj_gc(s, 0, &gs) == 0);
+    CHECK(nj_s3_head(w->s3, stray, NULL, NULL, NULL) == 1);
+    check_restores(s, w, id, truth);
+    REQUIRE(nj_s3_put(w->s3, odd, "{}", 2, NJ_S3_PUT_REPLACE, NULL, NULL) == 0);
+    struct nj_catalog *c = nj_catalog_open(s);
+    REQUIRE(c);
+    CHECK(nj_catalog_broken_count(c) == 1);
+    nj_catalog_free(c);
+    CHECK(nj_gc(s, 0, &gs) < 0);
+    CHECK(strstr(nj_error_get(), "not sweeping") != NULL);
+    nj_s3_delete(w->s3, odd);
+    nj_s3_delete(w->s3, stray);
+    /* A second publish of an existing id is refused. */
+    CHECK(nj_store_staging_create(s, id, "{\"lock\":\"hostile\","
+                                         "\"started\":1}") == 0);
+    CHECK(nj_store_staging_put(s, id, "manifest.json", mt, ml) == 0);
+    CHECK(nj_store_backup_publish(s, id) < 0);
+    CHECK(strstr(nj_error_get(), "exists") != NULL);
+    CHECK(nj_store_staging_remove(s, id) == 0);
+    check_restores(s, w, id, truth);
+    free(mt);
+    free(it);
+    nj_store_close(s);
+    free(id);
+    free(truth);
+}
+
+/* ---- credentials ---- */
+
+static void test_credentials(struct world *w)
+{
+    NJ_CLEANUP_FREE char *good = nj_strdup(getenv("AWS_SECRET_ACCESS_KEY"));
+    setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret", 1);
+    NJ_CLEANUP_FREE char *url = nj_asprintf("%s-new", w->url);
+    CHECK(nj_store_open(url, NJ_STORE_CREATE) == NULL);
+    CHECK(strchr(nj_error_get(), '\n') == NULL);
+    CHECK(strstr(nj_error_get(), "403") != NULL ||
+          strstr(nj_error_get(), "SignatureDoesNotMatch") != NULL);
+    setenv("AWS_SECRET_ACCESS_KEY", good, 1);
+    /* Nothing was created under that prefix. */
+    CHECK(nj_store_open(url, 0) == NULL);
+    CHECK(strstr(nj_error_get(), "not a nightjar store") != NULL);
+}
+
+int main(void)
+{
+    if (!nj_test_s3_env()) {
+        printf("no test S3 endpoint: run scripts/ceph-start.sh and export "
+               "what it prints\n");
+        return 77;
+    }
+    setenv("NIGHTJAR_LEASE_TTL", "3", 1);
+    setenv("NIGHTJAR_HOST_ID", "this-host", 1);
+    struct world w = { .rng = 0x53335 };
+    NJ_CLEANUP_FREE char *dir = nj_test_tmpdir("store-s3");
+    w.scratch = nj_asprintf("%s/restore.raw", dir);
+    w.prefix = nj_asprintf("s3t-%ld-%ld/", (long)time(NULL), (long)getpid());
+    w.url = nj_asprintf("s3://nj-test/%.*s", (int)strlen(w.prefix) - 1,
+                        w.prefix);
+    struct nj_s3_config c = { 0 };
+    REQUIRE(nj_s3_config_load(&c, NULL) == 0);
+    w.s3 = nj_s3_new(&c, "nj-test");
+    REQUIRE(w.s3);
+    nj_s3_config_clear(&c);
+    w.codec = nj_codec_new(1);
+    REQUIRE(w.codec);
+
+    test_credentials(&w);
+    test_leases(&w);
+    test_killed_writer(&w);
+    test_gc_and_writers(&w);
+    test_hostile(&w);
+
+    nj_codec_free(w.codec);
+    nj_s3_free(w.s3);
+    nj_test_rmtree(dir);
+    free(w.scratch);
+    free(w.url);
+    free(w.prefix);
+    return nj_test_done("test-store-s3");
+}
