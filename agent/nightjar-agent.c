@@ -9,6 +9,7 @@
 #include "nj-agent.h"
 #include "nj-prune.h"
 #include "nj-schedule.h"
+#include "nj-sync.h"
 #include "nj-util.h"
 
 #include <json-c/json.h>
@@ -36,6 +37,7 @@ static void usage(FILE *f)
         "       %s gc -s STORE [--grace SECONDS] [--json]\n"
         "       %s run --config FILE [--once]\n"
         "       %s protect -s STORE -b ID [--off]\n"
+        "       %s sync -s STORE --to STORE [-d DOMAIN]... [--json]\n"
         "       %s import -s STORE -d NAME --disk TARGET [-l full|inc]\n"
         "                        [--format raw|qcow2] [--bitmap NAME] [--json] SOURCE\n"
         "  SOURCE is a qcow2 or raw image file, or an nbd:// or nbd+unix:// URI\n"
@@ -45,7 +47,7 @@ static void usage(FILE *f)
         "  tuning: [--threads N] [--connections N] [--requests N]\n"
         "          [--grid BYTES] [--zstd-level auto|N|LO..HI] [--max-inflight BYTES]\n"
         "       %s --version\n",
-        prog, prog, prog, prog, prog, prog, prog, prog);
+        prog, prog, prog, prog, prog, prog, prog, prog, prog);
 }
 
 NJ_PRINTF(1, 2) static int usage_error(const char *fmt, ...)
@@ -265,7 +267,7 @@ static int cmd_estimate(int argc, char **argv)
 }
 
 enum { OPT_KEEP = 512, OPT_DRY = OPT_KEEP + 6, OPT_GRACE, OPT_OFF,
-       OPT_CONFIG, OPT_ONCE, OPT_SIM_FROM, OPT_SIM_RUNS };
+       OPT_CONFIG, OPT_ONCE, OPT_SIM_FROM, OPT_SIM_RUNS, OPT_TO };
 
 static int cmd_run(int argc, char **argv)
 {
@@ -471,6 +473,79 @@ static int cmd_gc(int argc, char **argv)
     return 0;
 }
 
+static void sync_line(void *arg, const char *line)
+{
+    FILE *f = arg;
+    fprintf(f, "%s\n", line);
+}
+
+static int cmd_sync(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "store", required_argument, NULL, 's' },
+        { "to", required_argument, NULL, OPT_TO },
+        { "domain", required_argument, NULL, 'd' },
+        { "json", no_argument, NULL, OPT_JSON },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    const char *src = NULL, *dst = NULL;
+    const char **domains = nj_calloc((size_t)argc + 1, sizeof *domains);
+    size_t nd = 0;
+    bool json = false;
+    int c;
+    while ((c = getopt_long(argc, argv, ":s:d:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 's': src = optarg; break;
+        case OPT_TO: dst = optarg; break;
+        case 'd': domains[nd++] = optarg; break;
+        case OPT_JSON: json = true; break;
+        case 'h': free(domains); usage(stdout); return 0;
+        default: free(domains); return bad_option(c, argv, ":s:d:h");
+        }
+    }
+    if (optind < argc || !src || !dst) {
+        free(domains);
+        if (optind < argc)
+            return usage_error("unexpected argument '%s'", argv[optind]);
+        return usage_error("sync needs -s STORE and --to STORE");
+    }
+    if (strcmp(src, dst) == 0) {
+        free(domains);
+        return usage_error("sync: the source and the destination are the "
+                           "same store");
+    }
+    struct nj_store *s = nj_store_open(src, 0);
+    struct nj_store *d = s ? nj_store_open(dst, NJ_STORE_CREATE) : NULL;
+    struct nj_sync_stats st;
+    int ret = d ? nj_sync(s, d, nd ? domains : NULL, &st, sync_line,
+                          json ? stderr : stdout)
+                : -1;
+    if (ret < 0)
+        nj_error_print(prog);
+    if (d && json)
+        printf("{\"copied\": %u, \"present\": %u, \"failed\": %u, "
+               "\"chunks_copied\": %llu, \"chunks_present\": %llu, "
+               "\"bytes_copied\": %llu, \"seconds\": %.3f}\n",
+               st.backups_copied, st.backups_present, st.backups_failed,
+               (unsigned long long)st.chunks_copied,
+               (unsigned long long)st.chunks_present,
+               (unsigned long long)st.bytes_copied, st.seconds);
+    else if (d) {
+        char b[32];
+        printf("sync: %u copied, %u already there, %u failed; %llu chunks "
+               "(%s) copied, %llu already there, in %.1f s\n",
+               st.backups_copied, st.backups_present, st.backups_failed,
+               (unsigned long long)st.chunks_copied,
+               nj_human_bytes(st.bytes_copied, b, sizeof b),
+               (unsigned long long)st.chunks_present, st.seconds);
+    }
+    nj_store_close(d);
+    nj_store_close(s);
+    free(domains);
+    return ret < 0 ? 1 : 0;
+}
+
 static int cmd_protect(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -613,5 +688,7 @@ int main(int argc, char **argv)
         return cmd_run(argc - 1, argv + 1);
     if (!strcmp(cmd, "protect"))
         return cmd_protect(argc - 1, argv + 1);
+    if (!strcmp(cmd, "sync"))
+        return cmd_sync(argc - 1, argv + 1);
     return usage_error("unknown command '%s'", cmd);
 }

@@ -87,6 +87,13 @@ int nj_store_chunk_exists(struct nj_store *s, const struct nj_digest *d)
     return s->ops->chunk_exists(s, d);
 }
 
+int nj_store_chunk_present(struct nj_store *s, const struct nj_digest *d)
+{
+    if (s->ops->chunk_present)
+        return s->ops->chunk_present(s, d);
+    return s->ops->chunk_exists(s, d);
+}
+
 ssize_t nj_store_chunk_get(struct nj_store *s, const struct nj_digest *d,
                            void **buf, size_t *cap)
 {

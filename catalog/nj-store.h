@@ -66,6 +66,11 @@ int nj_store_chunk_put(struct nj_store *s, const struct nj_digest *d,
  * against it would store a reference to damage).  Finding a chunk sets its
  * mtime (never through a symlink); see nj-gc.c. */
 int nj_store_chunk_exists(struct nj_store *s, const struct nj_digest *d);
+/* Whether the store holds the chunk, asked of the store itself: 1, 0, or
+ * -1.  nj_store_chunk_exists() may answer 0 for a chunk an S3 store has
+ * but this handle has not seen (its create-only put then finds it); this
+ * asks (a HEAD).  On a directory it is nj_store_chunk_exists(). */
+int nj_store_chunk_present(struct nj_store *s, const struct nj_digest *d);
 /* Read a frame into *buf (grown with realloc as needed; *cap is its size).
  * Returns the frame length, or -1 with the last error (ENOENT: missing;
  * EINVAL: not a regular file). */

@@ -64,6 +64,9 @@ struct nj_store_ops {
     /* Optional: exclude writers' reliance on old chunks while gc runs
      * (object stores; see store-s3.c).  A lock handle, or -1. */
     int (*gc_begin)(struct nj_store *s);
+    /* Optional: a real existence check (S3: HEAD) where chunk_exists may
+     * answer 0 for a chunk it has not seen; NULL: chunk_exists. */
+    int (*chunk_present)(struct nj_store *s, const struct nj_digest *d);
 };
 
 struct nj_store {

@@ -260,6 +260,19 @@ static void known_add(struct s3_store *st, const struct nj_digest *d)
     pthread_mutex_unlock(&st->lock);
 }
 
+static int s3_chunk_present(struct nj_store *s, const struct nj_digest *d)
+{
+    struct s3_store *st = to_s3(s);
+    if (s3_chunk_exists(s, d) == 1)
+        return 1;
+    char key[256];
+    chunk_key(st, d, key, sizeof key);
+    int r = nj_s3_head(st->s3, key, NULL, NULL, NULL);
+    if (r == 1)
+        known_add(st, d);
+    return r;
+}
+
 static int s3_chunk_put(struct nj_store *s, const struct nj_digest *d,
                         const void *frame, size_t len)
 {
@@ -1565,6 +1578,7 @@ static const struct nj_store_ops s3_ops = {
     .staging_list = s3_staging_list,
     .staging_owner = s3_staging_owner,
     .gc_begin = s3_gc_begin,
+    .chunk_present = s3_chunk_present,
 };
 
 static void read_id_file(const char *path, char *out, size_t size)

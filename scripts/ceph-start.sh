@@ -122,7 +122,10 @@ osd op num shards = 2
 osd op num threads per shard = 2
 [client.rgw.nj]
 keyring = $dir/rgw.keyring
-rgw frontends = beast endpoint=127.0.0.1:$port
+# tcp_nodelay: without it radosgw writes a response's header and body in
+# two segments and Nagle holds the second for the client's delayed ACK,
+# 40 ms per small GET (measured here)
+rgw frontends = beast endpoint=127.0.0.1:$port tcp_nodelay=1
 rgw thread pool size = 64
 rgw enable usage log = false
 rgw enable ops log = false
