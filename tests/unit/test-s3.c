@@ -8,19 +8,25 @@
  * conditional puts, with eight threads racing to create one key; HEAD;
  * keys that need encoding; listings over more than a page, with a
  * delimiter; deletes single and batched; asynchronous puts with their
- * callbacks; the counters.  And nj_s3_config_load's sources, which need
- * no server: they run first.
+ * callbacks; the counters.  And, needing no server, so run first:
+ * nj_s3_config_load's sources, and retries against a fake server on
+ * loopback that answers from a script (503 SlowDown, 500, 429, 400, 412,
+ * or nothing at all).
  */
 #include "nj-s3.h"
 #include "nj-test.h"
 #include "nj-util.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -156,6 +162,225 @@ static void test_config(void)
 
     clear_aws_env();
     nj_test_rmtree(dir);
+}
+
+/* ---- retries, against a scripted fake ---------------------------------- */
+
+#define STALL 0 /* script entry: read the request, never answer */
+
+struct fake {
+    int lfd, port;
+    const int *script;
+    size_t nscript;
+    size_t served;
+    char last_date[64][32]; /* x-amz-date of each request seen */
+    pthread_t thread;
+    volatile bool stop;
+};
+
+static const char *fake_code(int status)
+{
+    switch (status) {
+    case 503: return "SlowDown";
+    case 500: return "InternalError";
+    case 429: return "TooManyRequests";
+    case 400: return "InvalidArgument";
+    case 412: return "PreconditionFailed";
+    default: return "";
+    }
+}
+
+static void fake_serve(struct fake *f, int cfd)
+{
+    char req[16384];
+    size_t len = 0;
+    char *end = NULL;
+    while (!end && len + 1 < sizeof req) {
+        ssize_t n = read(cfd, req + len, sizeof req - 1 - len);
+        if (n <= 0)
+            return;
+        len += (size_t)n;
+        req[len] = '\0';
+        end = strstr(req, "\r\n\r\n");
+    }
+    if (!end)
+        return;
+    size_t body = 0;
+    const char *cl = strcasestr(req, "\r\ncontent-length:");
+    if (cl)
+        body = strtoul(cl + 17, NULL, 10);
+    size_t have = len - (size_t)(end + 4 - req);
+    /* As S3 does: let the client send its body at once. */
+    static const char go_on[] = "HTTP/1.1 100 Continue\r\n\r\n";
+    if (have < body && strcasestr(req, "\r\nexpect: 100-continue") &&
+        write(cfd, go_on, sizeof go_on - 1) != (ssize_t)sizeof go_on - 1)
+        return;
+    char sink[4096];
+    while (have < body) {
+        ssize_t n = read(cfd, sink, NJ_MIN(sizeof sink, body - have));
+        if (n <= 0)
+            return;
+        have += (size_t)n;
+    }
+    size_t i = f->served++;
+    const char *date = strcasestr(req, "\r\nx-amz-date:");
+    if (date && i < NJ_ARRAY_SIZE(f->last_date))
+        snprintf(f->last_date[i], sizeof f->last_date[i], "%.16s", date + 14);
+    int status = f->script[NJ_MIN(i, f->nscript - 1)];
+    if (status == STALL) {
+        struct pollfd p = { .fd = cfd, .events = POLLIN };
+        poll(&p, 1, 10000); /* until the client gives up */
+        return;
+    }
+    char xml[256] = "";
+    if (status >= 300)
+        snprintf(xml, sizeof xml, "<?xml version=\"1.0\"?><Error><Code>%s"
+                 "</Code><Message>scripted</Message></Error>",
+                 fake_code(status));
+    char resp[1024];
+    int n = snprintf(resp, sizeof resp, "HTTP/1.1 %d Scripted\r\n"
+                     "Content-Length: %zu\r\nETag: \"fake-etag\"\r\n"
+                     "Connection: close\r\n\r\n%s", status, strlen(xml), xml);
+    if (write(cfd, resp, (size_t)n) != n)
+        return;
+}
+
+static void *fake_main(void *arg)
+{
+    struct fake *f = arg;
+    while (!f->stop) {
+        struct pollfd p = { .fd = f->lfd, .events = POLLIN };
+        if (poll(&p, 1, 50) <= 0)
+            continue;
+        int cfd = accept(f->lfd, NULL, NULL);
+        if (cfd < 0)
+            continue;
+        fake_serve(f, cfd);
+        close(cfd);
+    }
+    return NULL;
+}
+
+static void fake_start(struct fake *f, const int *script, size_t n)
+{
+    memset(f, 0, sizeof *f);
+    f->script = script;
+    f->nscript = n;
+    f->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    REQUIRE(f->lfd >= 0);
+    struct sockaddr_in a = { .sin_family = AF_INET,
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t alen = sizeof a;
+    REQUIRE(bind(f->lfd, (struct sockaddr *)&a, sizeof a) == 0);
+    REQUIRE(listen(f->lfd, 16) == 0);
+    REQUIRE(getsockname(f->lfd, (struct sockaddr *)&a, &alen) == 0);
+    f->port = ntohs(a.sin_port);
+    REQUIRE(pthread_create(&f->thread, NULL, fake_main, f) == 0);
+}
+
+static void fake_stop(struct fake *f)
+{
+    f->stop = true;
+    pthread_join(f->thread, NULL);
+    close(f->lfd);
+}
+
+static struct nj_s3 *fake_client(const struct fake *f, unsigned retries,
+                                 unsigned timeout)
+{
+    struct nj_s3_config c = {0};
+    c.endpoint = nj_asprintf("http://127.0.0.1:%d", f->port);
+    c.access_key = nj_strdup("FAKEKEY");
+    c.secret_key = nj_strdup("fakesecret");
+    c.retries = retries;
+    c.timeout = timeout;
+    struct nj_s3 *s3 = nj_s3_new(&c, "fake");
+    nj_s3_config_clear(&c);
+    REQUIRE(s3);
+    return s3;
+}
+
+static void test_retries(void)
+{
+    struct fake f;
+    struct nj_s3_stats st;
+
+    /* 503 SlowDown twice, then success: retried, each attempt signed anew. */
+    static const int slow[] = { 503, 503, 200 };
+    fake_start(&f, slow, NJ_ARRAY_SIZE(slow));
+    struct nj_s3 *s3 = fake_client(&f, 5, 10);
+    char etag[NJ_S3_ETAG_MAX] = "";
+    CHECK(nj_s3_put(s3, "k", "abc", 3, NJ_S3_PUT_REPLACE, NULL, etag) == 0);
+    CHECK(strcmp(etag, "fake-etag") == 0);
+    nj_s3_stats(s3, &st);
+    CHECK(st.requests == 3 && st.retries == 2);
+    CHECK(f.served == 3);
+    CHECK(f.last_date[0][0] && f.last_date[2][0]);
+    nj_s3_free(s3);
+    fake_stop(&f);
+
+    /* 500 every time: the last answer, after retries + 1 attempts. */
+    static const int broken[] = { 500 };
+    fake_start(&f, broken, 1);
+    s3 = fake_client(&f, 2, 10);
+    errno = 0;
+    CHECK(nj_s3_put(s3, "chunks/ab", "abc", 3, NJ_S3_PUT_REPLACE, NULL, NULL) == -1);
+    CHECK(errno == EIO);
+    CHECK(strcmp(nj_error_get(),
+                 "s3 PUT 'chunks/ab': 500 InternalError (after 3 attempts)") == 0);
+    CHECK(f.served == 3);
+    nj_s3_free(s3);
+    fake_stop(&f);
+
+    /* 429 is retried; 400 and 412 are not. */
+    static const int busy[] = { 429, 200 };
+    fake_start(&f, busy, NJ_ARRAY_SIZE(busy));
+    s3 = fake_client(&f, 5, 10);
+    void *back = NULL;
+    size_t len = 0;
+    CHECK(nj_s3_get(s3, "k", 10, &back, &len) == 0);
+    CHECK(len == 0);
+    free(back);
+    CHECK(f.served == 2);
+    nj_s3_free(s3);
+    fake_stop(&f);
+
+    static const int bad[] = { 400, 200 };
+    fake_start(&f, bad, NJ_ARRAY_SIZE(bad));
+    s3 = fake_client(&f, 5, 10);
+    errno = 0;
+    CHECK(nj_s3_delete(s3, "k") == -1);
+    CHECK(errno == EIO);
+    CHECK(strcmp(nj_error_get(), "s3 DELETE 'k': 400 InvalidArgument") == 0);
+    CHECK(f.served == 1);
+    nj_s3_free(s3);
+    fake_stop(&f);
+
+    static const int exists[] = { 412, 200 };
+    fake_start(&f, exists, NJ_ARRAY_SIZE(exists));
+    s3 = fake_client(&f, 5, 10);
+    CHECK(nj_s3_put(s3, "k", "x", 1, NJ_S3_PUT_CREATE, NULL, NULL) == 1);
+    CHECK(f.served == 1);
+    nj_s3_free(s3);
+    fake_stop(&f);
+
+    /* A server that takes the request and never answers (a full OSD):
+     * the low-speed limit ends each attempt after timeout seconds. */
+    static const int stall[] = { STALL };
+    fake_start(&f, stall, 1);
+    s3 = fake_client(&f, 1, 1);
+    double t0 = nj_mono_sec();
+    errno = 0;
+    CHECK(nj_s3_put(s3, "k", "x", 1, NJ_S3_PUT_REPLACE, NULL, NULL) == -1);
+    double took = nj_mono_sec() - t0;
+    CHECK(took >= 1.5 && took < 8);
+    CHECK(errno == EIO);
+    CHECK(strstr(nj_error_get(), "(after 2 attempts)") != NULL);
+    CHECK(one_line(nj_error_get()));
+    fprintf(stderr, "stalled: %s (%.1f s)\n", nj_error_get(), took);
+    CHECK(f.served == 2);
+    nj_s3_free(s3);
+    fake_stop(&f);
 }
 
 /* ---- against the server ---------------------------------------------- */
@@ -560,6 +785,7 @@ static void cleanup_bucket(struct nj_s3 *s3)
 int main(void)
 {
     test_config();
+    test_retries();
 
     endpoint = getenv("NJ_TEST_S3_ENDPOINT");
     access_key = getenv("NJ_TEST_S3_ACCESS_KEY");
