@@ -172,10 +172,10 @@ struct fake {
     int lfd, port;
     const int *script;
     size_t nscript;
-    size_t served;
+    size_t served; /* atomic */
     char last_date[64][32]; /* x-amz-date of each request seen */
     pthread_t thread;
-    volatile bool stop;
+    bool stop; /* atomic */
 };
 
 static const char *fake_code(int status)
@@ -222,7 +222,7 @@ static void fake_serve(struct fake *f, int cfd)
             return;
         have += (size_t)n;
     }
-    size_t i = f->served++;
+    size_t i = __atomic_fetch_add(&f->served, 1, __ATOMIC_SEQ_CST);
     const char *date = strcasestr(req, "\r\nx-amz-date:");
     if (date && i < NJ_ARRAY_SIZE(f->last_date))
         snprintf(f->last_date[i], sizeof f->last_date[i], "%.16s", date + 14);
@@ -248,7 +248,7 @@ static void fake_serve(struct fake *f, int cfd)
 static void *fake_main(void *arg)
 {
     struct fake *f = arg;
-    while (!f->stop) {
+    while (!__atomic_load_n(&f->stop, __ATOMIC_ACQUIRE)) {
         struct pollfd p = { .fd = f->lfd, .events = POLLIN };
         if (poll(&p, 1, 50) <= 0)
             continue;
@@ -280,7 +280,7 @@ static void fake_start(struct fake *f, const int *script, size_t n)
 
 static void fake_stop(struct fake *f)
 {
-    f->stop = true;
+    __atomic_store_n(&f->stop, true, __ATOMIC_RELEASE);
     pthread_join(f->thread, NULL);
     close(f->lfd);
 }
@@ -314,7 +314,7 @@ static void test_retries(void)
     CHECK(strcmp(etag, "fake-etag") == 0);
     nj_s3_stats(s3, &st);
     CHECK(st.requests == 3 && st.retries == 2);
-    CHECK(f.served == 3);
+    CHECK(__atomic_load_n(&f.served, __ATOMIC_SEQ_CST) == 3);
     CHECK(f.last_date[0][0] && f.last_date[2][0]);
     nj_s3_free(s3);
     fake_stop(&f);
@@ -328,7 +328,7 @@ static void test_retries(void)
     CHECK(errno == EIO);
     CHECK(strcmp(nj_error_get(),
                  "s3 PUT 'chunks/ab': 500 InternalError (after 3 attempts)") == 0);
-    CHECK(f.served == 3);
+    CHECK(__atomic_load_n(&f.served, __ATOMIC_SEQ_CST) == 3);
     nj_s3_free(s3);
     fake_stop(&f);
 
@@ -341,7 +341,7 @@ static void test_retries(void)
     CHECK(nj_s3_get(s3, "k", 10, &back, &len) == 0);
     CHECK(len == 0);
     free(back);
-    CHECK(f.served == 2);
+    CHECK(__atomic_load_n(&f.served, __ATOMIC_SEQ_CST) == 2);
     nj_s3_free(s3);
     fake_stop(&f);
 
@@ -352,7 +352,7 @@ static void test_retries(void)
     CHECK(nj_s3_delete(s3, "k") == -1);
     CHECK(errno == EIO);
     CHECK(strcmp(nj_error_get(), "s3 DELETE 'k': 400 InvalidArgument") == 0);
-    CHECK(f.served == 1);
+    CHECK(__atomic_load_n(&f.served, __ATOMIC_SEQ_CST) == 1);
     nj_s3_free(s3);
     fake_stop(&f);
 
@@ -360,7 +360,7 @@ static void test_retries(void)
     fake_start(&f, exists, NJ_ARRAY_SIZE(exists));
     s3 = fake_client(&f, 5, 10);
     CHECK(nj_s3_put(s3, "k", "x", 1, NJ_S3_PUT_CREATE, NULL, NULL) == 1);
-    CHECK(f.served == 1);
+    CHECK(__atomic_load_n(&f.served, __ATOMIC_SEQ_CST) == 1);
     nj_s3_free(s3);
     fake_stop(&f);
 
@@ -378,7 +378,7 @@ static void test_retries(void)
     CHECK(strstr(nj_error_get(), "(after 2 attempts)") != NULL);
     CHECK(one_line(nj_error_get()));
     fprintf(stderr, "stalled: %s (%.1f s)\n", nj_error_get(), took);
-    CHECK(f.served == 2);
+    CHECK(__atomic_load_n(&f.served, __ATOMIC_SEQ_CST) == 2);
     nj_s3_free(s3);
     fake_stop(&f);
 }
