@@ -174,6 +174,7 @@ struct fake {
     size_t nscript;
     size_t served; /* atomic */
     char last_date[64][32]; /* x-amz-date of each request seen */
+    bool saw_token;         /* an x-amz-security-token: TOKEN header */
     pthread_t thread;
     bool stop; /* atomic */
 };
@@ -226,6 +227,12 @@ static void fake_serve(struct fake *f, int cfd)
     const char *date = strcasestr(req, "\r\nx-amz-date:");
     if (date && i < NJ_ARRAY_SIZE(f->last_date))
         snprintf(f->last_date[i], sizeof f->last_date[i], "%.16s", date + 14);
+    const char *signed_h = strstr(req, "SignedHeaders=");
+    const char *signed_end = signed_h ? strchr(signed_h, ',') : NULL;
+    const char *tok = signed_h ? strstr(signed_h, "x-amz-security-token") : NULL;
+    if (strstr(req, "\r\nx-amz-security-token: TOKEN\r\n") && tok &&
+        signed_end && tok < signed_end)
+        f->saw_token = true; /* sent, and signed (in SignedHeaders) */
     int status = f->script[NJ_MIN(i, f->nscript - 1)];
     if (status == STALL) {
         struct pollfd p = { .fd = cfd, .events = POLLIN };
@@ -289,6 +296,7 @@ static struct nj_s3 *fake_client(const struct fake *f, unsigned retries,
                                  unsigned timeout)
 {
     struct nj_s3_config c = {0};
+    c.session_token = nj_strdup("TOKEN");
     c.endpoint = nj_asprintf("http://127.0.0.1:%d", f->port);
     c.access_key = nj_strdup("FAKEKEY");
     c.secret_key = nj_strdup("fakesecret");
@@ -316,6 +324,7 @@ static void test_retries(void)
     CHECK(st.requests == 3 && st.retries == 2);
     CHECK(__atomic_load_n(&f.served, __ATOMIC_SEQ_CST) == 3);
     CHECK(f.last_date[0][0] && f.last_date[2][0]);
+    CHECK(f.saw_token);
     nj_s3_free(s3);
     fake_stop(&f);
 
