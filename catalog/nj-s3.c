@@ -1015,13 +1015,10 @@ ssize_t nj_s3_get_range(struct nj_s3 *s3, const char *key, uint64_t off,
     r->range_off = off;
     int rc = run(s3, r);
     ssize_t n = -1;
-    if (rc == 0) {
-        if (r->status == 416)
-            n = 0;
-        else if (r->status == 206 || r->status == 200)
-            n = (ssize_t)r->resp_len;
-    }
-    /* A 200 is the whole object: write_cb skipped to off (range_skip). */
+    /* 206, or 200 with the whole object (write_cb skipped to off), or 416
+     * for a range that starts at or after the end. */
+    if (rc == 0)
+        n = r->status == 416 ? 0 : (ssize_t)r->resp_len;
     req_free(r);
     return n;
 }
