@@ -739,19 +739,22 @@ static void dispatch_locked(struct nj_s3 *s3)
     }
 }
 
-/* An attempt finished: retry it, or complete it.  Lock held. */
-static void finish_locked(struct nj_s3 *s3, struct req *r, CURLcode cc)
+/* An attempt finished: judge it with the lock free (it may parse an
+ * error body), then retry or complete it under the lock. */
+static void finish(struct nj_s3 *s3, struct req *r, CURLcode cc)
 {
     curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &r->status);
     curl_multi_remove_handle(s3->multi, r->easy);
     curl_slist_free_all(r->hlist);
     r->hlist = NULL;
+    int retry = judge(s3, r, cc);
+
+    pthread_mutex_lock(&s3->lock);
     s3->pool[s3->npool++] = r->easy;
     r->easy = NULL;
     s3->running--;
     s3->stats.bytes_received += r->resp_len;
-
-    if (judge(s3, r, cc) == 1) {
+    if (retry) {
         /* Full jitter: uniform in [0, min(cap, base * 2^attempt)]. */
         uint64_t ceiling = BACKOFF_CAP_MS;
         if (r->attempt < 7)
@@ -769,9 +772,10 @@ static void finish_locked(struct nj_s3 *s3, struct req *r, CURLcode cc)
         }
         r->next = s3->backoff;
         s3->backoff = r;
-        return;
+    } else {
+        complete_locked(s3, r);
     }
-    complete_locked(s3, r);
+    pthread_mutex_unlock(&s3->lock);
 }
 
 static void *io_thread(void *arg)
@@ -795,7 +799,6 @@ static void *io_thread(void *arg)
         curl_multi_perform(s3->multi, &still);
         struct CURLMsg *m;
         int left;
-        pthread_mutex_lock(&s3->lock);
         bool finished = false;
         while ((m = curl_multi_info_read(s3->multi, &left))) {
             if (m->msg != CURLMSG_DONE)
@@ -803,9 +806,10 @@ static void *io_thread(void *arg)
             struct req *r = NULL;
             CURLcode cc = m->data.result;
             curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&r);
-            finish_locked(s3, r, cc);
+            finish(s3, r, cc);
             finished = true;
         }
+        pthread_mutex_lock(&s3->lock);
         if (finished)
             continue; /* dispatch what can go now before sleeping */
         if (s3->queue_head && s3->running < s3->max_inflight)
