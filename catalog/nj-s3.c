@@ -488,17 +488,26 @@ static int req_setup(struct req *r, struct curl_slist **hdrs)
     r->mtime = 0;
     r->status = 0;
 
-    struct curl_slist *h = NULL;
     char sha[100];
     snprintf(sha, sizeof sha, "x-amz-content-sha256: %s", r->sha256);
-    h = curl_slist_append(h, sha);
+    const char *lines[NJ_ARRAY_SIZE(r->headers) + 2];
+    size_t nlines = 0;
+    lines[nlines++] = sha;
     if (s3->token_header)
-        h = curl_slist_append(h, s3->token_header);
+        lines[nlines++] = s3->token_header;
     for (size_t i = 0; i < r->nheaders; i++)
-        h = curl_slist_append(h, r->headers[i]);
+        lines[nlines++] = r->headers[i];
+    struct curl_slist *h = NULL;
+    for (size_t i = 0; i < nlines; i++) {
+        struct curl_slist *t = curl_slist_append(h, lines[i]);
+        if (!t) {
+            curl_slist_free_all(h);
+            *hdrs = NULL;
+            return -1;
+        }
+        h = t;
+    }
     *hdrs = h;
-    if (!h)
-        return -1;
 
     long connect = NJ_MIN(s3->timeout, 30u);
     CURLcode c = CURLE_OK;
