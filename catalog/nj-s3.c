@@ -49,6 +49,7 @@
 #define BACKOFF_CAP_MS 10000
 #define ERROR_BODY_MAX (64u * 1024)
 #define CREDENTIALS_MAX (1u << 20)
+#define PRESIZE_MAX (64u << 20)
 
 /* Outcomes a request may accept besides 2xx. */
 enum {
@@ -411,6 +412,20 @@ static size_t header_cb(char *line, size_t size, size_t nmemb, void *arg)
             if (nj_parse_u64(tmp, &n) == 0) {
                 r->content_length = n;
                 r->have_length = true;
+                long status = 0;
+                curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status);
+                bool body = status >= 200 && status < 300 && !r->range_buf &&
+                            strcmp(r->method, "HEAD") != 0;
+                if (body && n > r->resp_max) {
+                    r->too_big = true; /* say so before the download */
+                    return 0;
+                }
+                /* Room for what the server announces, up to a bound:
+                 * a claimed size is not trusted with memory. */
+                if (body && n < PRESIZE_MAX && n + 1 > r->resp_cap) {
+                    r->resp = nj_realloc_array(r->resp, (size_t)n + 1, 1);
+                    r->resp_cap = (size_t)n + 1;
+                }
             }
         }
     } else if (header_is(line, len, "Last-Modified", &v, &vl)) {
@@ -998,6 +1013,7 @@ int nj_s3_get(struct nj_s3 *s3, const char *key, size_t max, void **buf,
     if (rc == 0) {
         if (!r->resp)
             r->resp = nj_calloc(1, 1);
+        r->resp[r->resp_len] = '\0'; /* presized, maybe never written */
         *buf = NJ_STEAL(&r->resp);
         *len = r->resp_len;
     }
