@@ -8,7 +8,8 @@
  * conditional puts, with eight threads racing to create one key; HEAD;
  * keys that need encoding; listings over more than a page, with a
  * delimiter; deletes single and batched; asynchronous puts with their
- * callbacks; the counters.  And, needing no server, so run first:
+ * callbacks, also while other threads make synchronous calls; the
+ * counters.  And, needing no server, so run first:
  * nj_s3_config_load's sources, and retries against a fake server on
  * loopback that answers from a script (503 SlowDown, 500, 429, 400, 412,
  * or nothing at all).
@@ -763,6 +764,65 @@ static void test_async(struct nj_s3 *s3)
     CHECK(counts[0] == 0 && counts[1] == 20);
 }
 
+struct mixer {
+    struct nj_s3 *s3;
+    int index, failures;
+};
+
+static void *mixer_main(void *arg)
+{
+    struct mixer *m = arg;
+    char key[64], body[64];
+    for (int i = 0; i < 40; i++) {
+        snprintf(key, sizeof key, "mix/%d/%02d", m->index, i);
+        snprintf(body, sizeof body, "thread %d item %d", m->index, i);
+        void *back = NULL;
+        size_t len = 0;
+        uint64_t size = 0;
+        if (nj_s3_put(m->s3, key, body, strlen(body), NJ_S3_PUT_CREATE, NULL,
+                      NULL) != 0 ||
+            nj_s3_get(m->s3, key, 100, &back, &len) != 0 ||
+            len != strlen(body) || memcmp(back, body, len) != 0 ||
+            nj_s3_head(m->s3, key, &size, NULL, NULL) != 1 ||
+            size != strlen(body) || nj_s3_delete(m->s3, key) != 0 ||
+            nj_s3_head(m->s3, key, NULL, NULL, NULL) != 0) {
+            fprintf(stderr, "mixer %d item %d: %s\n", m->index, i,
+                    nj_error_get());
+            m->failures++;
+        }
+        free(back);
+    }
+    return NULL;
+}
+
+/* Synchronous calls from four threads while a fifth keeps the queue of
+ * asynchronous puts full: every call gets its own answer. */
+static void test_mixed(struct nj_s3 *s3)
+{
+    struct mixer m[4];
+    pthread_t th[4];
+    for (int i = 0; i < 4; i++) {
+        m[i] = (struct mixer){ .s3 = s3, .index = i };
+        REQUIRE(pthread_create(&th[i], NULL, mixer_main, &m[i]) == 0);
+    }
+    int counts[2] = { 0, 0 };
+    char key[64];
+    for (int i = 0; i < 300; i++) {
+        snprintf(key, sizeof key, "mixasync/%03d", i);
+        CHECK(nj_s3_put_async(s3, key, key, strlen(key), NJ_S3_PUT_REPLACE,
+                              count_done, counts) == 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        CHECK(m[i].failures == 0);
+    }
+    nj_s3_wait(s3);
+    CHECK(counts[0] == 300 && counts[1] == 0);
+    long pages;
+    CHECK(list_all(s3, "mix/", &pages) == 0);
+    CHECK(list_all(s3, "mixasync/", &pages) == 300);
+}
+
 static void test_wrong_secret(const char *bucket)
 {
     struct nj_s3_config c;
@@ -878,12 +938,13 @@ int main(void)
     test_encoding(s3);
     test_list_and_delete(s3);
     test_async(s3);
+    test_mixed(s3);
     test_wrong_secret(bucket);
     test_unreachable();
 
     struct nj_s3_stats st;
     nj_s3_stats(s3, &st);
-    CHECK(st.requests > 1700); /* 1500 + 200 puts and the rest */
+    CHECK(st.requests > 2600); /* 1500 + 200 + 300 puts, 800 mixed, the rest */
     CHECK(st.bytes_sent >= (5u << 20));
     CHECK(st.bytes_received >= (5u << 20));
     printf("test-s3: %llu requests, %llu retries, %llu bytes sent, "
