@@ -25,6 +25,15 @@
  * asynchronous requests are outstanding, so at most max_inflight copies
  * are alive.
  *
+ * Signing.  libcurl (CURLOPT_AWS_SIGV4) signs the request line and
+ * headers exactly as given, so what it is given must already be canonical:
+ * keys percent-encoded with uppercase %XX except unreserved characters and
+ * '/', sent as they are (CURLOPT_PATH_AS_IS: no dot-segment removal);
+ * query parameters sorted by name with encoded values ("delete=" when
+ * value-less); x-amz-content-sha256 set here, because libcurl does not.
+ * The Expect header is left to libcurl: blanking it makes libcurl sign a
+ * header it then does not send.
+ *
  * Stats count every HTTP attempt in requests, the repeated ones also in
  * retries, and body bytes both ways.
  */
@@ -479,6 +488,13 @@ static struct req *req_new(struct nj_s3 *s3, const char *method,
                          query ? query : "");
     r->resp_max = ERROR_BODY_MAX;
     return r;
+}
+
+/* Name r for messages by what (taking ownership) instead of its key. */
+static void req_name(struct req *r, char *what)
+{
+    free(r->what);
+    r->what = what;
 }
 
 static void req_header(struct req *r, char *h)
@@ -1207,8 +1223,7 @@ static int delete_result(struct req *r)
         NJ_CLEANUP_FREE char *code = xml_child_text(n, "Code");
         if (code && strcmp(code, "NoSuchKey") == 0)
             continue;
-        free(r->what);
-        r->what = nj_strdup(key ? key : "?");
+        req_name(r, nj_strdup(key ? key : "?"));
         fail_req(r, EIO, "DeleteObjects refused: %s", code ? code : "?");
         rc = -1;
     }
@@ -1237,7 +1252,7 @@ int nj_s3_delete_many(struct nj_s3 *s3, const char *const *keys, size_t n)
         size_t blen = b.len;
         char md5[32];
         struct req *r = req_new(s3, "POST", NULL, "delete=");
-        r->what = (free(r->what), nj_strdup("?delete"));
+        req_name(r, nj_strdup("?delete"));
         r->owned_body = (unsigned char *)body;
         r->body = r->owned_body;
         r->body_len = blen;
@@ -1370,8 +1385,7 @@ int nj_s3_list(struct nj_s3 *s3, const char *prefix, const char *delimiter,
     buf_add(&q, p);
     struct req *r = req_new(s3, "GET", NULL, q.p);
     free(q.p);
-    free(r->what);
-    r->what = nj_asprintf("?list prefix=%s", prefix);
+    req_name(r, nj_asprintf("?list prefix=%s", prefix));
     r->resp_max = 64u << 20;
     int rc = run(s3, r);
     if (rc == 0 && list_parse(r, prefix, token, page) < 0) {
