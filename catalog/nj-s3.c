@@ -44,6 +44,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -955,7 +956,14 @@ struct nj_s3 *nj_s3_new(const struct nj_s3_config *c, const char *bucket)
     }
     curl_multi_setopt(s3->multi, CURLMOPT_MAXCONNECTS,
                       (long)s3->max_inflight * 2);
+    /* The I/O thread takes no signals: the program's handlers run
+     * elsewhere, and a SIGPIPE from a TLS write to a closed connection
+     * stays blocked there instead of killing the process. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
     e = pthread_create(&s3->thread, NULL, io_thread, s3);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (e) {
         nj_error_errno(e, "s3: create the I/O thread");
         goto fail;
