@@ -117,7 +117,7 @@ struct req {
 };
 
 struct nj_s3 {
-    char *base;        /* "http://host:port/bucket" or "https://bucket.s3.r.amazonaws.com" */
+    char *base; /* "http://host:port/bucket", "https://B.s3.R.amazonaws.com" */
     char *bucket;
     char *region;
     char *sigv4;       /* "aws:amz:REGION:s3" */

@@ -61,14 +61,14 @@ struct nj_s3_config {
  *  3. the profile AWS_PROFILE (default "default") of
  *     AWS_SHARED_CREDENTIALS_FILE (default ~/.aws/credentials):
  *     aws_access_key_id, aws_secret_access_key, aws_session_token, and
- *     region / endpoint_url when present there.
+ *     region / endpoint_url / ca_bundle when present there.
  * The access key, secret and session token come together from the first
  * source that has an access key (a token never pairs with another
  * source's key).  The credentials file is read only when it is a regular
  * file, not through a symbolic link (no FIFO waited on); one that is not
- * is an error, a missing one is not.  Fails with one line when no access key or secret is found
- * ("s3: no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY
- * or a profile in ~/.aws/credentials").
+ * is an error, a missing one is not.  Fails with one line when no access
+ * key or secret is found ("s3: no credentials: set AWS_ACCESS_KEY_ID and
+ * AWS_SECRET_ACCESS_KEY or a profile in ~/.aws/credentials").
  */
 int nj_s3_config_load(struct nj_s3_config *c, const char *const *conf);
 void nj_s3_config_clear(struct nj_s3_config *c);
