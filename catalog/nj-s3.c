@@ -1104,6 +1104,31 @@ static int put_prepare(struct req *r, enum nj_s3_put_mode mode,
     return 0;
 }
 
+/*
+ * A CREATE that failed its precondition only after a retry: the attempt
+ * before may have written the object and lost the answer.  The object is
+ * ours when its ETag is the MD5 of our body (a single-part upload's ETag
+ * is): 0 then, else 1.  When the HEAD fails the answer stays 1, the
+ * cautious one for a caller that creates to take a lock.
+ */
+static int put_was_ours(struct nj_s3 *s3, const char *key, const void *buf,
+                        size_t len, char *etag_out)
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned mdlen = 0;
+    char mine[2 * 16 + 1], there[NJ_S3_ETAG_MAX] = "";
+    if (!EVP_Digest(buf ? buf : "", len, md, &mdlen, EVP_md5(), NULL) ||
+        mdlen != 16)
+        return 1;
+    hex_encode(md, 16, mine);
+    if (nj_s3_head(s3, key, NULL, NULL, there) != 1 ||
+        strcasecmp(there, mine) != 0)
+        return 1;
+    if (etag_out)
+        memcpy(etag_out, there, sizeof there);
+    return 0;
+}
+
 int nj_s3_put(struct nj_s3 *s3, const char *key, const void *buf, size_t len,
               enum nj_s3_put_mode mode, const char *etag, char *etag_out)
 {
@@ -1121,7 +1146,10 @@ int nj_s3_put(struct nj_s3 *s3, const char *key, const void *buf, size_t len,
         rc = 1;
     if (rc == 0 && etag_out)
         memcpy(etag_out, r->etag, sizeof r->etag);
+    bool retried = r->attempt > 0;
     req_free(r);
+    if (rc == 1 && mode == NJ_S3_PUT_CREATE && retried)
+        rc = put_was_ours(s3, key, buf, len, etag_out);
     return rc;
 }
 

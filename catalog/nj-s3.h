@@ -106,7 +106,9 @@ enum nj_s3_put_mode {
 /* PUT buf as key.  0 written (etag_out, when not NULL, receives the new
  * ETag unquoted, at most NJ_S3_ETAG_MAX bytes with its NUL); 1 when the
  * precondition failed (CREATE: the key exists; IF_MATCH: its ETag is not
- * etag, or it is absent); -1 on error. */
+ * etag, or it is absent); -1 on error.  A CREATE that fails its
+ * precondition only on a retry (an earlier attempt may have written and
+ * lost the answer) is 0 when the object's ETag is the MD5 of buf: ours. */
 #define NJ_S3_ETAG_MAX 80
 int nj_s3_put(struct nj_s3 *s3, const char *key, const void *buf, size_t len,
               enum nj_s3_put_mode mode, const char *etag, char *etag_out);

@@ -177,6 +177,7 @@ struct fake {
     char last_date[64][32]; /* x-amz-date of each request seen */
     bool saw_token;         /* an x-amz-security-token: TOKEN header */
     const char *body;       /* of 2xx answers; NULL: empty */
+    const char *etag;       /* of every answer; NULL: "fake-etag" */
     pthread_t thread;
     bool stop; /* atomic */
 };
@@ -250,8 +251,9 @@ static void fake_serve(struct fake *f, int cfd)
                  fake_code(status));
     char resp[2048];
     int n = snprintf(resp, sizeof resp, "HTTP/1.1 %d Scripted\r\n"
-                     "Content-Length: %zu\r\nETag: \"fake-etag\"\r\n"
-                     "Connection: close\r\n\r\n%s", status, strlen(xml), xml);
+                     "ETag: \"%s\"\r\nContent-Length: %zu\r\n"
+                     "Connection: close\r\n\r\n%s", status,
+                     f->etag ? f->etag : "fake-etag", strlen(xml), xml);
     if (write(cfd, resp, (size_t)n) != n)
         return;
 }
@@ -273,10 +275,11 @@ static void *fake_main(void *arg)
 }
 
 static void fake_start(struct fake *f, const int *script, size_t n,
-                       const char *body)
+                       const char *body, const char *etag)
 {
     memset(f, 0, sizeof *f);
     f->body = body;
+    f->etag = etag;
     f->script = script;
     f->nscript = n;
     f->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -321,7 +324,7 @@ static void test_retries(void)
 
     /* 503 SlowDown twice, then success: retried, each attempt signed anew. */
     static const int slow[] = { 503, 503, 200 };
-    fake_start(&f, slow, NJ_ARRAY_SIZE(slow), NULL);
+    fake_start(&f, slow, NJ_ARRAY_SIZE(slow), NULL, NULL);
     struct nj_s3 *s3 = fake_client(&f, 5, 10);
     char etag[NJ_S3_ETAG_MAX] = "";
     CHECK(nj_s3_put(s3, "k", "abc", 3, NJ_S3_PUT_REPLACE, NULL, etag) == 0);
@@ -336,7 +339,7 @@ static void test_retries(void)
 
     /* 500 every time: the last answer, after retries + 1 attempts. */
     static const int broken[] = { 500 };
-    fake_start(&f, broken, 1, NULL);
+    fake_start(&f, broken, 1, NULL, NULL);
     s3 = fake_client(&f, 2, 10);
     errno = 0;
     CHECK(nj_s3_put(s3, "chunks/ab", "abc", 3, NJ_S3_PUT_REPLACE, NULL, NULL) == -1);
@@ -349,7 +352,7 @@ static void test_retries(void)
 
     /* 429 is retried; 400 and 412 are not. */
     static const int busy[] = { 429, 200 };
-    fake_start(&f, busy, NJ_ARRAY_SIZE(busy), NULL);
+    fake_start(&f, busy, NJ_ARRAY_SIZE(busy), NULL, NULL);
     s3 = fake_client(&f, 5, 10);
     void *back = NULL;
     size_t len = 0;
@@ -361,7 +364,7 @@ static void test_retries(void)
     fake_stop(&f);
 
     static const int bad[] = { 400, 200 };
-    fake_start(&f, bad, NJ_ARRAY_SIZE(bad), NULL);
+    fake_start(&f, bad, NJ_ARRAY_SIZE(bad), NULL, NULL);
     s3 = fake_client(&f, 5, 10);
     errno = 0;
     CHECK(nj_s3_delete(s3, "k") == -1);
@@ -372,17 +375,37 @@ static void test_retries(void)
     fake_stop(&f);
 
     static const int exists[] = { 412, 200 };
-    fake_start(&f, exists, NJ_ARRAY_SIZE(exists), NULL);
+    fake_start(&f, exists, NJ_ARRAY_SIZE(exists), NULL, NULL);
     s3 = fake_client(&f, 5, 10);
     CHECK(nj_s3_put(s3, "k", "x", 1, NJ_S3_PUT_CREATE, NULL, NULL) == 1);
     CHECK(__atomic_load_n(&f.served, __ATOMIC_SEQ_CST) == 1);
     nj_s3_free(s3);
     fake_stop(&f);
 
+    /* A CREATE whose first attempt wrote the object but lost the answer:
+     * its retry fails the precondition, and the object there is ours (its
+     * ETag the MD5 of our body), so the put succeeded; when the object is
+     * someone else's, it did not. */
+    static const int lost[] = { 500, 412, 200 };
+    fake_start(&f, lost, NJ_ARRAY_SIZE(lost), NULL,
+               "900150983cd24fb0d6963f7d28e17f72"); /* MD5 of "abc" */
+    s3 = fake_client(&f, 2, 10);
+    etag[0] = '\0';
+    CHECK(nj_s3_put(s3, "k", "abc", 3, NJ_S3_PUT_CREATE, NULL, etag) == 0);
+    CHECK(strcmp(etag, "900150983cd24fb0d6963f7d28e17f72") == 0);
+    CHECK(__atomic_load_n(&f.served, __ATOMIC_SEQ_CST) == 3);
+    nj_s3_free(s3);
+    fake_stop(&f);
+    fake_start(&f, lost, NJ_ARRAY_SIZE(lost), NULL, NULL);
+    s3 = fake_client(&f, 2, 10);
+    CHECK(nj_s3_put(s3, "k", "abc", 3, NJ_S3_PUT_CREATE, NULL, NULL) == 1);
+    nj_s3_free(s3);
+    fake_stop(&f);
+
     /* A server that ignores Range answers 200 with everything: the
      * client still returns only the bytes asked for. */
     static const int whole[] = { 200 };
-    fake_start(&f, whole, 1, "0123456789");
+    fake_start(&f, whole, 1, "0123456789", NULL);
     s3 = fake_client(&f, 0, 10);
     char part[8] = "";
     CHECK(nj_s3_get_range(s3, "k", 3, part, 4) == 4);
@@ -398,7 +421,7 @@ static void test_retries(void)
              "</IsTruncated><Contents><Key>p/a</Key><Size>1</Size></Contents>"
              "<Contents><Key>q/b</Key><Size>1</Size></Contents>"
              "</ListBucketResult>";
-    fake_start(&f, whole, 1, outside);
+    fake_start(&f, whole, 1, outside, NULL);
     s3 = fake_client(&f, 0, 10);
     char *token = NULL;
     struct nj_s3_page page;
@@ -411,13 +434,13 @@ static void test_retries(void)
     static const char untokened[] = "<?xml version=\"1.0\"?><ListBucketResult><IsTruncated>true"
              "</IsTruncated><Contents><Key>p/a</Key><Size>1</Size></Contents>"
              "</ListBucketResult>";
-    fake_start(&f, whole, 1, untokened);
+    fake_start(&f, whole, 1, untokened, NULL);
     s3 = fake_client(&f, 0, 10);
     CHECK(nj_s3_list(s3, "p/", NULL, &token, &page) == -1);
     CHECK(strstr(nj_error_get(), "continuation token") != NULL);
     nj_s3_free(s3);
     fake_stop(&f);
-    fake_start(&f, whole, 1, "not xml");
+    fake_start(&f, whole, 1, "not xml", NULL);
     s3 = fake_client(&f, 0, 10);
     CHECK(nj_s3_list(s3, "p/", NULL, &token, &page) == -1);
     CHECK(one_line(nj_error_get()));
@@ -428,7 +451,7 @@ static void test_retries(void)
     /* A server that takes the request and never answers (a full OSD):
      * the low-speed limit ends each attempt after timeout seconds. */
     static const int stall[] = { STALL };
-    fake_start(&f, stall, 1, NULL);
+    fake_start(&f, stall, 1, NULL, NULL);
     s3 = fake_client(&f, 1, 1);
     double t0 = nj_mono_sec();
     errno = 0;
