@@ -25,6 +25,15 @@
  * asynchronous requests are outstanding, so at most max_inflight copies
  * are alive.
  *
+ * Signing.  libcurl (CURLOPT_AWS_SIGV4) signs the request line and
+ * headers exactly as given, so what it is given must already be canonical:
+ * keys percent-encoded with uppercase %XX except unreserved characters and
+ * '/', sent as they are (CURLOPT_PATH_AS_IS: no dot-segment removal);
+ * query parameters sorted by name with encoded values ("delete=" when
+ * value-less); x-amz-content-sha256 set here, because libcurl does not.
+ * The Expect header is left to libcurl: blanking it makes libcurl sign a
+ * header it then does not send.
+ *
  * Stats count every HTTP attempt in requests, the repeated ones also in
  * retries, and body bytes both ways.
  */
@@ -35,6 +44,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -49,6 +59,7 @@
 #define BACKOFF_CAP_MS 10000
 #define ERROR_BODY_MAX (64u * 1024)
 #define CREDENTIALS_MAX (1u << 20)
+#define PRESIZE_MAX (64u << 20)
 
 /* Outcomes a request may accept besides 2xx. */
 enum {
@@ -106,7 +117,7 @@ struct req {
 };
 
 struct nj_s3 {
-    char *base;        /* "http://host:port/bucket" or "https://bucket.s3.r.amazonaws.com" */
+    char *base; /* "http://host:port/bucket", "https://B.s3.R.amazonaws.com" */
     char *bucket;
     char *region;
     char *sigv4;       /* "aws:amz:REGION:s3" */
@@ -411,6 +422,20 @@ static size_t header_cb(char *line, size_t size, size_t nmemb, void *arg)
             if (nj_parse_u64(tmp, &n) == 0) {
                 r->content_length = n;
                 r->have_length = true;
+                long status = 0;
+                curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status);
+                bool body = status >= 200 && status < 300 && !r->range_buf &&
+                            strcmp(r->method, "HEAD") != 0;
+                if (body && n > r->resp_max) {
+                    r->too_big = true; /* say so before the download */
+                    return 0;
+                }
+                /* Room for what the server announces, up to a bound:
+                 * a claimed size is not trusted with memory. */
+                if (body && n < PRESIZE_MAX && n + 1 > r->resp_cap) {
+                    r->resp = nj_realloc_array(r->resp, (size_t)n + 1, 1);
+                    r->resp_cap = (size_t)n + 1;
+                }
             }
         }
     } else if (header_is(line, len, "Last-Modified", &v, &vl)) {
@@ -466,6 +491,13 @@ static struct req *req_new(struct nj_s3 *s3, const char *method,
     return r;
 }
 
+/* Name r for messages by what (taking ownership) instead of its key. */
+static void req_name(struct req *r, char *what)
+{
+    free(r->what);
+    r->what = what;
+}
+
 static void req_header(struct req *r, char *h)
 {
     if (r->nheaders == NJ_ARRAY_SIZE(r->headers))
@@ -488,17 +520,26 @@ static int req_setup(struct req *r, struct curl_slist **hdrs)
     r->mtime = 0;
     r->status = 0;
 
-    struct curl_slist *h = NULL;
     char sha[100];
     snprintf(sha, sizeof sha, "x-amz-content-sha256: %s", r->sha256);
-    h = curl_slist_append(h, sha);
+    const char *lines[NJ_ARRAY_SIZE(r->headers) + 2];
+    size_t nlines = 0;
+    lines[nlines++] = sha;
     if (s3->token_header)
-        h = curl_slist_append(h, s3->token_header);
+        lines[nlines++] = s3->token_header;
     for (size_t i = 0; i < r->nheaders; i++)
-        h = curl_slist_append(h, r->headers[i]);
+        lines[nlines++] = r->headers[i];
+    struct curl_slist *h = NULL;
+    for (size_t i = 0; i < nlines; i++) {
+        struct curl_slist *t = curl_slist_append(h, lines[i]);
+        if (!t) {
+            curl_slist_free_all(h);
+            *hdrs = NULL;
+            return -1;
+        }
+        h = t;
+    }
     *hdrs = h;
-    if (!h)
-        return -1;
 
     long connect = NJ_MIN(s3->timeout, 30u);
     CURLcode c = CURLE_OK;
@@ -739,19 +780,22 @@ static void dispatch_locked(struct nj_s3 *s3)
     }
 }
 
-/* An attempt finished: retry it, or complete it.  Lock held. */
-static void finish_locked(struct nj_s3 *s3, struct req *r, CURLcode cc)
+/* An attempt finished: judge it with the lock free (it may parse an
+ * error body), then retry or complete it under the lock. */
+static void finish(struct nj_s3 *s3, struct req *r, CURLcode cc)
 {
     curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &r->status);
     curl_multi_remove_handle(s3->multi, r->easy);
     curl_slist_free_all(r->hlist);
     r->hlist = NULL;
+    int retry = judge(s3, r, cc);
+
+    pthread_mutex_lock(&s3->lock);
     s3->pool[s3->npool++] = r->easy;
     r->easy = NULL;
     s3->running--;
     s3->stats.bytes_received += r->resp_len;
-
-    if (judge(s3, r, cc) == 1) {
+    if (retry) {
         /* Full jitter: uniform in [0, min(cap, base * 2^attempt)]. */
         uint64_t ceiling = BACKOFF_CAP_MS;
         if (r->attempt < 7)
@@ -769,9 +813,10 @@ static void finish_locked(struct nj_s3 *s3, struct req *r, CURLcode cc)
         }
         r->next = s3->backoff;
         s3->backoff = r;
-        return;
+    } else {
+        complete_locked(s3, r);
     }
-    complete_locked(s3, r);
+    pthread_mutex_unlock(&s3->lock);
 }
 
 static void *io_thread(void *arg)
@@ -795,7 +840,6 @@ static void *io_thread(void *arg)
         curl_multi_perform(s3->multi, &still);
         struct CURLMsg *m;
         int left;
-        pthread_mutex_lock(&s3->lock);
         bool finished = false;
         while ((m = curl_multi_info_read(s3->multi, &left))) {
             if (m->msg != CURLMSG_DONE)
@@ -803,9 +847,10 @@ static void *io_thread(void *arg)
             struct req *r = NULL;
             CURLcode cc = m->data.result;
             curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&r);
-            finish_locked(s3, r, cc);
+            finish(s3, r, cc);
             finished = true;
         }
+        pthread_mutex_lock(&s3->lock);
         if (finished)
             continue; /* dispatch what can go now before sleeping */
         if (s3->queue_head && s3->running < s3->max_inflight)
@@ -911,7 +956,14 @@ struct nj_s3 *nj_s3_new(const struct nj_s3_config *c, const char *bucket)
     }
     curl_multi_setopt(s3->multi, CURLMOPT_MAXCONNECTS,
                       (long)s3->max_inflight * 2);
+    /* The I/O thread takes no signals: the program's handlers run
+     * elsewhere, and a SIGPIPE from a TLS write to a closed connection
+     * stays blocked there instead of killing the process. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
     e = pthread_create(&s3->thread, NULL, io_thread, s3);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (e) {
         nj_error_errno(e, "s3: create the I/O thread");
         goto fail;
@@ -985,6 +1037,7 @@ int nj_s3_get(struct nj_s3 *s3, const char *key, size_t max, void **buf,
     if (rc == 0) {
         if (!r->resp)
             r->resp = nj_calloc(1, 1);
+        r->resp[r->resp_len] = '\0'; /* presized, maybe never written */
         *buf = NJ_STEAL(&r->resp);
         *len = r->resp_len;
     }
@@ -1015,13 +1068,10 @@ ssize_t nj_s3_get_range(struct nj_s3 *s3, const char *key, uint64_t off,
     r->range_off = off;
     int rc = run(s3, r);
     ssize_t n = -1;
-    if (rc == 0) {
-        if (r->status == 416)
-            n = 0;
-        else if (r->status == 206 || r->status == 200)
-            n = (ssize_t)r->resp_len;
-    }
-    /* A 200 is the whole object: write_cb skipped to off (range_skip). */
+    /* 206, or 200 with the whole object (write_cb skipped to off), or 416
+     * for a range that starts at or after the end. */
+    if (rc == 0)
+        n = r->status == 416 ? 0 : (ssize_t)r->resp_len;
     req_free(r);
     return n;
 }
@@ -1054,6 +1104,31 @@ static int put_prepare(struct req *r, enum nj_s3_put_mode mode,
     return 0;
 }
 
+/*
+ * A CREATE that failed its precondition only after a retry: the attempt
+ * before may have written the object and lost the answer.  The object is
+ * ours when its ETag is the MD5 of our body (a single-part upload's ETag
+ * is): 0 then, else 1.  When the HEAD fails the answer stays 1, the
+ * cautious one for a caller that creates to take a lock.
+ */
+static int put_was_ours(struct nj_s3 *s3, const char *key, const void *buf,
+                        size_t len, char *etag_out)
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned mdlen = 0;
+    char mine[2 * 16 + 1], there[NJ_S3_ETAG_MAX] = "";
+    if (!EVP_Digest(buf ? buf : "", len, md, &mdlen, EVP_md5(), NULL) ||
+        mdlen != 16)
+        return 1;
+    hex_encode(md, 16, mine);
+    if (nj_s3_head(s3, key, NULL, NULL, there) != 1 ||
+        strcasecmp(there, mine) != 0)
+        return 1;
+    if (etag_out)
+        memcpy(etag_out, there, sizeof there);
+    return 0;
+}
+
 int nj_s3_put(struct nj_s3 *s3, const char *key, const void *buf, size_t len,
               enum nj_s3_put_mode mode, const char *etag, char *etag_out)
 {
@@ -1071,7 +1146,10 @@ int nj_s3_put(struct nj_s3 *s3, const char *key, const void *buf, size_t len,
         rc = 1;
     if (rc == 0 && etag_out)
         memcpy(etag_out, r->etag, sizeof r->etag);
+    bool retried = r->attempt > 0;
     req_free(r);
+    if (rc == 1 && mode == NJ_S3_PUT_CREATE && retried)
+        rc = put_was_ours(s3, key, buf, len, etag_out);
     return rc;
 }
 
@@ -1181,8 +1259,7 @@ static int delete_result(struct req *r)
         NJ_CLEANUP_FREE char *code = xml_child_text(n, "Code");
         if (code && strcmp(code, "NoSuchKey") == 0)
             continue;
-        free(r->what);
-        r->what = nj_strdup(key ? key : "?");
+        req_name(r, nj_strdup(key ? key : "?"));
         fail_req(r, EIO, "DeleteObjects refused: %s", code ? code : "?");
         rc = -1;
     }
@@ -1211,7 +1288,7 @@ int nj_s3_delete_many(struct nj_s3 *s3, const char *const *keys, size_t n)
         size_t blen = b.len;
         char md5[32];
         struct req *r = req_new(s3, "POST", NULL, "delete=");
-        r->what = (free(r->what), nj_strdup("?delete"));
+        req_name(r, nj_strdup("?delete"));
         r->owned_body = (unsigned char *)body;
         r->body = r->owned_body;
         r->body_len = blen;
@@ -1344,8 +1421,7 @@ int nj_s3_list(struct nj_s3 *s3, const char *prefix, const char *delimiter,
     buf_add(&q, p);
     struct req *r = req_new(s3, "GET", NULL, q.p);
     free(q.p);
-    free(r->what);
-    r->what = nj_asprintf("?list prefix=%s", prefix);
+    req_name(r, nj_asprintf("?list prefix=%s", prefix));
     r->resp_max = 64u << 20;
     int rc = run(s3, r);
     if (rc == 0 && list_parse(r, prefix, token, page) < 0) {

@@ -44,9 +44,9 @@ struct nj_s3_config {
     char *session_token; /* optional */
     char *ca_file;       /* optional; NULL: the system CA store */
     bool path_style;     /* forced on when endpoint is set */
-    unsigned max_inflight; /* default 8 */
-    unsigned retries;      /* default 5 */
-    unsigned timeout;      /* seconds without progress; default 60 */
+    unsigned max_inflight; /* default 8; 0 in nj_s3_new: 8 */
+    unsigned retries;      /* default 5; 0 in nj_s3_new: no retry */
+    unsigned timeout;      /* seconds without progress; default 60; 0: 60 */
 };
 
 /*
@@ -61,11 +61,14 @@ struct nj_s3_config {
  *  3. the profile AWS_PROFILE (default "default") of
  *     AWS_SHARED_CREDENTIALS_FILE (default ~/.aws/credentials):
  *     aws_access_key_id, aws_secret_access_key, aws_session_token, and
- *     region / endpoint_url when present there.
- * The credentials file is read only when it is a regular file (no FIFO
- * waited on).  Fails with one line when no access key or secret is found
- * ("s3: no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY
- * or a profile in ~/.aws/credentials").
+ *     region / endpoint_url / ca_bundle when present there.
+ * The access key, secret and session token come together from the first
+ * source that has an access key (a token never pairs with another
+ * source's key).  The credentials file is read only when it is a regular
+ * file, not through a symbolic link (no FIFO waited on); one that is not
+ * is an error, a missing one is not.  Fails with one line when no access
+ * key or secret is found ("s3: no credentials: set AWS_ACCESS_KEY_ID and
+ * AWS_SECRET_ACCESS_KEY or a profile in ~/.aws/credentials").
  */
 int nj_s3_config_load(struct nj_s3_config *c, const char *const *conf);
 void nj_s3_config_clear(struct nj_s3_config *c);
@@ -76,7 +79,9 @@ struct nj_s3;
 struct nj_s3 *nj_s3_new(const struct nj_s3_config *c, const char *bucket);
 void nj_s3_free(struct nj_s3 *s3);
 
-/* Counters since nj_s3_new (for benchmarks and the closing --json). */
+/* Counters since nj_s3_new (for benchmarks and the closing --json):
+ * requests counts every HTTP attempt, retries the repeated ones among
+ * them, bytes the request and response bodies. */
 struct nj_s3_stats {
     uint64_t requests, retries, bytes_sent, bytes_received;
 };
@@ -84,7 +89,8 @@ void nj_s3_stats(struct nj_s3 *s3, struct nj_s3_stats *st);
 
 /* GET a whole object of at most max bytes into a new buffer (NUL added
  * after the end, not counted in *len).  -1 with errno ENOENT when absent;
- * EFBIG when larger than max. */
+ * EFBIG when larger than max.  Every call taking a key refuses an empty
+ * one (EINVAL): it would name the bucket. */
 int nj_s3_get(struct nj_s3 *s3, const char *key, size_t max, void **buf,
               size_t *len);
 /* GET bytes [off, off+len) into buf; returns the bytes read (less than len
@@ -100,20 +106,24 @@ enum nj_s3_put_mode {
 /* PUT buf as key.  0 written (etag_out, when not NULL, receives the new
  * ETag unquoted, at most NJ_S3_ETAG_MAX bytes with its NUL); 1 when the
  * precondition failed (CREATE: the key exists; IF_MATCH: its ETag is not
- * etag, or it is absent); -1 on error. */
+ * etag, or it is absent); -1 on error.  A CREATE that fails its
+ * precondition only on a retry (an earlier attempt may have written and
+ * lost the answer) is 0 when the object's ETag is the MD5 of buf: ours. */
 #define NJ_S3_ETAG_MAX 80
 int nj_s3_put(struct nj_s3 *s3, const char *key, const void *buf, size_t len,
               enum nj_s3_put_mode mode, const char *etag, char *etag_out);
 
 /* Queue a PUT (REPLACE or CREATE) of a private copy of buf; blocks while
- * max_inflight requests are queued or running.  The result is reported to
+ * max_inflight asynchronous puts are queued or running (so at most
+ * max_inflight copies are alive).  The result is reported to
  * done(arg, rc) from the I/O thread (rc as nj_s3_put returns, with the
  * last error of that thread set when -1; done must not call back into
  * nj_s3).  done may be NULL.  Returns 0 queued, -1 when it could not be. */
 int nj_s3_put_async(struct nj_s3 *s3, const char *key, const void *buf,
                     size_t len, enum nj_s3_put_mode mode,
                     void (*done)(void *arg, int rc), void *arg);
-/* Wait until every request queued so far has completed. */
+/* Wait until every asynchronous put has completed, including those that
+ * other threads queue meanwhile. */
 void nj_s3_wait(struct nj_s3 *s3);
 
 /* HEAD: 1 present (size, mtime as Unix seconds, etag unquoted filled where

@@ -35,7 +35,10 @@ fail() {
         echo "--- tail of $f" >&2
         tail -n 8 "$f" >&2
     done
-    NJ_CEPH_KEEP=1 NJ_CEPH_DIR=$dir "$here/ceph-stop.sh" >&2 || true
+    if [ -d "$dir" ]; then
+        NJ_CEPH_KEEP=1 NJ_CEPH_DIR=$dir "$here/ceph-stop.sh" >&2 || true
+        say "daemons stopped; logs kept in $dir/log (scripts/ceph-stop.sh removes them)"
+    fi
     exit 1
 }
 # retry <seconds> <command...>: every 0.2 s until it succeeds
@@ -48,6 +51,8 @@ retry() {
         sleep 0.2
     done
 }
+# Something accepts connections on 127.0.0.1:$1.
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 rgw_answers() { curl -fsS -m 5 -o /dev/null "http://127.0.0.1:$port/"; }
 
@@ -65,6 +70,9 @@ fi
 
 # Leftovers of a cluster that died: stop what is left, start afresh.
 NJ_CEPH_DIR=$dir "$here/ceph-stop.sh" >/dev/null 2>&1 || true
+for p in "$port" "$mon_port"; do
+    port_busy "$p" && fail "127.0.0.1:$p is in use (another cluster? set NJ_CEPH_PORT, NJ_CEPH_MON_PORT)"
+done
 mkdir -p "$dir"/run "$dir"/log "$dir"/mon "$dir"/osd/0 "$dir"/tmp
 chmod 700 "$dir"
 conf=$dir/ceph.conf

@@ -29,7 +29,17 @@ if [ "${#pids[@]}" -gt 0 ]; then
         [ "$alive" = 0 ] && break
         sleep 0.2
     done
-    for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null; done
+    for pid in "${pids[@]}"; do
+        comm=$(cat "/proc/$pid/comm" 2>/dev/null) || continue
+        case $comm in ceph-mon|ceph-osd|radosgw) kill -KILL "$pid" 2>/dev/null ;; esac
+    done
 fi
-[ "${NJ_CEPH_KEEP:-0}" = 1 ] || rm -rf -- "$dir"
+[ "${NJ_CEPH_KEEP:-0}" = 1 ] && exit 0
+# Remove only what ceph-start.sh made: a mistyped NJ_CEPH_DIR=/home must
+# not lose /home.
+if [ ! -f "$dir/ceph.conf" ] && [ ! -d "$dir/run" ]; then
+    echo "ceph-stop: '$dir' does not look like a ceph-start.sh directory; not removed" >&2
+    exit 1
+fi
+rm -rf -- "$dir"
 exit 0

@@ -8,19 +8,26 @@
  * conditional puts, with eight threads racing to create one key; HEAD;
  * keys that need encoding; listings over more than a page, with a
  * delimiter; deletes single and batched; asynchronous puts with their
- * callbacks; the counters.  And nj_s3_config_load's sources, which need
- * no server: they run first.
+ * callbacks, also while other threads make synchronous calls; the
+ * counters.  And, needing no server, so run first:
+ * nj_s3_config_load's sources, and retries against a fake server on
+ * loopback that answers from a script (503 SlowDown, 500, 429, 400, 412,
+ * or nothing at all).
  */
 #include "nj-s3.h"
 #include "nj-test.h"
 #include "nj-util.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -156,6 +163,310 @@ static void test_config(void)
 
     clear_aws_env();
     nj_test_rmtree(dir);
+}
+
+/* ---- retries, against a scripted fake ---------------------------------- */
+
+#define STALL 0 /* script entry: read the request, never answer */
+
+struct fake {
+    int lfd, port;
+    const int *script;
+    size_t nscript;
+    size_t served; /* atomic */
+    char last_date[64][32]; /* x-amz-date of each request seen */
+    bool saw_token;         /* an x-amz-security-token: TOKEN header */
+    const char *body;       /* of 2xx answers; NULL: empty */
+    const char *etag;       /* of every answer; NULL: "fake-etag" */
+    pthread_t thread;
+    bool stop; /* atomic */
+};
+
+static const char *fake_code(int status)
+{
+    switch (status) {
+    case 503: return "SlowDown";
+    case 500: return "InternalError";
+    case 429: return "TooManyRequests";
+    case 400: return "InvalidArgument";
+    case 412: return "PreconditionFailed";
+    default: return "";
+    }
+}
+
+static void fake_serve(struct fake *f, int cfd)
+{
+    char req[16384];
+    size_t len = 0;
+    char *end = NULL;
+    while (!end && len + 1 < sizeof req) {
+        ssize_t n = read(cfd, req + len, sizeof req - 1 - len);
+        if (n <= 0)
+            return;
+        len += (size_t)n;
+        req[len] = '\0';
+        end = strstr(req, "\r\n\r\n");
+    }
+    if (!end)
+        return;
+    size_t body = 0;
+    const char *cl = strcasestr(req, "\r\ncontent-length:");
+    if (cl)
+        body = strtoul(cl + 17, NULL, 10);
+    size_t have = len - (size_t)(end + 4 - req);
+    /* As S3 does: let the client send its body at once. */
+    static const char go_on[] = "HTTP/1.1 100 Continue\r\n\r\n";
+    if (have < body && strcasestr(req, "\r\nexpect: 100-continue") &&
+        write(cfd, go_on, sizeof go_on - 1) != (ssize_t)sizeof go_on - 1)
+        return;
+    char sink[4096];
+    while (have < body) {
+        ssize_t n = read(cfd, sink, NJ_MIN(sizeof sink, body - have));
+        if (n <= 0)
+            return;
+        have += (size_t)n;
+    }
+    size_t i = __atomic_fetch_add(&f->served, 1, __ATOMIC_SEQ_CST);
+    const char *date = strcasestr(req, "\r\nx-amz-date:");
+    if (date && i < NJ_ARRAY_SIZE(f->last_date))
+        snprintf(f->last_date[i], sizeof f->last_date[i], "%.16s", date + 14);
+    const char *signed_h = strstr(req, "SignedHeaders=");
+    const char *signed_end = signed_h ? strchr(signed_h, ',') : NULL;
+    const char *tok = signed_h ? strstr(signed_h, "x-amz-security-token") : NULL;
+    if (strstr(req, "\r\nx-amz-security-token: TOKEN\r\n") && tok &&
+        signed_end && tok < signed_end)
+        f->saw_token = true; /* sent, and signed (in SignedHeaders) */
+    int status = f->script[NJ_MIN(i, f->nscript - 1)];
+    if (status == STALL) {
+        struct pollfd p = { .fd = cfd, .events = POLLIN };
+        poll(&p, 1, 10000); /* until the client gives up */
+        return;
+    }
+    char xml[1024] = "";
+    if (status < 300 && f->body)
+        snprintf(xml, sizeof xml, "%s", f->body);
+    else if (status >= 300)
+        snprintf(xml, sizeof xml, "<?xml version=\"1.0\"?><Error><Code>%s"
+                 "</Code><Message>scripted</Message></Error>",
+                 fake_code(status));
+    char resp[2048];
+    int n = snprintf(resp, sizeof resp, "HTTP/1.1 %d Scripted\r\n"
+                     "ETag: \"%s\"\r\nContent-Length: %zu\r\n"
+                     "Connection: close\r\n\r\n%s", status,
+                     f->etag ? f->etag : "fake-etag", strlen(xml), xml);
+    if (write(cfd, resp, (size_t)n) != n)
+        return;
+}
+
+static void *fake_main(void *arg)
+{
+    struct fake *f = arg;
+    while (!__atomic_load_n(&f->stop, __ATOMIC_ACQUIRE)) {
+        struct pollfd p = { .fd = f->lfd, .events = POLLIN };
+        if (poll(&p, 1, 50) <= 0)
+            continue;
+        int cfd = accept(f->lfd, NULL, NULL);
+        if (cfd < 0)
+            continue;
+        fake_serve(f, cfd);
+        close(cfd);
+    }
+    return NULL;
+}
+
+static void fake_start(struct fake *f, const int *script, size_t n,
+                       const char *body, const char *etag)
+{
+    memset(f, 0, sizeof *f);
+    f->body = body;
+    f->etag = etag;
+    f->script = script;
+    f->nscript = n;
+    f->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    REQUIRE(f->lfd >= 0);
+    struct sockaddr_in a = { .sin_family = AF_INET,
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t alen = sizeof a;
+    REQUIRE(bind(f->lfd, (struct sockaddr *)&a, sizeof a) == 0);
+    REQUIRE(listen(f->lfd, 16) == 0);
+    REQUIRE(getsockname(f->lfd, (struct sockaddr *)&a, &alen) == 0);
+    f->port = ntohs(a.sin_port);
+    REQUIRE(pthread_create(&f->thread, NULL, fake_main, f) == 0);
+}
+
+static void fake_stop(struct fake *f)
+{
+    __atomic_store_n(&f->stop, true, __ATOMIC_RELEASE);
+    pthread_join(f->thread, NULL);
+    close(f->lfd);
+}
+
+static struct nj_s3 *fake_client(const struct fake *f, unsigned retries,
+                                 unsigned timeout)
+{
+    struct nj_s3_config c = {0};
+    c.session_token = nj_strdup("TOKEN");
+    c.endpoint = nj_asprintf("http://127.0.0.1:%d", f->port);
+    c.access_key = nj_strdup("FAKEKEY");
+    c.secret_key = nj_strdup("fakesecret");
+    c.retries = retries;
+    c.timeout = timeout;
+    struct nj_s3 *s3 = nj_s3_new(&c, "fake");
+    nj_s3_config_clear(&c);
+    REQUIRE(s3);
+    return s3;
+}
+
+static void test_retries(void)
+{
+    struct fake f;
+    struct nj_s3_stats st;
+
+    /* 503 SlowDown twice, then success: retried, each attempt signed anew. */
+    static const int slow[] = { 503, 503, 200 };
+    fake_start(&f, slow, NJ_ARRAY_SIZE(slow), NULL, NULL);
+    struct nj_s3 *s3 = fake_client(&f, 5, 10);
+    char etag[NJ_S3_ETAG_MAX] = "";
+    CHECK(nj_s3_put(s3, "k", "abc", 3, NJ_S3_PUT_REPLACE, NULL, etag) == 0);
+    CHECK(strcmp(etag, "fake-etag") == 0);
+    nj_s3_stats(s3, &st);
+    CHECK(st.requests == 3 && st.retries == 2);
+    CHECK(__atomic_load_n(&f.served, __ATOMIC_SEQ_CST) == 3);
+    CHECK(f.last_date[0][0] && f.last_date[2][0]);
+    CHECK(f.saw_token);
+    nj_s3_free(s3);
+    fake_stop(&f);
+
+    /* 500 every time: the last answer, after retries + 1 attempts. */
+    static const int broken[] = { 500 };
+    fake_start(&f, broken, 1, NULL, NULL);
+    s3 = fake_client(&f, 2, 10);
+    errno = 0;
+    CHECK(nj_s3_put(s3, "chunks/ab", "abc", 3, NJ_S3_PUT_REPLACE, NULL, NULL) == -1);
+    CHECK(errno == EIO);
+    CHECK(strcmp(nj_error_get(),
+                 "s3 PUT 'chunks/ab': 500 InternalError (after 3 attempts)") == 0);
+    CHECK(__atomic_load_n(&f.served, __ATOMIC_SEQ_CST) == 3);
+    nj_s3_free(s3);
+    fake_stop(&f);
+
+    /* 429 is retried; 400 and 412 are not. */
+    static const int busy[] = { 429, 200 };
+    fake_start(&f, busy, NJ_ARRAY_SIZE(busy), NULL, NULL);
+    s3 = fake_client(&f, 5, 10);
+    void *back = NULL;
+    size_t len = 0;
+    CHECK(nj_s3_get(s3, "k", 10, &back, &len) == 0);
+    CHECK(len == 0);
+    free(back);
+    CHECK(__atomic_load_n(&f.served, __ATOMIC_SEQ_CST) == 2);
+    nj_s3_free(s3);
+    fake_stop(&f);
+
+    static const int bad[] = { 400, 200 };
+    fake_start(&f, bad, NJ_ARRAY_SIZE(bad), NULL, NULL);
+    s3 = fake_client(&f, 5, 10);
+    errno = 0;
+    CHECK(nj_s3_delete(s3, "k") == -1);
+    CHECK(errno == EIO);
+    CHECK(strcmp(nj_error_get(), "s3 DELETE 'k': 400 InvalidArgument") == 0);
+    CHECK(__atomic_load_n(&f.served, __ATOMIC_SEQ_CST) == 1);
+    nj_s3_free(s3);
+    fake_stop(&f);
+
+    static const int exists[] = { 412, 200 };
+    fake_start(&f, exists, NJ_ARRAY_SIZE(exists), NULL, NULL);
+    s3 = fake_client(&f, 5, 10);
+    CHECK(nj_s3_put(s3, "k", "x", 1, NJ_S3_PUT_CREATE, NULL, NULL) == 1);
+    CHECK(__atomic_load_n(&f.served, __ATOMIC_SEQ_CST) == 1);
+    nj_s3_free(s3);
+    fake_stop(&f);
+
+    /* A CREATE whose first attempt wrote the object but lost the answer:
+     * its retry fails the precondition, and the object there is ours (its
+     * ETag the MD5 of our body), so the put succeeded; when the object is
+     * someone else's, it did not. */
+    static const int lost[] = { 500, 412, 200 };
+    fake_start(&f, lost, NJ_ARRAY_SIZE(lost), NULL,
+               "900150983cd24fb0d6963f7d28e17f72"); /* MD5 of "abc" */
+    s3 = fake_client(&f, 2, 10);
+    etag[0] = '\0';
+    CHECK(nj_s3_put(s3, "k", "abc", 3, NJ_S3_PUT_CREATE, NULL, etag) == 0);
+    CHECK(strcmp(etag, "900150983cd24fb0d6963f7d28e17f72") == 0);
+    CHECK(__atomic_load_n(&f.served, __ATOMIC_SEQ_CST) == 3);
+    nj_s3_free(s3);
+    fake_stop(&f);
+    fake_start(&f, lost, NJ_ARRAY_SIZE(lost), NULL, NULL);
+    s3 = fake_client(&f, 2, 10);
+    CHECK(nj_s3_put(s3, "k", "abc", 3, NJ_S3_PUT_CREATE, NULL, NULL) == 1);
+    nj_s3_free(s3);
+    fake_stop(&f);
+
+    /* A server that ignores Range answers 200 with everything: the
+     * client still returns only the bytes asked for. */
+    static const int whole[] = { 200 };
+    fake_start(&f, whole, 1, "0123456789", NULL);
+    s3 = fake_client(&f, 0, 10);
+    char part[8] = "";
+    CHECK(nj_s3_get_range(s3, "k", 3, part, 4) == 4);
+    CHECK(memcmp(part, "3456", 4) == 0);
+    CHECK(nj_s3_get_range(s3, "k", 8, part, 4) == 2);
+    CHECK(memcmp(part, "89", 2) == 0);
+    nj_s3_free(s3);
+    fake_stop(&f);
+
+    /* A listing is refused, not half believed, when a key lies outside
+     * the prefix or a truncated page has no token. */
+    static const char outside[] = "<?xml version=\"1.0\"?><ListBucketResult><IsTruncated>false"
+             "</IsTruncated><Contents><Key>p/a</Key><Size>1</Size></Contents>"
+             "<Contents><Key>q/b</Key><Size>1</Size></Contents>"
+             "</ListBucketResult>";
+    fake_start(&f, whole, 1, outside, NULL);
+    s3 = fake_client(&f, 0, 10);
+    char *token = NULL;
+    struct nj_s3_page page;
+    errno = 0;
+    CHECK(nj_s3_list(s3, "p/", NULL, &token, &page) == -1);
+    CHECK(errno == EIO && page.nobjects == 0 && page.objects == NULL);
+    CHECK(strstr(nj_error_get(), "'q/b'") != NULL);
+    nj_s3_free(s3);
+    fake_stop(&f);
+    static const char untokened[] = "<?xml version=\"1.0\"?><ListBucketResult><IsTruncated>true"
+             "</IsTruncated><Contents><Key>p/a</Key><Size>1</Size></Contents>"
+             "</ListBucketResult>";
+    fake_start(&f, whole, 1, untokened, NULL);
+    s3 = fake_client(&f, 0, 10);
+    CHECK(nj_s3_list(s3, "p/", NULL, &token, &page) == -1);
+    CHECK(strstr(nj_error_get(), "continuation token") != NULL);
+    nj_s3_free(s3);
+    fake_stop(&f);
+    fake_start(&f, whole, 1, "not xml", NULL);
+    s3 = fake_client(&f, 0, 10);
+    CHECK(nj_s3_list(s3, "p/", NULL, &token, &page) == -1);
+    CHECK(one_line(nj_error_get()));
+    CHECK(token == NULL);
+    nj_s3_free(s3);
+    fake_stop(&f);
+
+    /* A server that takes the request and never answers (a full OSD):
+     * the low-speed limit ends each attempt after timeout seconds. */
+    static const int stall[] = { STALL };
+    fake_start(&f, stall, 1, NULL, NULL);
+    s3 = fake_client(&f, 1, 1);
+    double t0 = nj_mono_sec();
+    errno = 0;
+    CHECK(nj_s3_put(s3, "k", "x", 1, NJ_S3_PUT_REPLACE, NULL, NULL) == -1);
+    double took = nj_mono_sec() - t0;
+    /* curl averages the speed over a few seconds, and the request's own
+     * bytes count: each attempt ends 1 to 3 s after the last byte. */
+    CHECK(took >= 1.5 && took < 12);
+    CHECK(errno == EIO);
+    CHECK(strstr(nj_error_get(), "(after 2 attempts)") != NULL);
+    CHECK(one_line(nj_error_get()));
+    fprintf(stderr, "stalled: %s (%.1f s)\n", nj_error_get(), took);
+    CHECK(__atomic_load_n(&f.served, __ATOMIC_SEQ_CST) == 2);
+    nj_s3_free(s3);
+    fake_stop(&f);
 }
 
 /* ---- against the server ---------------------------------------------- */
@@ -476,6 +787,65 @@ static void test_async(struct nj_s3 *s3)
     CHECK(counts[0] == 0 && counts[1] == 20);
 }
 
+struct mixer {
+    struct nj_s3 *s3;
+    int index, failures;
+};
+
+static void *mixer_main(void *arg)
+{
+    struct mixer *m = arg;
+    char key[64], body[64];
+    for (int i = 0; i < 40; i++) {
+        snprintf(key, sizeof key, "mix/%d/%02d", m->index, i);
+        snprintf(body, sizeof body, "thread %d item %d", m->index, i);
+        void *back = NULL;
+        size_t len = 0;
+        uint64_t size = 0;
+        if (nj_s3_put(m->s3, key, body, strlen(body), NJ_S3_PUT_CREATE, NULL,
+                      NULL) != 0 ||
+            nj_s3_get(m->s3, key, 100, &back, &len) != 0 ||
+            len != strlen(body) || memcmp(back, body, len) != 0 ||
+            nj_s3_head(m->s3, key, &size, NULL, NULL) != 1 ||
+            size != strlen(body) || nj_s3_delete(m->s3, key) != 0 ||
+            nj_s3_head(m->s3, key, NULL, NULL, NULL) != 0) {
+            fprintf(stderr, "mixer %d item %d: %s\n", m->index, i,
+                    nj_error_get());
+            m->failures++;
+        }
+        free(back);
+    }
+    return NULL;
+}
+
+/* Synchronous calls from four threads while a fifth keeps the queue of
+ * asynchronous puts full: every call gets its own answer. */
+static void test_mixed(struct nj_s3 *s3)
+{
+    struct mixer m[4];
+    pthread_t th[4];
+    for (int i = 0; i < 4; i++) {
+        m[i] = (struct mixer){ .s3 = s3, .index = i };
+        REQUIRE(pthread_create(&th[i], NULL, mixer_main, &m[i]) == 0);
+    }
+    int counts[2] = { 0, 0 };
+    char key[64];
+    for (int i = 0; i < 300; i++) {
+        snprintf(key, sizeof key, "mixasync/%03d", i);
+        CHECK(nj_s3_put_async(s3, key, key, strlen(key), NJ_S3_PUT_REPLACE,
+                              count_done, counts) == 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        CHECK(m[i].failures == 0);
+    }
+    nj_s3_wait(s3);
+    CHECK(counts[0] == 300 && counts[1] == 0);
+    long pages;
+    CHECK(list_all(s3, "mix/", &pages) == 0);
+    CHECK(list_all(s3, "mixasync/", &pages) == 300);
+}
+
 static void test_wrong_secret(const char *bucket)
 {
     struct nj_s3_config c;
@@ -560,6 +930,7 @@ static void cleanup_bucket(struct nj_s3 *s3)
 int main(void)
 {
     test_config();
+    test_retries();
 
     endpoint = getenv("NJ_TEST_S3_ENDPOINT");
     access_key = getenv("NJ_TEST_S3_ACCESS_KEY");
@@ -590,12 +961,13 @@ int main(void)
     test_encoding(s3);
     test_list_and_delete(s3);
     test_async(s3);
+    test_mixed(s3);
     test_wrong_secret(bucket);
     test_unreachable();
 
     struct nj_s3_stats st;
     nj_s3_stats(s3, &st);
-    CHECK(st.requests > 1700); /* 1500 + 200 puts and the rest */
+    CHECK(st.requests > 2600); /* 1500 + 200 + 300 puts, 800 mixed, the rest */
     CHECK(st.bytes_sent >= (5u << 20));
     CHECK(st.bytes_received >= (5u << 20));
     printf("test-s3: %llu requests, %llu retries, %llu bytes sent, "
