@@ -524,18 +524,21 @@ static int cmd_sync(int argc, char **argv)
     if (ret < 0)
         nj_error_print(prog);
     if (d && json)
-        printf("{\"copied\": %u, \"present\": %u, \"failed\": %u, "
+        printf("{\"copied\": %u, \"present\": %u, \"skipped\": %u, "
+               "\"failed\": %u, "
                "\"chunks_copied\": %llu, \"chunks_present\": %llu, "
                "\"bytes_copied\": %llu, \"seconds\": %.3f}\n",
-               st.backups_copied, st.backups_present, st.backups_failed,
-               (unsigned long long)st.chunks_copied,
+               st.backups_copied, st.backups_present, st.backups_skipped,
+               st.backups_failed, (unsigned long long)st.chunks_copied,
                (unsigned long long)st.chunks_present,
                (unsigned long long)st.bytes_copied, st.seconds);
     else if (d) {
         char b[32];
-        printf("sync: %u copied, %u already there, %u failed; %llu chunks "
-               "(%s) copied, %llu already there, in %.1f s\n",
-               st.backups_copied, st.backups_present, st.backups_failed,
+        printf("sync: %u copied, %u already there, %u older than the "
+               "destination's newest (skipped), %u failed; %llu chunks (%s) "
+               "copied, %llu already there, in %.1f s\n",
+               st.backups_copied, st.backups_present, st.backups_skipped,
+               st.backups_failed,
                (unsigned long long)st.chunks_copied,
                nj_human_bytes(st.bytes_copied, b, sizeof b),
                (unsigned long long)st.chunks_present, st.seconds);

@@ -23,6 +23,7 @@
 #include "nj-io.h"
 #include "nj-prune.h"
 #include "nj-schedule.h"
+#include "nj-sync.h"
 #include "nj-util.h"
 #include "nj-virt.h"
 
@@ -603,7 +604,33 @@ static int select_domains(const struct nj_config *cfg, char ***names,
     return 0;
 }
 
-/* One scheduled run: backups, then prune and gc. */
+static void sync_logline(void *arg, const char *line)
+{
+    (void)arg;
+    logline("sync: %s", line);
+}
+
+/* The off-site copy after a run: every backup the destination lacks. */
+static void run_sync(struct nj_store *s, const char *to)
+{
+    struct nj_store *d = nj_store_open(to, NJ_STORE_CREATE);
+    if (!d) {
+        logline("sync: %s", nj_error_get());
+        return;
+    }
+    struct nj_sync_stats st;
+    int r = nj_sync(s, d, NULL, &st, sync_logline, NULL);
+    char a[32];
+    logline("sync: to '%s': %u backup(s) copied, %u already there, %u "
+            "failed; %llu chunk(s) copied (%s), %.1f s%s", to,
+            st.backups_copied, st.backups_present, st.backups_failed,
+            (unsigned long long)st.chunks_copied,
+            nj_human_bytes(st.bytes_copied, a, sizeof a), st.seconds,
+            r < 0 ? " (some failed)" : "");
+    nj_store_close(d);
+}
+
+/* One scheduled run: backups, then prune, gc and the sync. */
 static void run_once(struct service *sv, int64_t fake_now)
 {
     const struct nj_config *cfg = sv->cfg;
@@ -723,6 +750,8 @@ static void run_once(struct service *sv, int64_t fake_now)
                     (unsigned long long)st.chunks_kept, st.seconds);
         }
     }
+    if (cfg->sync_to)
+        run_sync(s, cfg->sync_to);
     nj_store_close(s);
 }
 

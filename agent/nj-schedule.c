@@ -219,6 +219,7 @@ void nj_config_free(struct nj_config *c)
     free(c->schedule_text);
     free(c->level);
     free(c->zstd_level);
+    free(c->sync_to);
     nj_strv_free(c->domains);
     nj_strv_free(c->exclude);
     nj_strv_free(c->s3);
@@ -279,7 +280,7 @@ static int config_line(struct nj_config *c, const char *path, int line,
         { "store", &c->store },           { "connect", &c->uri },
         { "scratch-dir", &c->scratch_dir }, { "status-file", &c->status_file },
         { "state-file", &c->state_file }, { "level", &c->level },
-        { "zstd-level", &c->zstd_level },
+        { "zstd-level", &c->zstd_level }, { "sync-to", &c->sync_to },
     };
     for (size_t i = 0; i < NJ_ARRAY_SIZE(strs); i++)
         if (!strcmp(key, strs[i].k))
@@ -390,6 +391,11 @@ struct nj_config *nj_config_load(const char *path)
     }
     if (!c->domains)
         c->domains = split_words("*");
+    if (c->sync_to && strcmp(c->sync_to, c->store) == 0) {
+        nj_error("%s: 'sync-to' names the store itself", path);
+        nj_config_free(c);
+        return NULL;
+    }
     if (!c->state_file && nj_store_url_is_remote(c->store)) {
         nj_error("%s: 'state-file' is required when the store is not a "
                  "local directory ('%s')", path, c->store);

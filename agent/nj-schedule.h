@@ -46,6 +46,7 @@ struct nj_config {
     char *schedule_text;
     char *level;                 /* auto, full, inc, diff, copy */
     char *zstd_level;            /* --zstd-level for every backup, or NULL */
+    char *sync_to;               /* a store to sync to after each run */
     unsigned max_chain, max_age_days, concurrency;
     struct nj_keep_rules keep;
     int64_t gc_grace;

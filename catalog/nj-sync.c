@@ -67,7 +67,7 @@ static int copy_chunk(struct copy_job *j, struct nj_codec *codec,
         return nj_error_prefix("chunk %.16s in the source", hex);
     uint32_t raw_len = 0;
     if (nj_chunk_peek(*frame, (size_t)flen, &raw_len) < 0)
-        return nj_error_prefix("chunk %.16s in the source", hex);
+        return nj_error_prefix("chunk %.16s in the source is damaged", hex);
     if (*rcap < raw_len) {
         free(*raw);
         *raw = nj_malloc(raw_len);
@@ -338,6 +338,19 @@ int nj_sync(struct nj_store *src, struct nj_store *dst,
         }
         if (present) {
             st->backups_present++;
+            continue;
+        }
+        /* Older than what dst has of the domain: its own prune removed
+         * it (or it was never wanted there); copying it back would undo
+         * dst's retention. */
+        bool superseded = false;
+        for (size_t k = 0; k < nd; k++) {
+            const struct nj_manifest *dm = nj_catalog_get(dc, k);
+            superseded |= strcmp(dm->domain_uuid, m->domain_uuid) == 0 &&
+                          dm->finished_us > m->finished_us;
+        }
+        if (superseded) {
+            st->backups_skipped++;
             continue;
         }
         int r = 0;

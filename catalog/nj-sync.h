@@ -14,7 +14,10 @@
  * A backup whose parent is not in the destination (pruned there, or not
  * selected) is refused, not copied into a broken chain.  Prune in the
  * destination is independent: a backup the destination has, even merged
- * by its own prune, is left as it is.
+ * by its own prune, is left as it is, and a source backup older than the
+ * newest one the destination holds of its domain is skipped (the
+ * destination's prune removed it, or it predates the first sync there),
+ * so a sync never undoes the destination's retention.
  */
 #ifndef NJ_SYNC_H
 #define NJ_SYNC_H
@@ -25,7 +28,7 @@
 #include <stdint.h>
 
 struct nj_sync_stats {
-    unsigned backups_copied, backups_present, backups_failed;
+    unsigned backups_copied, backups_present, backups_skipped, backups_failed;
     uint64_t chunks_copied, chunks_present, bytes_copied; /* bytes: frames */
     double seconds;
 };
