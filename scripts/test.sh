@@ -12,6 +12,12 @@ cd "$(dirname "$0")/.."
 
 bash scripts/install-deps.sh
 bash scripts/start-libvirt.sh
+# A throw-away Ceph (radosgw on 127.0.0.1) for the S3 store's tests; its
+# NJ_TEST_S3_* settings reach every test through the environment, and it
+# is stopped however the run ends.
+ceph_env=$(bash scripts/ceph-start.sh)
+while IFS= read -r line; do export "$line"; done <<< "$ceph_env"
+trap 'bash scripts/ceph-stop.sh >/dev/null 2>&1 || true' EXIT
 
 results=()
 run_suite() { # builddir label meson-test-args...
