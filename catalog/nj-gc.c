@@ -49,6 +49,7 @@
 
 #define MARK_CACHE_SLOTS (1u << 18) /* 8 MiB of digests */
 #define START_MARGIN 60             /* seconds of clock slack */
+#define MARK_ATTEMPTS 3
 
 /*
  * The oldest start of a backup still running, into *oldest (t0 + 1 when
@@ -140,25 +141,42 @@ int nj_gc(struct nj_store *s, int64_t grace, struct nj_gc_stats *st)
         st->seconds = nj_mono_sec() - t_start;
         return -1;
     }
+    int64_t tmp_cutoff = t0 - 86400;
     if (oldest < t0 + 1)
         cutoff = NJ_MIN(cutoff, oldest - START_MARGIN);
-    struct nj_catalog *c = nj_catalog_open(s);
-    if (!c) {
+    bool count_only = oldest < t0 + 1 && nj_store_gc_exclusive(s);
+    if (count_only) {
+        /* An object store: with backups (or prunes) running this run can
+         * delete nothing (store-s3.c), so let them go on now, and skip
+         * the mark: the sweep only counts. */
         nj_store_unlock_domain(gc_lock);
-        return -1;
+        gc_lock = -1;
+        cutoff = tmp_cutoff = INT64_MIN;
     }
-    int ret = 0;
-    if (nj_catalog_broken_count(c) > 0)
-        ret = nj_error("gc: backup '%s' is unreadable (%s); not sweeping",
-                       nj_catalog_broken_id(c, 0),
-                       nj_catalog_broken_error(c, 0));
+    /* A prune running meanwhile may remove or merge a listed backup under
+     * the mark (an index gone, or replaced by one with another digest):
+     * the mark is then started again on a new listing, which is still
+     * after t0, up to MARK_ATTEMPTS times; marks already set stay valid.
+     * Persistent damage fails every attempt and nothing is swept. */
     struct nj_digest *cache = nj_calloc(MARK_CACHE_SLOTS, sizeof *cache);
-    for (size_t i = 0; ret == 0 && i < nj_catalog_count(c); i++)
-        ret = mark_backup(s, nj_catalog_get(c, i), cache, st);
+    int ret = count_only ? 0 : -1;
+    for (int attempt = 0; ret < 0 && attempt < MARK_ATTEMPTS; attempt++) {
+        struct nj_catalog *c = nj_catalog_open(s);
+        if (!c)
+            break;
+        st->referenced = 0;
+        ret = 0;
+        if (nj_catalog_broken_count(c) > 0)
+            ret = nj_error("gc: backup '%s' is unreadable (%s); not sweeping",
+                           nj_catalog_broken_id(c, 0),
+                           nj_catalog_broken_error(c, 0));
+        for (size_t i = 0; ret == 0 && i < nj_catalog_count(c); i++)
+            ret = mark_backup(s, nj_catalog_get(c, i), cache, st);
+        nj_catalog_free(c);
+    }
     free(cache);
-    nj_catalog_free(c);
     if (ret == 0)
-        ret = nj_store_gc_sweep(s, cutoff, t0 - 86400, &st->chunks_kept,
+        ret = nj_store_gc_sweep(s, cutoff, tmp_cutoff, &st->chunks_kept,
                                 &st->bytes_kept, &st->chunks_freed,
                                 &st->bytes_freed, &st->tmp_removed);
     nj_store_unlock_domain(gc_lock);

@@ -195,6 +195,17 @@ int nj_prune_remove(struct nj_store *s, const char *id)
         ret = -1;
     } else {
         NJ_CLEANUP_FREE char *key = nj_backup_lock_key(x->domain_uuid);
+        /* On an object store a prune registers like a backup, so that gc
+         * never marks while backups vanish under it (store-s3.c). */
+        char sid[160];
+        snprintf(sid, sizeof sid, "prune-%s", id);
+        bool reg = nj_store_gc_exclusive(s);
+        if (reg) {
+            NJ_CLEANUP_FREE char *owner =
+                nj_backup_owner_json(key, x->domain_name);
+            nj_store_staging_remove(s, sid);
+            ret = nj_store_staging_create(s, sid, owner);
+        }
         for (size_t i = 0; i < nj_catalog_count(c) && ret == 0; i++) {
             const struct nj_manifest *m = nj_catalog_get(c, i);
             if (m->parent && strcmp(m->parent, id) == 0)
@@ -202,6 +213,8 @@ int nj_prune_remove(struct nj_store *s, const char *id)
         }
         if (ret == 0)
             ret = nj_store_backup_remove(s, id);
+        if (reg)
+            nj_store_staging_remove(s, sid);
     }
     nj_catalog_free(c);
     return ret;

@@ -186,6 +186,11 @@ int nj_store_gc_begin(struct nj_store *s)
     return fd;
 }
 
+bool nj_store_gc_exclusive(const struct nj_store *s)
+{
+    return s->ops->gc_begin != NULL;
+}
+
 void nj_store_unlock_domain(int fd)
 {
     if (fd >= 0 && nj_store_s3_unlock(fd))

@@ -197,6 +197,8 @@ void nj_store_unlock_domain(int fd);
  * is already running ..." ; directory stores need none and return a handle
  * that holds nothing. */
 int nj_store_gc_begin(struct nj_store *s);
+/* True when gc and backups exclude each other on this backend (S3). */
+bool nj_store_gc_exclusive(const struct nj_store *s);
 
 void nj_strv_free(char **v);
 
