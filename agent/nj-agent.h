@@ -64,7 +64,7 @@ int nj_agent_import(const struct nj_import_args *a);
 char *nj_agent_name_uuid(const char *name);
 
 /* Print one backup's result as JSON (the interface scripts rely on). */
-void nj_agent_print_result(const struct nj_manifest *m, bool json,
-                           const double *seconds);
+void nj_agent_print_result(struct nj_store *s, const struct nj_manifest *m,
+                           bool json, const double *seconds);
 
 #endif

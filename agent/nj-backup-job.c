@@ -941,7 +941,7 @@ static void print_result(const struct job *j)
             if (j->disks[k].selected &&
                 strcmp(j->disks[k].dd->target, m->disks[i].target) == 0)
                 secs[i] = j->disks[k].res.seconds;
-    nj_agent_print_result(m, j->a->json, secs);
+    nj_agent_print_result(j->store, m, j->a->json, secs);
     free(secs);
 }
 

@@ -87,8 +87,8 @@ static const struct nj_manifest *find_parent(const struct nj_catalog *c,
     return NULL;
 }
 
-void nj_agent_print_result(const struct nj_manifest *m, bool json,
-                           const double *seconds)
+void nj_agent_print_result(struct nj_store *s, const struct nj_manifest *m,
+                           bool json, const double *seconds)
 {
     if (!json) {
         for (size_t i = 0; i < m->ndisks; i++) {
@@ -146,6 +146,16 @@ void nj_agent_print_result(const struct nj_manifest *m, bool json,
         json_object_array_add(disks, jd);
     }
     json_object_object_add(o, "disks", disks);
+    struct nj_store_transfer t;
+    if (s && nj_store_transfer_stats(s, &t)) {
+        /* Requests to the object store so far, this backup's included. */
+        struct json_object *jt = json_object_new_object();
+        json_object_object_add(jt, "requests", json_object_new_uint64(t.requests));
+        json_object_object_add(jt, "retries", json_object_new_uint64(t.retries));
+        json_object_object_add(jt, "bytes_sent", json_object_new_uint64(t.bytes_sent));
+        json_object_object_add(jt, "bytes_received", json_object_new_uint64(t.bytes_received));
+        json_object_object_add(o, "transfer", jt);
+    }
     printf("%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY |
                                                          JSON_C_TO_STRING_NOSLASHESCAPE));
     json_object_put(o);
@@ -501,7 +511,7 @@ static int import_run(struct import_state *st, const struct nj_import_args *a)
         return nj_error("interrupted");
     if (nj_backup_commit(st->backup) < 0)
         return -1;
-    nj_agent_print_result(nj_backup_manifest(st->backup), a->json,
+    nj_agent_print_result(st->store, nj_backup_manifest(st->backup), a->json,
                           &res.seconds);
     return 0;
 }

@@ -186,6 +186,15 @@ int nj_store_gc_begin(struct nj_store *s)
     return fd;
 }
 
+bool nj_store_transfer_stats(struct nj_store *s, struct nj_store_transfer *t)
+{
+    memset(t, 0, sizeof *t);
+    if (!s->ops->transfer_stats)
+        return false;
+    s->ops->transfer_stats(s, t);
+    return true;
+}
+
 bool nj_store_gc_exclusive(const struct nj_store *s)
 {
     return s->ops->gc_begin != NULL;

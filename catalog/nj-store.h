@@ -197,6 +197,12 @@ void nj_store_unlock_domain(int fd);
  * is already running ..." ; directory stores need none and return a handle
  * that holds nothing. */
 int nj_store_gc_begin(struct nj_store *s);
+/* Requests this handle made to a remote store (S3), for reports and
+ * benchmarks: false (and zeros) for a directory. */
+struct nj_store_transfer {
+    uint64_t requests, retries, bytes_sent, bytes_received;
+};
+bool nj_store_transfer_stats(struct nj_store *s, struct nj_store_transfer *t);
 /* True when gc and backups exclude each other on this backend (S3). */
 bool nj_store_gc_exclusive(const struct nj_store *s);
 

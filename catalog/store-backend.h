@@ -67,6 +67,8 @@ struct nj_store_ops {
     /* Optional: a real existence check (S3: HEAD) where chunk_exists may
      * answer 0 for a chunk it has not seen; NULL: chunk_exists. */
     int (*chunk_present)(struct nj_store *s, const struct nj_digest *d);
+    /* Optional: request counters of a remote backend. */
+    void (*transfer_stats)(struct nj_store *s, struct nj_store_transfer *t);
 };
 
 struct nj_store {

@@ -1551,6 +1551,16 @@ static void s3_close(struct nj_store *s)
     free(st);
 }
 
+static void s3_transfer_stats(struct nj_store *s, struct nj_store_transfer *t)
+{
+    struct nj_s3_stats st;
+    nj_s3_stats(to_s3(s)->s3, &st);
+    t->requests = st.requests;
+    t->retries = st.retries;
+    t->bytes_sent = st.bytes_sent;
+    t->bytes_received = st.bytes_received;
+}
+
 static const struct nj_store_ops s3_ops = {
     .name = "s3",
     .close = s3_close,
@@ -1579,6 +1589,7 @@ static const struct nj_store_ops s3_ops = {
     .staging_owner = s3_staging_owner,
     .gc_begin = s3_gc_begin,
     .chunk_present = s3_chunk_present,
+    .transfer_stats = s3_transfer_stats,
 };
 
 static void read_id_file(const char *path, char *out, size_t size)
