@@ -16,6 +16,8 @@ packages=(
     # the peer, for the benchmark smoke run in the suite (virtnbdbackup -z
     # needs python3-lz4)
     virtnbdbackup python3-lz4
+    # the peer's way to object storage, for benchmarks/bench-s3.sh
+    rclone
     # fake guest agent and syscall tracing in tests
     socat strace
     # a tiny real guest for the --quiesce test: a kernel to boot, static
