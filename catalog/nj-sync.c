@@ -215,13 +215,13 @@ static int copy_backup(struct nj_store *src, struct nj_store *dst,
 {
     struct dvec digests = { 0 };
     if (backup_digests(src, m, &digests) < 0) {
-        free(digests.ptr);
+        dvec_reset(&digests);
         return -1;
     }
     NJ_CLEANUP_FREE char *key = nj_backup_lock_key(m->domain_uuid);
     int lock = nj_backup_lock_domain(dst, m->domain_uuid, m->domain_name);
     if (lock < 0) {
-        free(digests.ptr);
+        dvec_reset(&digests);
         return -1;
     }
     NJ_CLEANUP_FREE char *owner = nj_backup_owner_json(key, m->domain_name);
@@ -253,7 +253,7 @@ static int copy_backup(struct nj_store *src, struct nj_store *dst,
     if (ret < 0 && staged)
         nj_store_staging_remove(dst, m->id);
     nj_store_unlock_domain(lock);
-    free(digests.ptr);
+    dvec_reset(&digests);
     return ret;
 }
 

@@ -653,7 +653,7 @@ static void staged_free(struct staged *sg)
         close(sg->files.ptr[i].fd);
         free(sg->files.ptr[i].name);
     }
-    free(sg->files.ptr);
+    spool_vec_reset(&sg->files);
     free(sg->id);
     free(sg);
 }
@@ -1536,11 +1536,11 @@ static void s3_close(struct nj_store *s)
         l->st = NULL;
         pthread_mutex_unlock(&lease_registry_lock);
     }
-    free(st->leases.ptr);
-    free(st->gens.ptr);
+    lease_vec_reset(&st->leases);
+    gen_vec_reset(&st->gens);
     for (size_t i = 0; i < st->staged.len; i++)
         staged_free(st->staged.ptr[i]);
-    free(st->staged.ptr);
+    staged_vec_reset(&st->staged);
     dset_free(&st->known);
     dset_free(&st->marked);
     nj_s3_free(st->s3);
