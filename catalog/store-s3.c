@@ -748,7 +748,8 @@ static int spool_upload(struct s3_store *st, int fd, const char *key,
     return r;
 }
 
-static struct staged *staged_take(struct s3_store *st, const char *id)
+/* Detach this process's staged backup id from the list: it, or NULL. */
+static struct staged *staged_detach(struct s3_store *st, const char *id)
 {
     size_t pos = 0;
     pthread_mutex_lock(&st->lock);
@@ -756,6 +757,12 @@ static struct staged *staged_take(struct s3_store *st, const char *id)
     if (sg)
         st->staged.ptr[pos] = st->staged.ptr[--st->staged.len];
     pthread_mutex_unlock(&st->lock);
+    return sg;
+}
+
+static struct staged *staged_take(struct s3_store *st, const char *id)
+{
+    struct staged *sg = staged_detach(st, id);
     if (!sg)
         nj_error("no staged backup '%s' in this process", id);
     return sg;
@@ -923,13 +930,7 @@ static int s3_backup_publish(struct nj_store *s, const char *id)
 static int s3_staging_remove(struct nj_store *s, const char *id)
 {
     struct s3_store *st = to_s3(s);
-    size_t pos = 0;
-    pthread_mutex_lock(&st->lock);
-    struct staged *sg = staged_find(st, id, &pos);
-    if (sg)
-        st->staged.ptr[pos] = st->staged.ptr[--st->staged.len];
-    pthread_mutex_unlock(&st->lock);
-    staged_free(sg);
+    staged_free(staged_detach(st, id));
     NJ_CLEANUP_FREE char *key = key_of(st, "staging/%s/owner.json", id);
     if (nj_s3_delete(st->s3, key) < 0)
         return nj_error_prefix("remove staged backup '%s'", id);
