@@ -94,7 +94,7 @@ struct req {
     bool too_big, range_full, range_started;
 
     long status;
-    char etag[NJ_S3_ETAG_MAX];
+    char etag[NJ_OBJ_TAG_MAX];
     uint64_t content_length;
     bool have_length;
     int64_t mtime;
@@ -138,7 +138,7 @@ struct nj_s3 {
     CURL **pool;
     size_t npool;
     uint64_t rng;
-    struct nj_s3_stats stats;
+    struct nj_obj_stats stats;
 };
 
 static pthread_once_t global_once = PTHREAD_ONCE_INIT;
@@ -232,8 +232,8 @@ static void etag_copy(char *dst, const char *src, size_t srclen)
     while (srclen && (isspace((unsigned char)src[srclen - 1]) ||
                       src[srclen - 1] == '"'))
         srclen--;
-    if (srclen >= NJ_S3_ETAG_MAX)
-        srclen = NJ_S3_ETAG_MAX - 1;
+    if (srclen >= NJ_OBJ_TAG_MAX)
+        srclen = NJ_OBJ_TAG_MAX - 1;
     memcpy(dst, src, srclen);
     dst[srclen] = '\0';
 }
@@ -1019,7 +1019,7 @@ void nj_s3_free(struct nj_s3 *s3)
     free(s3);
 }
 
-void nj_s3_stats(struct nj_s3 *s3, struct nj_s3_stats *st)
+void nj_s3_stats(struct nj_s3 *s3, struct nj_obj_stats *st)
 {
     pthread_mutex_lock(&s3->lock);
     *st = s3->stats;
@@ -1076,17 +1076,17 @@ ssize_t nj_s3_get_range(struct nj_s3 *s3, const char *key, uint64_t off,
     return n;
 }
 
-static int put_prepare(struct req *r, enum nj_s3_put_mode mode,
+static int put_prepare(struct req *r, enum nj_obj_put_mode mode,
                        const char *etag)
 {
     switch (mode) {
-    case NJ_S3_PUT_REPLACE:
+    case NJ_OBJ_REPLACE:
         break;
-    case NJ_S3_PUT_CREATE:
+    case NJ_OBJ_CREATE:
         req_header(r, nj_strdup("If-None-Match: *"));
         r->ok_mask = OK_412;
         break;
-    case NJ_S3_PUT_IF_MATCH:
+    case NJ_OBJ_IF_MATCH:
         if (!etag || !*etag || strpbrk(etag, "\r\n")) {
             nj_error("s3 PUT '%s': If-Match needs an etag", r->what);
             errno = EINVAL;
@@ -1116,7 +1116,7 @@ static int put_was_ours(struct nj_s3 *s3, const char *key, const void *buf,
 {
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned mdlen = 0;
-    char mine[2 * 16 + 1], there[NJ_S3_ETAG_MAX] = "";
+    char mine[2 * 16 + 1], there[NJ_OBJ_TAG_MAX] = "";
     if (!EVP_Digest(buf ? buf : "", len, md, &mdlen, EVP_md5(), NULL) ||
         mdlen != 16)
         return 1;
@@ -1130,7 +1130,7 @@ static int put_was_ours(struct nj_s3 *s3, const char *key, const void *buf,
 }
 
 int nj_s3_put(struct nj_s3 *s3, const char *key, const void *buf, size_t len,
-              enum nj_s3_put_mode mode, const char *etag, char *etag_out)
+              enum nj_obj_put_mode mode, const char *etag, char *etag_out)
 {
     if (key_check("PUT", key) < 0)
         return -1;
@@ -1148,18 +1148,18 @@ int nj_s3_put(struct nj_s3 *s3, const char *key, const void *buf, size_t len,
         memcpy(etag_out, r->etag, sizeof r->etag);
     bool retried = r->attempt > 0;
     req_free(r);
-    if (rc == 1 && mode == NJ_S3_PUT_CREATE && retried)
+    if (rc == 1 && mode == NJ_OBJ_CREATE && retried)
         rc = put_was_ours(s3, key, buf, len, etag_out);
     return rc;
 }
 
 int nj_s3_put_async(struct nj_s3 *s3, const char *key, const void *buf,
-                    size_t len, enum nj_s3_put_mode mode,
+                    size_t len, enum nj_obj_put_mode mode,
                     void (*done)(void *arg, int rc), void *arg)
 {
     if (key_check("PUT", key) < 0)
         return -1;
-    if (mode != NJ_S3_PUT_REPLACE && mode != NJ_S3_PUT_CREATE) {
+    if (mode != NJ_OBJ_REPLACE && mode != NJ_OBJ_CREATE) {
         nj_error("s3 PUT '%s': asynchronous puts are REPLACE or CREATE", key);
         errno = EINVAL;
         return -1;
@@ -1323,7 +1323,7 @@ static int64_t parse_iso8601(const char *s)
 }
 
 static int list_parse(struct req *r, const char *prefix, char **token,
-                      struct nj_s3_page *page)
+                      struct nj_obj_page *page)
 {
     xmlDocPtr doc = xml_parse(r->resp, r->resp_len);
     xmlNode *root = doc ? xmlDocGetRootElement(doc) : NULL;
@@ -1356,7 +1356,7 @@ static int list_parse(struct req *r, const char *prefix, char **token,
                 page->objects = nj_realloc_array(page->objects, ocap,
                                                  sizeof *page->objects);
             }
-            struct nj_s3_object *o = &page->objects[page->nobjects++];
+            struct nj_obj_entry *o = &page->objects[page->nobjects++];
             o->key = key;
             o->size = sz;
             o->mtime = lm ? parse_iso8601(lm) : -1;
@@ -1397,7 +1397,7 @@ static int list_parse(struct req *r, const char *prefix, char **token,
 }
 
 int nj_s3_list(struct nj_s3 *s3, const char *prefix, const char *delimiter,
-               char **token, struct nj_s3_page *page)
+               char **token, struct nj_obj_page *page)
 {
     memset(page, 0, sizeof *page);
     if (!prefix)
@@ -1427,24 +1427,11 @@ int nj_s3_list(struct nj_s3 *s3, const char *prefix, const char *delimiter,
     if (rc == 0 && list_parse(r, prefix, token, page) < 0) {
         nj_error("%s", r->msg);
         errno = r->err;
-        nj_s3_page_clear(page);
+        nj_obj_page_clear(page);
         rc = -1;
     }
     req_free(r);
     return rc;
-}
-
-void nj_s3_page_clear(struct nj_s3_page *page)
-{
-    if (!page)
-        return;
-    for (size_t i = 0; i < page->nobjects; i++)
-        free(page->objects[i].key);
-    for (size_t i = 0; i < page->nprefixes; i++)
-        free(page->prefixes[i]);
-    free(page->objects);
-    free(page->prefixes);
-    memset(page, 0, sizeof *page);
 }
 
 int nj_s3_bucket_create(struct nj_s3 *s3)

@@ -36,6 +36,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "nj-object.h"
+
 struct nj_s3_config {
     char *endpoint;      /* "http://127.0.0.1:7480"; NULL: AWS for region */
     char *region;        /* default "us-east-1" */
@@ -79,13 +81,9 @@ struct nj_s3;
 struct nj_s3 *nj_s3_new(const struct nj_s3_config *c, const char *bucket);
 void nj_s3_free(struct nj_s3 *s3);
 
-/* Counters since nj_s3_new (for benchmarks and the closing --json):
- * requests counts every HTTP attempt, retries the repeated ones among
- * them, bytes the request and response bodies. */
-struct nj_s3_stats {
-    uint64_t requests, retries, bytes_sent, bytes_received;
-};
-void nj_s3_stats(struct nj_s3 *s3, struct nj_s3_stats *st);
+/* Counters since nj_s3_new (for benchmarks and the closing --json), as
+ * nj-object.h defines them; requests counts every HTTP attempt. */
+void nj_s3_stats(struct nj_s3 *s3, struct nj_obj_stats *st);
 
 /* GET a whole object of at most max bytes into a new buffer (NUL added
  * after the end, not counted in *len).  -1 with errno ENOENT when absent;
@@ -98,20 +96,14 @@ int nj_s3_get(struct nj_s3 *s3, const char *key, size_t max, void **buf,
 ssize_t nj_s3_get_range(struct nj_s3 *s3, const char *key, uint64_t off,
                         void *buf, size_t len);
 
-enum nj_s3_put_mode {
-    NJ_S3_PUT_REPLACE,  /* unconditional */
-    NJ_S3_PUT_CREATE,   /* If-None-Match: *  */
-    NJ_S3_PUT_IF_MATCH, /* If-Match: etag */
-};
 /* PUT buf as key.  0 written (etag_out, when not NULL, receives the new
- * ETag unquoted, at most NJ_S3_ETAG_MAX bytes with its NUL); 1 when the
+ * ETag unquoted, at most NJ_OBJ_TAG_MAX bytes with its NUL); 1 when the
  * precondition failed (CREATE: the key exists; IF_MATCH: its ETag is not
  * etag, or it is absent); -1 on error.  A CREATE that fails its
  * precondition only on a retry (an earlier attempt may have written and
  * lost the answer) is 0 when the object's ETag is the MD5 of buf: ours. */
-#define NJ_S3_ETAG_MAX 80
 int nj_s3_put(struct nj_s3 *s3, const char *key, const void *buf, size_t len,
-              enum nj_s3_put_mode mode, const char *etag, char *etag_out);
+              enum nj_obj_put_mode mode, const char *etag, char *etag_out);
 
 /* Queue a PUT (REPLACE or CREATE) of a private copy of buf; blocks while
  * max_inflight asynchronous puts are queued or running (so at most
@@ -120,7 +112,7 @@ int nj_s3_put(struct nj_s3 *s3, const char *key, const void *buf, size_t len,
  * last error of that thread set when -1; done must not call back into
  * nj_s3).  done may be NULL.  Returns 0 queued, -1 when it could not be. */
 int nj_s3_put_async(struct nj_s3 *s3, const char *key, const void *buf,
-                    size_t len, enum nj_s3_put_mode mode,
+                    size_t len, enum nj_obj_put_mode mode,
                     void (*done)(void *arg, int rc), void *arg);
 /* Wait until every asynchronous put has completed, including those that
  * other threads queue meanwhile. */
@@ -145,20 +137,8 @@ int nj_s3_delete_many(struct nj_s3 *s3, const char *const *keys, size_t n);
  * prefix (a server that says otherwise is an error).  Returns 0 with the
  * page (possibly empty), -1 on error: failure and an empty listing are
  * distinct because callers decide deletions on listings. */
-struct nj_s3_object {
-    char *key;
-    uint64_t size;
-    int64_t mtime; /* LastModified, Unix seconds */
-};
-struct nj_s3_page {
-    struct nj_s3_object *objects;
-    size_t nobjects;
-    char **prefixes; /* CommonPrefixes, with delimiter */
-    size_t nprefixes;
-};
 int nj_s3_list(struct nj_s3 *s3, const char *prefix, const char *delimiter,
-               char **token, struct nj_s3_page *page);
-void nj_s3_page_clear(struct nj_s3_page *page);
+               char **token, struct nj_obj_page *page);
 
 /* Create the bucket (PUT /BUCKET); 0 created or already ours, -1. */
 int nj_s3_bucket_create(struct nj_s3 *s3);

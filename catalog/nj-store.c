@@ -44,6 +44,8 @@ struct nj_store *nj_store_open(const char *url, unsigned flags)
 {
     if (nj_store_url_is_remote(url))
         return nj_store_s3_open(url, flags);
+    if (strncmp(url, "obj+file://", 11) == 0)
+        return nj_store_objdir_open(url, flags);
     if (strncmp(url, "file://", 7) == 0) {
         /* file://PATH with an absolute path (file:///srv/store), or
          * file://localhost/PATH; no other host. */
@@ -58,8 +60,8 @@ struct nj_store *nj_store_open(const char *url, unsigned flags)
         return nj_store_dir_open(p, flags);
     }
     if (strstr(url, "://")) {
-        nj_error("'%s': unknown store URL (a path, file://PATH or "
-                 "s3://BUCKET[/PREFIX])", url);
+        nj_error("'%s': unknown store URL (a path, file://PATH, "
+                 "obj+file://PATH or s3://BUCKET[/PREFIX])", url);
         return NULL;
     }
     return nj_store_dir_open(url, flags);
@@ -189,10 +191,7 @@ int nj_store_gc_begin(struct nj_store *s)
 bool nj_store_transfer_stats(struct nj_store *s, struct nj_store_transfer *t)
 {
     memset(t, 0, sizeof *t);
-    if (!s->ops->transfer_stats)
-        return false;
-    s->ops->transfer_stats(s, t);
-    return true;
+    return s->ops->transfer_stats && s->ops->transfer_stats(s, t);
 }
 
 bool nj_store_gc_exclusive(const struct nj_store *s)
@@ -202,7 +201,7 @@ bool nj_store_gc_exclusive(const struct nj_store *s)
 
 void nj_store_unlock_domain(int fd)
 {
-    if (fd >= 0 && nj_store_s3_unlock(fd))
+    if (fd >= 0 && nj_store_obj_unlock(fd))
         return;
     if (fd >= 0) {
         flock(fd, LOCK_UN);

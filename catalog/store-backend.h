@@ -67,8 +67,9 @@ struct nj_store_ops {
     /* Optional: a real existence check (S3: HEAD) where chunk_exists may
      * answer 0 for a chunk it has not seen; NULL: chunk_exists. */
     int (*chunk_present)(struct nj_store *s, const struct nj_digest *d);
-    /* Optional: request counters of a remote backend. */
-    void (*transfer_stats)(struct nj_store *s, struct nj_store_transfer *t);
+    /* Optional: request counters of a remote backend; false when it keeps
+     * none. */
+    bool (*transfer_stats)(struct nj_store *s, struct nj_store_transfer *t);
 };
 
 struct nj_store {
@@ -77,10 +78,14 @@ struct nj_store {
 };
 
 struct nj_store *nj_store_dir_open(const char *path, unsigned flags);
-/* url: "s3://BUCKET" or "s3://BUCKET/PREFIX" (catalog/store-s3.c). */
+/* The object store of catalog/store-obj.c, on an S3 bucket (url:
+ * "s3://BUCKET" or "s3://BUCKET/PREFIX") or on a directory (url:
+ * "obj+file:///PATH"). */
 struct nj_store *nj_store_s3_open(const char *url, unsigned flags);
-/* Release the S3 lease whose handle this is: true when it was one. */
-bool nj_store_s3_unlock(int handle);
+struct nj_store *nj_store_objdir_open(const char *url, unsigned flags);
+/* Release the object store lease whose handle this is: true when it was
+ * one. */
+bool nj_store_obj_unlock(int handle);
 
 /* What every backend shares: the store marker (its text, newly made, and
  * its check; path names the store in messages) and the owner record. */

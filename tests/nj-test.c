@@ -3,6 +3,7 @@
  */
 #include "nj-test.h"
 #include "nj-io.h"
+#include "nj-object.h"
 #include "nj-s3.h"
 #include "nj-restore.h"
 #include "nj-util.h"
@@ -83,6 +84,13 @@ bool nj_test_s3_env(void)
 char *nj_test_store_url(const char *local)
 {
     const char *kind = getenv("NJ_TEST_STORE");
+    if (kind && strcmp(kind, "objdir") == 0) {
+        if (local[0] == '/')
+            return nj_asprintf("obj+file://%s", local);
+        char cwd[4096];
+        REQUIRE(getcwd(cwd, sizeof cwd));
+        return nj_asprintf("obj+file://%s/%s", cwd, local);
+    }
     if (!kind || strcmp(kind, "s3") != 0)
         return nj_strdup(local);
     if (!nj_test_s3_env()) {
@@ -105,36 +113,47 @@ char *nj_test_store_url(const char *local)
                        (long)getpid(), seq++, n ? clean : "store");
 }
 
-void nj_test_s3_chunks(const char *url,
-                       void (*fn)(void *arg, const char *name, uint64_t size,
-                                  int64_t mtime),
-                       void *arg)
+bool nj_test_store_is_obj(const char *url)
 {
-    REQUIRE(strncmp(url, "s3://", 5) == 0);
-    const char *b = url + 5;
-    size_t blen = strcspn(b, "/");
-    NJ_CLEANUP_FREE char *bucket = nj_calloc(1, blen + 1);
-    memcpy(bucket, b, blen);
-    const char *pre = b[blen] ? b + blen + 1 : "";
-    NJ_CLEANUP_FREE char *prefix =
-        nj_asprintf("%s%schunks/", pre, *pre ? "/" : "");
-    struct nj_s3_config c = { 0 };
-    REQUIRE(nj_s3_config_load(&c, NULL) == 0);
-    struct nj_s3 *s3 = nj_s3_new(&c, bucket);
-    REQUIRE(s3);
+    return strncmp(url, "s3://", 5) == 0 || strncmp(url, "obj+file://", 11) == 0;
+}
+
+void nj_test_obj_chunks(const char *url,
+                        void (*fn)(void *arg, const char *name, uint64_t size,
+                                   int64_t mtime),
+                        void *arg)
+{
+    struct nj_objects *o;
+    NJ_CLEANUP_FREE char *prefix = NULL;
+    if (strncmp(url, "obj+file://", 11) == 0) {
+        o = nj_objects_dir_new(url + 11);
+        prefix = nj_strdup("chunks/");
+    } else {
+        REQUIRE(strncmp(url, "s3://", 5) == 0);
+        const char *b = url + 5;
+        size_t blen = strcspn(b, "/");
+        NJ_CLEANUP_FREE char *bucket = nj_calloc(1, blen + 1);
+        memcpy(bucket, b, blen);
+        const char *pre = b[blen] ? b + blen + 1 : "";
+        prefix = nj_asprintf("%s%schunks/", pre, *pre ? "/" : "");
+        struct nj_s3_config c = { 0 };
+        REQUIRE(nj_s3_config_load(&c, NULL) == 0);
+        o = nj_objects_s3_new(&c, bucket);
+        nj_s3_config_clear(&c);
+    }
+    REQUIRE(o);
     char *token = NULL;
     do {
-        struct nj_s3_page page = { 0 };
-        REQUIRE(nj_s3_list(s3, prefix, NULL, &token, &page) == 0);
+        struct nj_obj_page page = { 0 };
+        REQUIRE(nj_obj_list(o, prefix, NULL, &token, &page) == 0);
         for (size_t i = 0; i < page.nobjects; i++) {
             const char *k = page.objects[i].key + strlen(prefix);
             fn(arg, strlen(k) > 3 ? k + 3 : k, page.objects[i].size,
                page.objects[i].mtime);
         }
-        nj_s3_page_clear(&page);
+        nj_obj_page_clear(&page);
     } while (token);
-    nj_s3_free(s3);
-    nj_s3_config_clear(&c);
+    nj_obj_free(o);
 }
 
 void nj_test_rmtree(const char *path)

@@ -93,21 +93,24 @@ void nj_test_referenced(struct nj_store *s, struct digest_vec *out,
                         uint64_t *refs);
 
 /*
- * Stores on either backend.  nj_test_store_url(local) returns local (a
- * directory path) unless NJ_TEST_STORE=s3, then an s3:// URL of a fresh
- * prefix in the bucket "nj-test" of the test S3 endpoint (NJ_TEST_S3_*,
- * as scripts/ceph-start.sh prints them; exits 77 saying so when they are
- * unset).  nj_test_s3_env() exports those as the AWS_* variables the S3
+ * Stores on every backend.  nj_test_store_url(local) returns local (a
+ * directory path) unless NJ_TEST_STORE says otherwise: "objdir", the
+ * obj+file:// URL of local (the object store on a directory); "s3", an
+ * s3:// URL of a fresh prefix in the bucket "nj-test" of the test S3
+ * endpoint (NJ_TEST_S3_*, as scripts/ceph-start.sh prints them; exits 77
+ * saying so when they are unset).  nj_test_s3_env() exports those as the AWS_* variables the S3
  * backend reads: false when they are unset.
  */
 char *nj_test_store_url(const char *local);
 bool nj_test_s3_env(void);
-/* Call fn for each object under chunks/ of the S3 store at url (name: the
- * 64 hex digits), in key order; fails the test when listing fails. */
-void nj_test_s3_chunks(const char *url,
-                       void (*fn)(void *arg, const char *name, uint64_t size,
-                                  int64_t mtime),
-                       void *arg);
+/* Whether url names an object store (s3:// or obj+file://). */
+bool nj_test_store_is_obj(const char *url);
+/* Call fn for each object under chunks/ of the object store at url (name:
+ * the 64 hex digits), in key order; fails the test when listing fails. */
+void nj_test_obj_chunks(const char *url,
+                        void (*fn)(void *arg, const char *name, uint64_t size,
+                                   int64_t mtime),
+                        void *arg);
 
 /* Copy a store (a directory tree) from one path to a new one, keeping
  * file modes and times. */

@@ -308,7 +308,7 @@ static int cmp_chunk_file(const void *a, const void *b)
                   ((const struct chunk_file *)b)->name);
 }
 
-static void s3_chunk_seen(void *arg, const char *name, uint64_t size,
+static void obj_chunk_seen(void *arg, const char *name, uint64_t size,
                           int64_t mtime)
 {
     struct chunk_file f = { 0 };
@@ -321,9 +321,9 @@ static void s3_chunk_seen(void *arg, const char *name, uint64_t size,
 static void chunks_snapshot(struct world *w, struct chunk_vec *out)
 {
     out->len = 0;
-    if (nj_store_url_is_remote(w->store)) {
+    if (nj_test_store_is_obj(w->store)) {
         /* Listed in key order already; no inode to compare. */
-        nj_test_s3_chunks(w->store, s3_chunk_seen, out);
+        nj_test_obj_chunks(w->store, obj_chunk_seen, out);
         return;
     }
     for (int i = 0; i < 256; i++) {
@@ -575,7 +575,7 @@ static void prune_one(struct world *w, const char *id_in)
     if (r == 0)
         check_neighbours(w, &b);
     /* Nothing left in staging: merges and the removal cleaned up. */
-    if (nj_store_url_is_remote(w->store)) {
+    if (nj_test_store_is_obj(w->store)) {
         char **staged = nj_store_staging_list(w->s);
         REQUIRE(staged);
         for (char **sid = staged; *sid; sid++) {

@@ -320,14 +320,14 @@ static struct nj_s3 *fake_client(const struct fake *f, unsigned retries,
 static void test_retries(void)
 {
     struct fake f;
-    struct nj_s3_stats st;
+    struct nj_obj_stats st;
 
     /* 503 SlowDown twice, then success: retried, each attempt signed anew. */
     static const int slow[] = { 503, 503, 200 };
     fake_start(&f, slow, NJ_ARRAY_SIZE(slow), NULL, NULL);
     struct nj_s3 *s3 = fake_client(&f, 5, 10);
-    char etag[NJ_S3_ETAG_MAX] = "";
-    CHECK(nj_s3_put(s3, "k", "abc", 3, NJ_S3_PUT_REPLACE, NULL, etag) == 0);
+    char etag[NJ_OBJ_TAG_MAX] = "";
+    CHECK(nj_s3_put(s3, "k", "abc", 3, NJ_OBJ_REPLACE, NULL, etag) == 0);
     CHECK(strcmp(etag, "fake-etag") == 0);
     nj_s3_stats(s3, &st);
     CHECK(st.requests == 3 && st.retries == 2);
@@ -342,7 +342,7 @@ static void test_retries(void)
     fake_start(&f, broken, 1, NULL, NULL);
     s3 = fake_client(&f, 2, 10);
     errno = 0;
-    CHECK(nj_s3_put(s3, "chunks/ab", "abc", 3, NJ_S3_PUT_REPLACE, NULL, NULL) == -1);
+    CHECK(nj_s3_put(s3, "chunks/ab", "abc", 3, NJ_OBJ_REPLACE, NULL, NULL) == -1);
     CHECK(errno == EIO);
     CHECK(strcmp(nj_error_get(),
                  "s3 PUT 'chunks/ab': 500 InternalError (after 3 attempts)") == 0);
@@ -377,7 +377,7 @@ static void test_retries(void)
     static const int exists[] = { 412, 200 };
     fake_start(&f, exists, NJ_ARRAY_SIZE(exists), NULL, NULL);
     s3 = fake_client(&f, 5, 10);
-    CHECK(nj_s3_put(s3, "k", "x", 1, NJ_S3_PUT_CREATE, NULL, NULL) == 1);
+    CHECK(nj_s3_put(s3, "k", "x", 1, NJ_OBJ_CREATE, NULL, NULL) == 1);
     CHECK(__atomic_load_n(&f.served, __ATOMIC_SEQ_CST) == 1);
     nj_s3_free(s3);
     fake_stop(&f);
@@ -391,14 +391,14 @@ static void test_retries(void)
                "900150983cd24fb0d6963f7d28e17f72"); /* MD5 of "abc" */
     s3 = fake_client(&f, 2, 10);
     etag[0] = '\0';
-    CHECK(nj_s3_put(s3, "k", "abc", 3, NJ_S3_PUT_CREATE, NULL, etag) == 0);
+    CHECK(nj_s3_put(s3, "k", "abc", 3, NJ_OBJ_CREATE, NULL, etag) == 0);
     CHECK(strcmp(etag, "900150983cd24fb0d6963f7d28e17f72") == 0);
     CHECK(__atomic_load_n(&f.served, __ATOMIC_SEQ_CST) == 3);
     nj_s3_free(s3);
     fake_stop(&f);
     fake_start(&f, lost, NJ_ARRAY_SIZE(lost), NULL, NULL);
     s3 = fake_client(&f, 2, 10);
-    CHECK(nj_s3_put(s3, "k", "abc", 3, NJ_S3_PUT_CREATE, NULL, NULL) == 1);
+    CHECK(nj_s3_put(s3, "k", "abc", 3, NJ_OBJ_CREATE, NULL, NULL) == 1);
     nj_s3_free(s3);
     fake_stop(&f);
 
@@ -424,7 +424,7 @@ static void test_retries(void)
     fake_start(&f, whole, 1, outside, NULL);
     s3 = fake_client(&f, 0, 10);
     char *token = NULL;
-    struct nj_s3_page page;
+    struct nj_obj_page page;
     errno = 0;
     CHECK(nj_s3_list(s3, "p/", NULL, &token, &page) == -1);
     CHECK(errno == EIO && page.nobjects == 0 && page.objects == NULL);
@@ -455,7 +455,7 @@ static void test_retries(void)
     s3 = fake_client(&f, 1, 1);
     double t0 = nj_mono_sec();
     errno = 0;
-    CHECK(nj_s3_put(s3, "k", "x", 1, NJ_S3_PUT_REPLACE, NULL, NULL) == -1);
+    CHECK(nj_s3_put(s3, "k", "x", 1, NJ_OBJ_REPLACE, NULL, NULL) == -1);
     double took = nj_mono_sec() - t0;
     /* curl averages the speed over a few seconds, and the request's own
      * bytes count: each attempt ends 1 to 3 s after the last byte. */
@@ -479,9 +479,9 @@ static void test_roundtrip(struct nj_s3 *s3)
         size_t n = sizes[i];
         unsigned char *data = nj_malloc(n + 1);
         nj_test_fill_random(&rng, data, n);
-        char key[64], etag[NJ_S3_ETAG_MAX] = "";
+        char key[64], etag[NJ_OBJ_TAG_MAX] = "";
         snprintf(key, sizeof key, "rt/object-%zu", n);
-        CHECK(nj_s3_put(s3, key, data, n, NJ_S3_PUT_REPLACE, NULL, etag) == 0);
+        CHECK(nj_s3_put(s3, key, data, n, NJ_OBJ_REPLACE, NULL, etag) == 0);
         CHECK(etag[0] != '\0' && !strchr(etag, '"'));
         void *back = NULL;
         size_t len = 99;
@@ -493,7 +493,7 @@ static void test_roundtrip(struct nj_s3 *s3)
 
         uint64_t size = 0;
         int64_t mtime = 0;
-        char etag2[NJ_S3_ETAG_MAX] = "";
+        char etag2[NJ_OBJ_TAG_MAX] = "";
         CHECK(nj_s3_head(s3, key, &size, &mtime, etag2) == 1);
         CHECK(size == n);
         CHECK(strcmp(etag, etag2) == 0);
@@ -528,7 +528,7 @@ static void test_roundtrip(struct nj_s3 *s3)
     errno = 0;
     CHECK(nj_s3_delete(s3, "") == -1);
     CHECK(errno == EINVAL);
-    CHECK(nj_s3_put(s3, "", "x", 1, NJ_S3_PUT_REPLACE, NULL, NULL) == -1);
+    CHECK(nj_s3_put(s3, "", "x", 1, NJ_OBJ_REPLACE, NULL, NULL) == -1);
     CHECK(nj_s3_head(s3, "", NULL, NULL, NULL) == -1);
 }
 
@@ -537,7 +537,7 @@ static void test_range(struct nj_s3 *s3)
     unsigned char data[1000];
     for (size_t i = 0; i < sizeof data; i++)
         data[i] = (unsigned char)(i * 7 + 3);
-    REQUIRE(nj_s3_put(s3, "range", data, sizeof data, NJ_S3_PUT_REPLACE,
+    REQUIRE(nj_s3_put(s3, "range", data, sizeof data, NJ_OBJ_REPLACE,
                       NULL, NULL) == 0);
     unsigned char buf[300];
     CHECK(nj_s3_get_range(s3, "range", 0, buf, 100) == 100);
@@ -564,26 +564,26 @@ static void *race_main(void *arg)
     struct race *r = arg;
     char body[32];
     snprintf(body, sizeof body, "thread %d", r->index);
-    r->rc = nj_s3_put(r->s3, "race/one", body, strlen(body), NJ_S3_PUT_CREATE,
+    r->rc = nj_s3_put(r->s3, "race/one", body, strlen(body), NJ_OBJ_CREATE,
                       NULL, NULL);
     return NULL;
 }
 
 static void test_conditional(struct nj_s3 *s3)
 {
-    char etag[NJ_S3_ETAG_MAX] = "", etag2[NJ_S3_ETAG_MAX] = "";
-    CHECK(nj_s3_put(s3, "cond/create", "a", 1, NJ_S3_PUT_CREATE, NULL, etag) == 0);
-    CHECK(nj_s3_put(s3, "cond/create", "b", 1, NJ_S3_PUT_CREATE, NULL, NULL) == 1);
+    char etag[NJ_OBJ_TAG_MAX] = "", etag2[NJ_OBJ_TAG_MAX] = "";
+    CHECK(nj_s3_put(s3, "cond/create", "a", 1, NJ_OBJ_CREATE, NULL, etag) == 0);
+    CHECK(nj_s3_put(s3, "cond/create", "b", 1, NJ_OBJ_CREATE, NULL, NULL) == 1);
     void *back = NULL;
     size_t len = 0;
     CHECK(nj_s3_get(s3, "cond/create", 10, &back, &len) == 0);
     CHECK(len == 1 && back && ((char *)back)[0] == 'a');
     free(back);
 
-    CHECK(nj_s3_put(s3, "cond/create", "c", 1, NJ_S3_PUT_IF_MATCH, etag, etag2) == 0);
+    CHECK(nj_s3_put(s3, "cond/create", "c", 1, NJ_OBJ_IF_MATCH, etag, etag2) == 0);
     CHECK(etag2[0] && strcmp(etag, etag2) != 0);
-    CHECK(nj_s3_put(s3, "cond/create", "d", 1, NJ_S3_PUT_IF_MATCH, etag, NULL) == 1);
-    CHECK(nj_s3_put(s3, "cond/absent", "d", 1, NJ_S3_PUT_IF_MATCH, etag, NULL) == 1);
+    CHECK(nj_s3_put(s3, "cond/create", "d", 1, NJ_OBJ_IF_MATCH, etag, NULL) == 1);
+    CHECK(nj_s3_put(s3, "cond/absent", "d", 1, NJ_OBJ_IF_MATCH, etag, NULL) == 1);
     back = NULL;
     CHECK(nj_s3_get(s3, "cond/create", 10, &back, &len) == 0);
     CHECK(len == 1 && back && ((char *)back)[0] == 'c');
@@ -615,7 +615,7 @@ static void test_encoding(struct nj_s3 *s3)
     };
     for (size_t i = 0; i < NJ_ARRAY_SIZE(keys); i++) {
         CHECK(nj_s3_put(s3, keys[i], keys[i], strlen(keys[i]),
-                        NJ_S3_PUT_REPLACE, NULL, NULL) == 0);
+                        NJ_OBJ_REPLACE, NULL, NULL) == 0);
         void *back = NULL;
         size_t len = 0;
         CHECK(nj_s3_get(s3, keys[i], 100, &back, &len) == 0);
@@ -625,7 +625,7 @@ static void test_encoding(struct nj_s3 *s3)
     }
     /* Listed under their own names, in order. */
     char *token = NULL;
-    struct nj_s3_page page;
+    struct nj_obj_page page;
     REQUIRE(nj_s3_list(s3, "enc/", NULL, &token, &page) == 0);
     CHECK(page.nobjects == NJ_ARRAY_SIZE(keys));
     for (size_t i = 0; i < page.nobjects; i++) {
@@ -637,18 +637,18 @@ static void test_encoding(struct nj_s3 *s3)
             CHECK(strcmp(page.objects[i - 1].key, page.objects[i].key) < 0);
     }
     CHECK(token == NULL);
-    nj_s3_page_clear(&page);
+    nj_obj_page_clear(&page);
     /* A prefix that needs encoding too. */
     REQUIRE(nj_s3_list(s3, "enc/per%", NULL, &token, &page) == 0);
     CHECK(page.nobjects == 1);
-    nj_s3_page_clear(&page);
+    nj_obj_page_clear(&page);
     REQUIRE(nj_s3_list(s3, "enc/with ", NULL, &token, &page) == 0);
     CHECK(page.nobjects == 1);
-    nj_s3_page_clear(&page);
+    nj_obj_page_clear(&page);
     CHECK(nj_s3_delete_many(s3, keys, NJ_ARRAY_SIZE(keys)) == 0);
     REQUIRE(nj_s3_list(s3, "enc/", NULL, &token, &page) == 0);
     CHECK(page.nobjects == 0);
-    nj_s3_page_clear(&page);
+    nj_obj_page_clear(&page);
 }
 
 static void count_done(void *arg, int rc)
@@ -665,7 +665,7 @@ static long list_all(struct nj_s3 *s3, const char *prefix, long *pages)
     *pages = 0;
     char *last = NULL;
     do {
-        struct nj_s3_page page;
+        struct nj_obj_page page;
         if (nj_s3_list(s3, prefix, NULL, &token, &page) < 0) {
             free(last);
             free(token);
@@ -679,7 +679,7 @@ static long list_all(struct nj_s3 *s3, const char *prefix, long *pages)
             last = nj_strdup(page.objects[i].key);
         }
         n += (long)page.nobjects;
-        nj_s3_page_clear(&page);
+        nj_obj_page_clear(&page);
     } while (token);
     free(last);
     return n;
@@ -691,12 +691,12 @@ static void test_list_and_delete(struct nj_s3 *s3)
     char key[64];
     for (int i = 0; i < 1100; i++) {
         snprintf(key, sizeof key, "many/%s/%05d", i % 2 ? "odd" : "even", i);
-        CHECK(nj_s3_put_async(s3, key, key, strlen(key), NJ_S3_PUT_REPLACE,
+        CHECK(nj_s3_put_async(s3, key, key, strlen(key), NJ_OBJ_REPLACE,
                               count_done, counts) == 0);
     }
     for (int i = 0; i < 400; i++) {
         snprintf(key, sizeof key, "many/top-%03d", i);
-        CHECK(nj_s3_put_async(s3, key, "", 0, NJ_S3_PUT_CREATE, count_done,
+        CHECK(nj_s3_put_async(s3, key, "", 0, NJ_OBJ_CREATE, count_done,
                               counts) == 0);
     }
     nj_s3_wait(s3);
@@ -711,13 +711,13 @@ static void test_list_and_delete(struct nj_s3 *s3)
 
     /* The first page is full, the token leads on. */
     char *token = NULL;
-    struct nj_s3_page page;
+    struct nj_obj_page page;
     REQUIRE(nj_s3_list(s3, "many/", NULL, &token, &page) == 0);
     CHECK(page.nobjects == 1000);
     CHECK(token != NULL);
     CHECK(page.objects[0].size == strlen("many/even/00000"));
     CHECK(page.objects[0].mtime > time(NULL) - 3600);
-    nj_s3_page_clear(&page);
+    nj_obj_page_clear(&page);
     free(token);
     token = NULL;
 
@@ -730,7 +730,7 @@ static void test_list_and_delete(struct nj_s3 *s3)
     }
     CHECK(page.nobjects == 400);
     CHECK(token == NULL);
-    nj_s3_page_clear(&page);
+    nj_obj_page_clear(&page);
 
     /* delete_many of 1500 in two batches, plus an absent key. */
     char **keys = nj_calloc(1501, sizeof *keys);
@@ -746,7 +746,7 @@ static void test_list_and_delete(struct nj_s3 *s3)
     CHECK(list_all(s3, "many/", &pages) == 0);
 
     CHECK(nj_s3_delete(s3, "many/never-there") == 0);
-    CHECK(nj_s3_put(s3, "del/one", "x", 1, NJ_S3_PUT_REPLACE, NULL, NULL) == 0);
+    CHECK(nj_s3_put(s3, "del/one", "x", 1, NJ_OBJ_REPLACE, NULL, NULL) == 0);
     CHECK(nj_s3_delete(s3, "del/one") == 0);
     CHECK(nj_s3_head(s3, "del/one", NULL, NULL, NULL) == 0);
 }
@@ -760,10 +760,10 @@ static void test_async(struct nj_s3 *s3)
     nj_test_fill_random(&rng, body, sizeof body);
     for (int i = 0; i < 200; i++) {
         snprintf(key, sizeof key, "async/%03d", i);
-        CHECK(nj_s3_put_async(s3, key, body, (size_t)i * 17, NJ_S3_PUT_CREATE,
+        CHECK(nj_s3_put_async(s3, key, body, (size_t)i * 17, NJ_OBJ_CREATE,
                               count_done, counts) == 0);
     }
-    CHECK(nj_s3_put_async(s3, "async/no-callback", "z", 1, NJ_S3_PUT_REPLACE,
+    CHECK(nj_s3_put_async(s3, "async/no-callback", "z", 1, NJ_OBJ_REPLACE,
                           NULL, NULL) == 0);
     nj_s3_wait(s3);
     CHECK(counts[0] == 200);
@@ -780,7 +780,7 @@ static void test_async(struct nj_s3 *s3)
     counts[0] = counts[1] = 0;
     for (int i = 0; i < 20; i++) {
         snprintf(key, sizeof key, "async/%03d", i);
-        CHECK(nj_s3_put_async(s3, key, "", 0, NJ_S3_PUT_CREATE, count_done,
+        CHECK(nj_s3_put_async(s3, key, "", 0, NJ_OBJ_CREATE, count_done,
                               counts) == 0);
     }
     nj_s3_wait(s3);
@@ -802,7 +802,7 @@ static void *mixer_main(void *arg)
         void *back = NULL;
         size_t len = 0;
         uint64_t size = 0;
-        if (nj_s3_put(m->s3, key, body, strlen(body), NJ_S3_PUT_CREATE, NULL,
+        if (nj_s3_put(m->s3, key, body, strlen(body), NJ_OBJ_CREATE, NULL,
                       NULL) != 0 ||
             nj_s3_get(m->s3, key, 100, &back, &len) != 0 ||
             len != strlen(body) || memcmp(back, body, len) != 0 ||
@@ -832,7 +832,7 @@ static void test_mixed(struct nj_s3 *s3)
     char key[64];
     for (int i = 0; i < 300; i++) {
         snprintf(key, sizeof key, "mixasync/%03d", i);
-        CHECK(nj_s3_put_async(s3, key, key, strlen(key), NJ_S3_PUT_REPLACE,
+        CHECK(nj_s3_put_async(s3, key, key, strlen(key), NJ_OBJ_REPLACE,
                               count_done, counts) == 0);
     }
     for (int i = 0; i < 4; i++) {
@@ -855,7 +855,7 @@ static void test_wrong_secret(const char *bucket)
     struct nj_s3 *bad = nj_s3_new(&c, bucket);
     REQUIRE(bad);
     errno = 0;
-    CHECK(nj_s3_put(bad, "secret/x", "x", 1, NJ_S3_PUT_REPLACE, NULL, NULL) == -1);
+    CHECK(nj_s3_put(bad, "secret/x", "x", 1, NJ_OBJ_REPLACE, NULL, NULL) == -1);
     CHECK(errno == EACCES);
     CHECK(strstr(nj_error_get(), "403") != NULL);
     CHECK(strstr(nj_error_get(), "PUT 'secret/x'") != NULL);
@@ -866,7 +866,7 @@ static void test_wrong_secret(const char *bucket)
     errno = 0;
     CHECK(nj_s3_get(bad, "secret/x", 10, &back, &len) == -1);
     CHECK(errno == EACCES);
-    struct nj_s3_stats st;
+    struct nj_obj_stats st;
     nj_s3_stats(bad, &st);
     CHECK(st.retries == 0); /* a 403 is not retried */
     nj_s3_free(bad);
@@ -885,20 +885,20 @@ static void test_unreachable(void)
     REQUIRE(s3);
     double t0 = nj_mono_sec();
     errno = 0;
-    CHECK(nj_s3_put(s3, "k", "x", 1, NJ_S3_PUT_REPLACE, NULL, NULL) == -1);
+    CHECK(nj_s3_put(s3, "k", "x", 1, NJ_OBJ_REPLACE, NULL, NULL) == -1);
     CHECK(errno == EIO);
     CHECK(nj_mono_sec() - t0 < 10);
     CHECK(strstr(nj_error_get(), "PUT 'k'") != NULL);
     CHECK(strstr(nj_error_get(), "2 attempts") != NULL);
     CHECK(one_line(nj_error_get()));
     fprintf(stderr, "unreachable: %s\n", nj_error_get());
-    struct nj_s3_stats st;
+    struct nj_obj_stats st;
     nj_s3_stats(s3, &st);
     CHECK(st.requests == 2 && st.retries == 1);
 
     /* An asynchronous put reports the failure to its callback. */
     int counts[2] = { 0, 0 };
-    CHECK(nj_s3_put_async(s3, "k", "x", 1, NJ_S3_PUT_REPLACE, count_done,
+    CHECK(nj_s3_put_async(s3, "k", "x", 1, NJ_OBJ_REPLACE, count_done,
                           counts) == 0);
     nj_s3_wait(s3);
     CHECK(counts[0] == 0 && counts[1] == 1);
@@ -910,7 +910,7 @@ static void cleanup_bucket(struct nj_s3 *s3)
 {
     char *token = NULL;
     do {
-        struct nj_s3_page page;
+        struct nj_obj_page page;
         if (nj_s3_list(s3, "", NULL, &token, &page) < 0) {
             CHECK(!"cleanup listing failed");
             free(token);
@@ -921,7 +921,7 @@ static void cleanup_bucket(struct nj_s3 *s3)
             keys[i] = page.objects[i].key;
         CHECK(nj_s3_delete_many(s3, keys, page.nobjects) == 0);
         free(keys);
-        nj_s3_page_clear(&page);
+        nj_obj_page_clear(&page);
     } while (token);
     long pages;
     CHECK(list_all(s3, "", &pages) == 0);
@@ -965,7 +965,7 @@ int main(void)
     test_wrong_secret(bucket);
     test_unreachable();
 
-    struct nj_s3_stats st;
+    struct nj_obj_stats st;
     nj_s3_stats(s3, &st);
     CHECK(st.requests > 2600); /* 1500 + 200 + 300 puts, 800 mixed, the rest */
     CHECK(st.bytes_sent >= (5u << 20));

@@ -1,8 +1,11 @@
 /*
- * store-s3.c: the S3 store backend (radosgw, AWS S3, any S3 service with
- * strong read-after-write consistency and conditional PUT).
+ * store-obj.c: the store on object primitives (nj-object.h), over an S3
+ * bucket (radosgw, AWS S3, any S3 service with strong read-after-write
+ * consistency and conditional PUT: obj-s3.c) or a directory (obj-dir.c,
+ * "obj+file://PATH"): the same code and the same objects on both.
  *
- * Object layout under s3://BUCKET/PREFIX/ (docs/FORMAT.md, section 13):
+ * Object layout under s3://BUCKET/PREFIX/ or the directory (docs/FORMAT.md,
+ * section 13):
  *   nightjar-store.json                  the store marker, as on a directory
  *   chunks/XX/<64 hex>                   chunk frames, byte for byte the files
  *                                        of a directory store
@@ -59,6 +62,7 @@
 #include "nj-digest.h"
 #include "nj-io.h"
 #include "nj-manifest.h"
+#include "nj-object.h"
 #include "nj-s3.h"
 #include "nj-store.h"
 #include "nj-util.h"
@@ -175,9 +179,9 @@ struct gen_entry {
 };
 NJ_VECTOR(gen_vec, struct gen_entry);
 
-struct s3_store {
+struct obj_store {
     struct nj_store base;
-    struct nj_s3 *s3;
+    struct nj_objects *obj;
     char *prefix; /* "" or "PREFIX/" */
     char host[129], boot[64];
     int64_t ttl;
@@ -193,22 +197,22 @@ struct s3_store {
 };
 
 struct lease {
-    struct s3_store *st; /* NULL once the store is closed */
+    struct obj_store *st; /* NULL once the store is closed */
     int handle;          /* an eventfd: what nj_store_lock_domain returns */
     char *key;           /* object key */
-    char etag[NJ_S3_ETAG_MAX];
+    char etag[NJ_OBJ_TAG_MAX];
     int64_t expires;
     bool lost;
 };
 
-static struct s3_store *to_s3(struct nj_store *s)
+static struct obj_store *to_obj(struct nj_store *s)
 {
-    return (struct s3_store *)s;
+    return (struct obj_store *)s;
 }
 
-static char *key_of(const struct s3_store *st, const char *fmt, ...)
+static char *key_of(const struct obj_store *st, const char *fmt, ...)
     NJ_PRINTF(2, 3);
-static char *key_of(const struct s3_store *st, const char *fmt, ...)
+static char *key_of(const struct obj_store *st, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -221,7 +225,7 @@ static char *key_of(const struct s3_store *st, const char *fmt, ...)
     return k;
 }
 
-static void chunk_key(const struct s3_store *st, const struct nj_digest *d,
+static void chunk_key(const struct obj_store *st, const struct nj_digest *d,
                       char *out, size_t size)
 {
     char hex[NJ_DIGEST_HEX_LEN + 1];
@@ -243,9 +247,9 @@ static int spool_open(void)
 
 /* ---- chunks ---- */
 
-static int s3_chunk_exists(struct nj_store *s, const struct nj_digest *d)
+static int obj_chunk_exists(struct nj_store *s, const struct nj_digest *d)
 {
-    struct s3_store *st = to_s3(s);
+    struct obj_store *st = to_obj(s);
     pthread_mutex_lock(&st->lock);
     bool k = dset_has(&st->known, d);
     pthread_mutex_unlock(&st->lock);
@@ -253,50 +257,51 @@ static int s3_chunk_exists(struct nj_store *s, const struct nj_digest *d)
     return k ? 1 : 0;
 }
 
-static void known_add(struct s3_store *st, const struct nj_digest *d)
+static void known_add(struct obj_store *st, const struct nj_digest *d)
 {
     pthread_mutex_lock(&st->lock);
     dset_add(&st->known, d);
     pthread_mutex_unlock(&st->lock);
 }
 
-static int s3_chunk_present(struct nj_store *s, const struct nj_digest *d)
+static int obj_chunk_present(struct nj_store *s, const struct nj_digest *d)
 {
-    struct s3_store *st = to_s3(s);
-    if (s3_chunk_exists(s, d) == 1)
+    struct obj_store *st = to_obj(s);
+    if (obj_chunk_exists(s, d) == 1)
         return 1;
     char key[256];
     chunk_key(st, d, key, sizeof key);
-    int r = nj_s3_head(st->s3, key, NULL, NULL, NULL);
+    int r = nj_obj_head(st->obj, key, NULL, NULL, NULL);
     if (r == 1)
         known_add(st, d);
     return r;
 }
 
-static int s3_chunk_put(struct nj_store *s, const struct nj_digest *d,
+static int obj_chunk_put(struct nj_store *s, const struct nj_digest *d,
                         const void *frame, size_t len)
 {
-    struct s3_store *st = to_s3(s);
-    if (s3_chunk_exists(s, d) == 1)
+    struct obj_store *st = to_obj(s);
+    if (obj_chunk_exists(s, d) == 1)
         return 1;
     char key[256];
     chunk_key(st, d, key, sizeof key);
-    int r = nj_s3_put(st->s3, key, frame, len, NJ_S3_PUT_CREATE, NULL, NULL);
+    int r = nj_obj_put(st->obj, key, frame, len, NJ_OBJ_CREATE | NJ_OBJ_LAZY,
+                       NULL, NULL);
     if (r < 0)
         return -1;
     known_add(st, d);
     return r; /* 0 written, 1 it was there */
 }
 
-static ssize_t s3_chunk_get(struct nj_store *s, const struct nj_digest *d,
+static ssize_t obj_chunk_get(struct nj_store *s, const struct nj_digest *d,
                             void **buf, size_t *cap)
 {
-    struct s3_store *st = to_s3(s);
+    struct obj_store *st = to_obj(s);
     char key[256];
     chunk_key(st, d, key, sizeof key);
     void *got = NULL;
     size_t len = 0;
-    if (nj_s3_get(st->s3, key, NJ_CHUNK_HEADER_LEN + (size_t)NJ_CHUNK_MAX,
+    if (nj_obj_get(st->obj, key, NJ_CHUNK_HEADER_LEN + (size_t)NJ_CHUNK_MAX,
                   &got, &len) < 0) {
         int e = errno;
         if (e == EFBIG)
@@ -315,11 +320,11 @@ static ssize_t s3_chunk_get(struct nj_store *s, const struct nj_digest *d,
     return (ssize_t)len;
 }
 
-/* Every put is synchronous and durable when it returns. */
-static int s3_sync(struct nj_store *s)
+/* Chunks are put lazily (NJ_OBJ_LAZY): durable from here on. */
+static int obj_sync(struct nj_store *s)
 {
-    nj_s3_wait(to_s3(s)->s3);
-    return 0;
+    nj_obj_wait(to_obj(s)->obj);
+    return nj_obj_sync(to_obj(s)->obj);
 }
 
 /* ---- leases ---- */
@@ -327,7 +332,7 @@ static int s3_sync(struct nj_store *s)
 static pthread_mutex_t lease_registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct lease_vec lease_registry;
 
-static char *lease_body(const struct s3_store *st, int64_t expires)
+static char *lease_body(const struct obj_store *st, int64_t expires)
 {
     struct json_object *o = json_object_new_object();
     json_object_object_add(o, "host", json_object_new_string(st->host));
@@ -374,7 +379,7 @@ static bool lease_parse(const char *text, size_t len, struct lease_info *li)
 }
 
 /* A lease another process holds and may still use. */
-static bool lease_live(const struct s3_store *st, const struct lease_info *li,
+static bool lease_live(const struct obj_store *st, const struct lease_info *li,
                        int64_t now)
 {
     if (li->expires + LEASE_SKEW(st->ttl) < now)
@@ -391,16 +396,16 @@ static bool lease_live(const struct s3_store *st, const struct lease_info *li,
  * the lease counts as live for a TTL from its mtime when it makes no
  * sense), 0 when there is none, -1 on error.
  */
-static int lease_read(struct s3_store *st, const char *key,
+static int lease_read(struct obj_store *st, const char *key,
                       struct lease_info *li, char *etag, bool *sane)
 {
     int64_t mtime = 0;
-    int r = nj_s3_head(st->s3, key, NULL, &mtime, etag);
+    int r = nj_obj_head(st->obj, key, NULL, &mtime, etag);
     if (r <= 0)
         return r;
     void *text = NULL;
     size_t len = 0;
-    if (nj_s3_get(st->s3, key, LEASE_MAX, &text, &len) < 0) {
+    if (nj_obj_get(st->obj, key, LEASE_MAX, &text, &len) < 0) {
         if (errno == ENOENT)
             return 0;
         if (errno != EFBIG)
@@ -419,7 +424,7 @@ static int lease_read(struct s3_store *st, const char *key,
 
 static void *renewer_main(void *arg);
 
-static void lease_register(struct s3_store *st, struct lease *l)
+static void lease_register(struct obj_store *st, struct lease *l)
 {
     pthread_mutex_lock(&lease_registry_lock);
     lease_vec_append(&lease_registry, l);
@@ -436,20 +441,20 @@ static void lease_register(struct s3_store *st, struct lease *l)
  * Take the lease key ("locks/K.lease"); what names the holder in the
  * "busy" message.  Returns a handle (an eventfd) or -1.
  */
-static int lease_take(struct s3_store *st, const char *lkey, const char *what)
+static int lease_take(struct obj_store *st, const char *lkey, const char *what)
 {
     NJ_CLEANUP_FREE char *key = key_of(st, "locks/%s.lease", lkey);
     for (int attempt = 0; attempt < 4; attempt++) {
         int64_t now = (int64_t)time(NULL);
         NJ_CLEANUP_FREE char *body = lease_body(st, now + st->ttl);
-        char etag[NJ_S3_ETAG_MAX] = "";
-        int r = nj_s3_put(st->s3, key, body, strlen(body), NJ_S3_PUT_CREATE,
+        char etag[NJ_OBJ_TAG_MAX] = "";
+        int r = nj_obj_put(st->obj, key, body, strlen(body), NJ_OBJ_CREATE,
                           NULL, etag);
         if (r < 0)
             return nj_error_prefix("lock %s", what);
         if (r == 1) {
             struct lease_info li;
-            char old[NJ_S3_ETAG_MAX] = "";
+            char old[NJ_OBJ_TAG_MAX] = "";
             bool sane = false;
             r = lease_read(st, key, &li, old, &sane);
             if (r < 0)
@@ -464,7 +469,7 @@ static int lease_take(struct s3_store *st, const char *lkey, const char *what)
             }
             /* Expired, or its holder is dead: take it over, unless someone
              * else did first (then look again). */
-            r = nj_s3_put(st->s3, key, body, strlen(body), NJ_S3_PUT_IF_MATCH,
+            r = nj_obj_put(st->obj, key, body, strlen(body), NJ_OBJ_IF_MATCH,
                           old, etag);
             if (r < 0)
                 return nj_error_prefix("lock %s", what);
@@ -473,7 +478,7 @@ static int lease_take(struct s3_store *st, const char *lkey, const char *what)
         }
         int h = eventfd(0, EFD_CLOEXEC);
         if (h < 0) {
-            nj_s3_delete(st->s3, key);
+            nj_obj_delete(st->obj, key);
             return nj_error_errno(errno, "eventfd");
         }
         struct lease *l = nj_calloc(1, sizeof *l);
@@ -490,12 +495,12 @@ static int lease_take(struct s3_store *st, const char *lkey, const char *what)
 
 /* Release: delete the lease if it is still ours (its ETag is ours).
  * Called with l removed from its store's list. */
-static void lease_release(struct s3_store *st, struct lease *l)
+static void lease_release(struct obj_store *st, struct lease *l)
 {
-    char etag[NJ_S3_ETAG_MAX] = "";
-    if (!l->lost && nj_s3_head(st->s3, l->key, NULL, NULL, etag) == 1 &&
+    char etag[NJ_OBJ_TAG_MAX] = "";
+    if (!l->lost && nj_obj_head(st->obj, l->key, NULL, NULL, etag) == 1 &&
         strcmp(etag, l->etag) == 0)
-        nj_s3_delete(st->s3, l->key);
+        nj_obj_delete(st->obj, l->key);
 }
 
 static void lease_drop(struct lease *l)
@@ -510,7 +515,7 @@ static void lease_drop(struct lease *l)
  * expired, is lost, and publish refuses while any is. */
 static void *renewer_main(void *arg)
 {
-    struct s3_store *st = arg;
+    struct obj_store *st = arg;
     pthread_mutex_lock(&st->lock);
     while (!st->stopping) {
         struct timespec ts;
@@ -525,13 +530,13 @@ static void *renewer_main(void *arg)
                 continue;
             int64_t now = (int64_t)time(NULL);
             char *body = lease_body(st, now + st->ttl);
-            char etag[NJ_S3_ETAG_MAX] = "";
-            char old[NJ_S3_ETAG_MAX];
+            char etag[NJ_OBJ_TAG_MAX] = "";
+            char old[NJ_OBJ_TAG_MAX];
             snprintf(old, sizeof old, "%s", l->etag);
             NJ_CLEANUP_FREE char *key = nj_strdup(l->key);
             pthread_mutex_unlock(&st->lock);
-            int r = nj_s3_put(st->s3, key, body, strlen(body),
-                              NJ_S3_PUT_IF_MATCH, old, etag);
+            int r = nj_obj_put(st->obj, key, body, strlen(body),
+                              NJ_OBJ_IF_MATCH, old, etag);
             pthread_mutex_lock(&st->lock);
             free(body);
             if (i >= st->leases.len || st->leases.ptr[i] != l)
@@ -548,7 +553,7 @@ static void *renewer_main(void *arg)
     return NULL;
 }
 
-static bool any_lease_lost(struct s3_store *st)
+static bool any_lease_lost(struct obj_store *st)
 {
     bool lost = false;
     int64_t now = (int64_t)time(NULL);
@@ -559,15 +564,15 @@ static bool any_lease_lost(struct s3_store *st)
     return lost;
 }
 
-static int s3_lock_domain(struct nj_store *s, const char *key,
+static int obj_lock_domain(struct nj_store *s, const char *key,
                           const char *display_name)
 {
     NJ_CLEANUP_FREE char *what =
         nj_asprintf("domain '%s' is already being backed up", display_name);
-    return lease_take(to_s3(s), key, what);
+    return lease_take(to_obj(s), key, what);
 }
 
-bool nj_store_s3_unlock(int handle)
+bool nj_store_obj_unlock(int handle)
 {
     struct lease *l = NULL;
     pthread_mutex_lock(&lease_registry_lock);
@@ -580,7 +585,7 @@ bool nj_store_s3_unlock(int handle)
     pthread_mutex_unlock(&lease_registry_lock);
     if (!l)
         return false;
-    struct s3_store *st = l->st;
+    struct obj_store *st = l->st;
     if (st) {
         pthread_mutex_lock(&st->lock);
         for (size_t i = 0; i < st->leases.len; i++)
@@ -599,9 +604,9 @@ bool nj_store_s3_unlock(int handle)
 
 /* ---- gc's lease and the writers' wait for it ---- */
 
-static int s3_gc_begin(struct nj_store *s)
+static int obj_gc_begin(struct nj_store *s)
 {
-    return lease_take(to_s3(s), GC_LEASE_KEY,
+    return lease_take(to_obj(s), GC_LEASE_KEY,
                       "garbage collection is already running on this store");
 }
 
@@ -610,13 +615,13 @@ static int s3_gc_begin(struct nj_store *s)
  * lease (see gc_sweep's argument).  Returns 0, or -1 when the lease cannot
  * be read.
  */
-static int wait_for_gc(struct s3_store *st)
+static int wait_for_gc(struct obj_store *st)
 {
     NJ_CLEANUP_FREE char *key = key_of(st, "locks/%s.lease", GC_LEASE_KEY);
     bool said = false;
     for (;;) {
         struct lease_info li;
-        char etag[NJ_S3_ETAG_MAX];
+        char etag[NJ_OBJ_TAG_MAX];
         bool sane = false;
         int r = lease_read(st, key, &li, etag, &sane);
         if (r < 0)
@@ -633,7 +638,7 @@ static int wait_for_gc(struct s3_store *st)
 
 /* ---- staging ---- */
 
-static struct staged *staged_find(struct s3_store *st, const char *id,
+static struct staged *staged_find(struct obj_store *st, const char *id,
                                   size_t *pos)
 {
     for (size_t i = 0; i < st->staged.len; i++)
@@ -658,19 +663,19 @@ static void staged_free(struct staged *sg)
     free(sg);
 }
 
-static int s3_staging_create(struct nj_store *s, const char *id,
+static int obj_staging_create(struct nj_store *s, const char *id,
                              const char *owner_json)
 {
-    struct s3_store *st = to_s3(s);
+    struct obj_store *st = to_obj(s);
     NJ_CLEANUP_FREE char *key = key_of(st, "staging/%s/owner.json", id);
-    int r = nj_s3_put(st->s3, key, owner_json, strlen(owner_json),
-                      NJ_S3_PUT_CREATE, NULL, NULL);
+    int r = nj_obj_put(st->obj, key, owner_json, strlen(owner_json),
+                      NJ_OBJ_CREATE, NULL, NULL);
     if (r < 0)
         return nj_error_prefix("stage backup '%s'", id);
     if (r == 1)
         return nj_error("stage backup '%s': it is already being written", id);
     if (wait_for_gc(st) < 0) {
-        nj_s3_delete(st->s3, key);
+        nj_obj_delete(st->obj, key);
         return -1;
     }
     struct staged *sg = nj_calloc(1, sizeof *sg);
@@ -682,7 +687,7 @@ static int s3_staging_create(struct nj_store *s, const char *id,
 }
 
 /* A new spool for (id, name); returns a dup of its fd for the caller. */
-static int spool_add(struct s3_store *st, const char *id, const char *name)
+static int spool_add(struct obj_store *st, const char *id, const char *name)
 {
     int fd = spool_open();
     if (fd < 0)
@@ -711,16 +716,16 @@ static int spool_add(struct s3_store *st, const char *id, const char *name)
     return dup_fd;
 }
 
-static int s3_staging_open(struct nj_store *s, const char *id,
+static int obj_staging_open(struct nj_store *s, const char *id,
                            const char *name)
 {
-    return spool_add(to_s3(s), id, name);
+    return spool_add(to_obj(s), id, name);
 }
 
-static int s3_staging_put(struct nj_store *s, const char *id,
+static int obj_staging_put(struct nj_store *s, const char *id,
                           const char *name, const void *buf, size_t len)
 {
-    NJ_CLEANUP_CLOSE int fd = spool_add(to_s3(s), id, name);
+    NJ_CLEANUP_CLOSE int fd = spool_add(to_obj(s), id, name);
     if (fd < 0)
         return -1;
     if (nj_full_write(fd, buf, len) < 0)
@@ -729,8 +734,8 @@ static int s3_staging_put(struct nj_store *s, const char *id,
 }
 
 /* Upload a spool as key (mode as nj_s3_put); 0, 1 (precondition), -1. */
-static int spool_upload(struct s3_store *st, int fd, const char *key,
-                        enum nj_s3_put_mode mode)
+static int spool_upload(struct obj_store *st, int fd, const char *key,
+                        enum nj_obj_put_mode mode)
 {
     struct stat sb;
     if (fstat(fd, &sb) < 0)
@@ -742,14 +747,14 @@ static int spool_upload(struct s3_store *st, int fd, const char *key,
         if (map == MAP_FAILED)
             return nj_error_errno(errno, "map spool for '%s'", key);
     }
-    int r = nj_s3_put(st->s3, key, len ? map : "", len, mode, NULL, NULL);
+    int r = nj_obj_put(st->obj, key, len ? map : "", len, mode, NULL, NULL);
     if (map)
         munmap(map, len);
     return r;
 }
 
 /* Detach this process's staged backup id from the list: it, or NULL. */
-static struct staged *staged_detach(struct s3_store *st, const char *id)
+static struct staged *staged_detach(struct obj_store *st, const char *id)
 {
     size_t pos = 0;
     pthread_mutex_lock(&st->lock);
@@ -760,7 +765,7 @@ static struct staged *staged_detach(struct s3_store *st, const char *id)
     return sg;
 }
 
-static struct staged *staged_take(struct s3_store *st, const char *id)
+static struct staged *staged_take(struct obj_store *st, const char *id)
 {
     struct staged *sg = staged_detach(st, id);
     if (!sg)
@@ -768,7 +773,7 @@ static struct staged *staged_take(struct s3_store *st, const char *id)
     return sg;
 }
 
-static unsigned gen_cached(struct s3_store *st, const char *id)
+static unsigned gen_cached(struct obj_store *st, const char *id)
 {
     unsigned gen = 0;
     pthread_mutex_lock(&st->lock);
@@ -780,7 +785,7 @@ static unsigned gen_cached(struct s3_store *st, const char *id)
 }
 
 /* Remember id's newest generation (0: forget it). */
-static void gen_set(struct s3_store *st, const char *id, unsigned gen)
+static void gen_set(struct obj_store *st, const char *id, unsigned gen)
 {
     pthread_mutex_lock(&st->lock);
     size_t i = 0;
@@ -832,7 +837,7 @@ static void gens_note(struct backup_gens *g, const char *rest)
 
 /* List every key under backups/<id>/ (into keys, when not NULL) and its
  * generations.  0 or -1. */
-static int backup_scan(struct s3_store *st, const char *id,
+static int backup_scan(struct obj_store *st, const char *id,
                        struct backup_gens *g, char ***keys, size_t *nkeys)
 {
     memset(g, 0, sizeof *g);
@@ -842,8 +847,8 @@ static int backup_scan(struct s3_store *st, const char *id,
     size_t n = 0;
     char **v = NULL;
     do {
-        struct nj_s3_page page = { 0 };
-        if (nj_s3_list(st->s3, prefix, NULL, &token, &page) < 0) {
+        struct nj_obj_page page = { 0 };
+        if (nj_obj_list(st->obj, prefix, NULL, &token, &page) < 0) {
             for (size_t i = 0; i < n; i++)
                 free(v[i]);
             free(v);
@@ -857,7 +862,7 @@ static int backup_scan(struct s3_store *st, const char *id,
                 v[n] = NULL;
             }
         }
-        nj_s3_page_clear(&page);
+        nj_obj_page_clear(&page);
     } while (token);
     if (keys) {
         *keys = v;
@@ -868,7 +873,7 @@ static int backup_scan(struct s3_store *st, const char *id,
 
 /* Upload every staged file into generation gen of id, the manifest last
  * and create-only.  0, or -1 (nothing visible: the manifest was not put). */
-static int upload_generation(struct s3_store *st, struct staged *sg,
+static int upload_generation(struct obj_store *st, struct staged *sg,
                              const char *id, unsigned gen)
 {
     int manifest = -1;
@@ -886,17 +891,20 @@ static int upload_generation(struct s3_store *st, struct staged *sg,
             index ? key_of(st, "backups/%s/g%08u/%s", id, gen, name)
                   : key_of(st, "backups/%s/flags/%s", id, name);
         if (spool_upload(st, sg->files.ptr[i].fd, key,
-                         NJ_S3_PUT_REPLACE) != 0)
+                         NJ_OBJ_REPLACE) != 0)
             return nj_error_prefix("publish '%s'", id);
     }
     if (manifest < 0)
         return nj_error("publish '%s': no manifest staged", id);
+    /* Every chunk and index it names durable before the manifest. */
+    if (nj_obj_sync(st->obj) < 0)
+        return nj_error_prefix("publish '%s'", id);
     if (any_lease_lost(st))
         return nj_error("publish '%s': the lock's lease was lost (another "
                         "host may have taken it over); not publishing", id);
     NJ_CLEANUP_FREE char *key = key_of(st, "backups/%s/g%08u/%s", id, gen,
                                        NJ_MANIFEST_NAME);
-    int r = spool_upload(st, manifest, key, NJ_S3_PUT_CREATE);
+    int r = spool_upload(st, manifest, key, NJ_OBJ_CREATE);
     if (r < 0)
         return nj_error_prefix("publish '%s'", id);
     if (r == 1)
@@ -904,13 +912,13 @@ static int upload_generation(struct s3_store *st, struct staged *sg,
     return 0;
 }
 
-static int s3_backup_publish(struct nj_store *s, const char *id)
+static int obj_backup_publish(struct nj_store *s, const char *id)
 {
-    struct s3_store *st = to_s3(s);
+    struct obj_store *st = to_obj(s);
     struct staged *sg = staged_take(st, id);
     if (!sg)
         return -1;
-    nj_s3_wait(st->s3);
+    nj_obj_wait(st->obj);
     struct backup_gens g;
     int ret = backup_scan(st, id, &g, NULL, NULL);
     if (ret == 0 && (g.newest || g.odd))
@@ -921,31 +929,31 @@ static int s3_backup_publish(struct nj_store *s, const char *id)
         gen_set(st, id, g.highest + 1);
     if (ret == 0) {
         NJ_CLEANUP_FREE char *key = key_of(st, "staging/%s/owner.json", id);
-        nj_s3_delete(st->s3, key); /* if this fails, gc removes it later */
+        nj_obj_delete(st->obj, key); /* if this fails, gc removes it later */
     }
     staged_free(sg);
     return ret;
 }
 
-static int s3_staging_remove(struct nj_store *s, const char *id)
+static int obj_staging_remove(struct nj_store *s, const char *id)
 {
-    struct s3_store *st = to_s3(s);
+    struct obj_store *st = to_obj(s);
     staged_free(staged_detach(st, id));
     NJ_CLEANUP_FREE char *key = key_of(st, "staging/%s/owner.json", id);
-    if (nj_s3_delete(st->s3, key) < 0)
+    if (nj_obj_delete(st->obj, key) < 0)
         return nj_error_prefix("remove staged backup '%s'", id);
     return 0;
 }
 
-static int s3_staging_owner(struct nj_store *s, const char *id,
+static int obj_staging_owner(struct nj_store *s, const char *id,
                             struct nj_store_owner *o)
 {
-    struct s3_store *st = to_s3(s);
+    struct obj_store *st = to_obj(s);
     NJ_CLEANUP_FREE char *key = key_of(st, "staging/%s/owner.json", id);
     NJ_CLEANUP_FREE char *display = nj_asprintf("staging/%s/owner.json", id);
     void *text = NULL;
     size_t len = 0;
-    if (nj_s3_get(st->s3, key, NJ_STORE_OWNER_MAX, &text, &len) < 0)
+    if (nj_obj_get(st->obj, key, NJ_STORE_OWNER_MAX, &text, &len) < 0)
         return errno == ENOENT ? 0 : nj_error_prefix("staging/%s", id);
     int r = nj_store_owner_parse(text, len, display, o);
     free(text);
@@ -953,7 +961,7 @@ static int s3_staging_owner(struct nj_store *s, const char *id,
 }
 
 /* Names under PREFIX/<dir>/ with the delimiter (store names only). */
-static char **list_dirs(struct s3_store *st, const char *dir)
+static char **list_dirs(struct obj_store *st, const char *dir)
 {
     NJ_CLEANUP_FREE char *prefix = key_of(st, "%s/", dir);
     size_t plen = strlen(prefix);
@@ -961,8 +969,8 @@ static char **list_dirs(struct s3_store *st, const char *dir)
     size_t n = 0;
     char **v = nj_calloc(1, sizeof *v);
     do {
-        struct nj_s3_page page = { 0 };
-        if (nj_s3_list(st->s3, prefix, "/", &token, &page) < 0) {
+        struct nj_obj_page page = { 0 };
+        if (nj_obj_list(st->obj, prefix, "/", &token, &page) < 0) {
             nj_strv_free(v);
             nj_error_prefix("list '%s'", dir);
             return NULL;
@@ -982,32 +990,32 @@ static char **list_dirs(struct s3_store *st, const char *dir)
             v[n++] = name;
             v[n] = NULL;
         }
-        nj_s3_page_clear(&page);
+        nj_obj_page_clear(&page);
     } while (token);
     return v;
 }
 
-static char **s3_staging_list(struct nj_store *s)
+static char **obj_staging_list(struct nj_store *s)
 {
-    return list_dirs(to_s3(s), "staging");
+    return list_dirs(to_obj(s), "staging");
 }
 
-static int s3_staging_clean(struct nj_store *s, const char *owner_key)
+static int obj_staging_clean(struct nj_store *s, const char *owner_key)
 {
-    struct s3_store *st = to_s3(s);
+    struct obj_store *st = to_obj(s);
     char **ids = list_dirs(st, "staging");
     if (!ids)
         return -1;
     int ret = 0;
     for (char **id = ids; *id; id++) {
         struct nj_store_owner o;
-        if (s3_staging_owner(s, *id, &o) != 1 ||
+        if (obj_staging_owner(s, *id, &o) != 1 ||
             strcmp(o.lock, owner_key) != 0)
             continue; /* not ours, or unreadable: left alone */
         pthread_mutex_lock(&st->lock);
         bool mine = staged_find(st, *id, NULL) != NULL;
         pthread_mutex_unlock(&st->lock);
-        if (!mine && s3_staging_remove(s, *id) < 0)
+        if (!mine && obj_staging_remove(s, *id) < 0)
             ret = -1;
     }
     nj_strv_free(ids);
@@ -1016,9 +1024,9 @@ static int s3_staging_clean(struct nj_store *s, const char *owner_key)
 
 /* ---- published backups ---- */
 
-static char **s3_backup_list(struct nj_store *s)
+static char **obj_backup_list(struct nj_store *s)
 {
-    struct s3_store *st = to_s3(s);
+    struct obj_store *st = to_obj(s);
     /* One listing of backups/ (a few keys per backup), grouped by id. */
     NJ_CLEANUP_FREE char *prefix = key_of(st, "backups/");
     size_t plen = strlen(prefix);
@@ -1029,8 +1037,8 @@ static char **s3_backup_list(struct nj_store *s)
     struct backup_gens g = { 0 };
     bool done = false;
     while (!done) {
-        struct nj_s3_page page = { 0 };
-        if (nj_s3_list(st->s3, prefix, NULL, &token, &page) < 0) {
+        struct nj_obj_page page = { 0 };
+        if (nj_obj_list(st->obj, prefix, NULL, &token, &page) < 0) {
             nj_strv_free(v);
             nj_error_prefix("list backups");
             return NULL;
@@ -1067,7 +1075,7 @@ static char **s3_backup_list(struct nj_store *s)
             }
             gens_note(&g, slash + 1);
         }
-        nj_s3_page_clear(&page);
+        nj_obj_page_clear(&page);
     }
     return v;
 }
@@ -1077,7 +1085,7 @@ static char **s3_backup_list(struct nj_store *s)
  * from the cache unless fresh; *cached says whether it did, so that a
  * caller that finds the object gone (another process merged or removed
  * the backup) asks again, fresh. */
-static char *published_key(struct s3_store *st, const char *id,
+static char *published_key(struct obj_store *st, const char *id,
                            const char *name, bool fresh, bool *cached)
 {
     unsigned gen = fresh ? 0 : gen_cached(st, id);
@@ -1098,10 +1106,10 @@ static char *published_key(struct s3_store *st, const char *id,
     return key_of(st, "backups/%s/g%08u/%s", id, g.newest, name);
 }
 
-static char *s3_backup_read(struct nj_store *s, const char *id,
+static char *obj_backup_read(struct nj_store *s, const char *id,
                             const char *name, size_t max, size_t *len)
 {
-    struct s3_store *st = to_s3(s);
+    struct obj_store *st = to_obj(s);
     for (bool fresh = false;; fresh = true) {
         bool cached = false;
         NJ_CLEANUP_FREE char *key = published_key(st, id, name, fresh,
@@ -1109,7 +1117,7 @@ static char *s3_backup_read(struct nj_store *s, const char *id,
         if (!key)
             return NULL;
         void *text = NULL;
-        if (nj_s3_get(st->s3, key, max, &text, len) == 0)
+        if (nj_obj_get(st->obj, key, max, &text, len) == 0)
             return text;
         int e = errno;
         if (e == ENOENT && cached)
@@ -1121,13 +1129,13 @@ static char *s3_backup_read(struct nj_store *s, const char *id,
 }
 
 /* Copy an object into fd with range GETs; 0 or -1. */
-static int fetch_into(struct s3_store *st, const char *key, int fd)
+static int fetch_into(struct obj_store *st, const char *key, int fd)
 {
     void *buf = nj_malloc(RANGE_STEP);
     uint64_t off = 0;
     int ret = 0;
     for (;;) {
-        ssize_t n = nj_s3_get_range(st->s3, key, off, buf, RANGE_STEP);
+        ssize_t n = nj_obj_get_range(st->obj, key, off, buf, RANGE_STEP);
         if (n < 0) {
             ret = -1;
             break;
@@ -1152,7 +1160,7 @@ static int fetch_into(struct s3_store *st, const char *key, int fd)
 
 /* Fetch a published file into a new spool (or fd, when >= 0): the fd, or
  * -1. */
-static int fetch_published(struct s3_store *st, const char *id,
+static int fetch_published(struct obj_store *st, const char *id,
                            const char *name, int fd)
 {
     NJ_CLEANUP_CLOSE int own = fd < 0 ? spool_open() : -1;
@@ -1175,19 +1183,19 @@ static int fetch_published(struct s3_store *st, const char *id,
     return fd >= 0 ? fd : NJ_STEAL_FD(&own);
 }
 
-static int s3_backup_open(struct nj_store *s, const char *id, const char *name)
+static int obj_backup_open(struct nj_store *s, const char *id, const char *name)
 {
-    int fd = fetch_published(to_s3(s), id, name, -1);
+    int fd = fetch_published(to_obj(s), id, name, -1);
     if (fd < 0)
         return nj_error_prefix("backups/%s/%s", id, name);
     return fd;
 }
 
-static int s3_staging_link(struct nj_store *s, const char *id,
+static int obj_staging_link(struct nj_store *s, const char *id,
                            const char *name, const char *from_id,
                            const char *from_name)
 {
-    struct s3_store *st = to_s3(s);
+    struct obj_store *st = to_obj(s);
     NJ_CLEANUP_CLOSE int fd = spool_add(st, id, name);
     if (fd < 0 || fetch_published(st, from_id, from_name, fd) < 0)
         return nj_error_prefix("link '%s/%s'", from_id, from_name);
@@ -1197,7 +1205,7 @@ static int s3_staging_link(struct nj_store *s, const char *id,
 /* Delete keys, the manifests of every generation first, oldest first (so
  * no older generation becomes the newest), then the rest.  keep_gen: a
  * generation left alone (0: none); keep_flags: leave flags/ alone. */
-static int delete_backup_keys(struct s3_store *st, char **keys, size_t n,
+static int delete_backup_keys(struct obj_store *st, char **keys, size_t n,
                               const char *id, unsigned keep_gen,
                               bool keep_flags)
 {
@@ -1215,7 +1223,7 @@ static int delete_backup_keys(struct s3_store *st, char **keys, size_t n,
             (keep_flags && strncmp(r, "flags/", 6) == 0))
             continue;
         if (gfile && strcmp(r + used, NJ_MANIFEST_NAME) == 0) {
-            if (nj_s3_delete(st->s3, keys[i]) < 0) {
+            if (nj_obj_delete(st->obj, keys[i]) < 0) {
                 free(rest);
                 return -1;
             }
@@ -1223,15 +1231,15 @@ static int delete_backup_keys(struct s3_store *st, char **keys, size_t n,
         }
         rest[nrest++] = keys[i];
     }
-    int r = nrest ? nj_s3_delete_many(st->s3, rest, nrest) : 0;
+    int r = nrest ? nj_obj_delete_many(st->obj, rest, nrest) : 0;
     free(rest);
     return r;
 }
 
-static int s3_backup_replace(struct nj_store *s, const char *staged_id,
+static int obj_backup_replace(struct nj_store *s, const char *staged_id,
                              const char *id)
 {
-    struct s3_store *st = to_s3(s);
+    struct obj_store *st = to_obj(s);
     struct staged *sg = staged_take(st, staged_id);
     if (!sg)
         return -1;
@@ -1250,7 +1258,7 @@ static int s3_backup_replace(struct nj_store *s, const char *staged_id,
     if (ret == 0) {
         NJ_CLEANUP_FREE char *okey =
             key_of(st, "staging/%s/owner.json", staged_id);
-        nj_s3_delete(st->s3, okey);
+        nj_obj_delete(st->obj, okey);
         /* The new generation is the backup now; the old ones are garbage
          * that gc would also find. */
         if (delete_backup_keys(st, keys, n, id, gen, true) < 0)
@@ -1262,9 +1270,9 @@ static int s3_backup_replace(struct nj_store *s, const char *staged_id,
     return ret;
 }
 
-static int s3_backup_remove(struct nj_store *s, const char *id)
+static int obj_backup_remove(struct nj_store *s, const char *id)
 {
-    struct s3_store *st = to_s3(s);
+    struct obj_store *st = to_obj(s);
     struct backup_gens g;
     char **keys = NULL;
     size_t n = 0;
@@ -1284,28 +1292,28 @@ static int s3_backup_remove(struct nj_store *s, const char *id)
     return 0;
 }
 
-static int s3_backup_set_flag(struct nj_store *s, const char *id,
+static int obj_backup_set_flag(struct nj_store *s, const char *id,
                               const char *flag, bool on)
 {
-    struct s3_store *st = to_s3(s);
+    struct obj_store *st = to_obj(s);
     bool cached = false;
     NJ_CLEANUP_FREE char *mkey = published_key(st, id, NJ_MANIFEST_NAME,
                                                true, &cached);
     if (!mkey)
         return -1;
     NJ_CLEANUP_FREE char *key = key_of(st, "backups/%s/flags/%s", id, flag);
-    int r = on ? nj_s3_put(st->s3, key, "", 0, NJ_S3_PUT_REPLACE, NULL, NULL)
-               : nj_s3_delete(st->s3, key);
+    int r = on ? nj_obj_put(st->obj, key, "", 0, NJ_OBJ_REPLACE, NULL, NULL)
+               : nj_obj_delete(st->obj, key);
     return r < 0 ? nj_error_prefix("flag '%s' of '%s'", flag, id) : 0;
 }
 
-static int s3_backup_has_flag(struct nj_store *s, const char *id,
+static int obj_backup_has_flag(struct nj_store *s, const char *id,
                               const char *flag)
 {
-    struct s3_store *st = to_s3(s);
+    struct obj_store *st = to_obj(s);
     NJ_CLEANUP_FREE char *key = key_of(st, "backups/%s/flags/%s", id, flag);
     uint64_t size = 0;
-    int r = nj_s3_head(st->s3, key, &size, NULL, NULL);
+    int r = nj_obj_head(st->obj, key, &size, NULL, NULL);
     if (r < 0)
         return nj_error_prefix("flag '%s' of '%s'", flag, id);
     return r;
@@ -1313,9 +1321,9 @@ static int s3_backup_has_flag(struct nj_store *s, const char *id,
 
 /* ---- garbage collection ---- */
 
-static int s3_chunk_mark(struct nj_store *s, const struct nj_digest *d)
+static int obj_chunk_mark(struct nj_store *s, const struct nj_digest *d)
 {
-    struct s3_store *st = to_s3(s);
+    struct obj_store *st = to_obj(s);
     pthread_mutex_lock(&st->lock);
     dset_add(&st->marked, d);
     pthread_mutex_unlock(&st->lock);
@@ -1323,7 +1331,7 @@ static int s3_chunk_mark(struct nj_store *s, const struct nj_digest *d)
 }
 
 /* Writers registered (staging/ not empty): 1; none: 0; -1 on error. */
-static int writers_present(struct s3_store *st)
+static int writers_present(struct obj_store *st)
 {
     char **ids = list_dirs(st, "staging");
     if (!ids)
@@ -1343,7 +1351,7 @@ static bool parse_chunk_key(const char *rest, struct nj_digest *d)
 }
 
 struct sweep {
-    struct s3_store *st;
+    struct obj_store *st;
     const char **batch;
     uint64_t *bytes;
     size_t n;
@@ -1360,7 +1368,7 @@ static int sweep_flush(struct sweep *sw)
     int w = sw->stopped ? 1 : writers_present(sw->st);
     if (w < 0)
         return -1;
-    if (w == 0 && nj_s3_delete_many(sw->st->s3, sw->batch, sw->n) < 0)
+    if (w == 0 && nj_obj_delete_many(sw->st->obj, sw->batch, sw->n) < 0)
         return -1;
     for (size_t i = 0; i < sw->n; i++) {
         if (w == 0) {
@@ -1381,7 +1389,7 @@ static int sweep_flush(struct sweep *sw)
  * of generations newer or older than the newest one with a manifest, and
  * of ids with no manifest at all, once older than tmp_cutoff.  Keys that
  * do not fit the layout are left alone. */
-static int sweep_backups(struct s3_store *st, int64_t tmp_cutoff,
+static int sweep_backups(struct obj_store *st, int64_t tmp_cutoff,
                          uint64_t *removed)
 {
     char **ids = list_dirs(st, "backups");
@@ -1398,8 +1406,8 @@ static int sweep_backups(struct s3_store *st, int64_t tmp_cutoff,
         }
         char *token = NULL;
         do {
-            struct nj_s3_page page = { 0 };
-            if (nj_s3_list(st->s3, prefix, NULL, &token, &page) < 0) {
+            struct nj_obj_page page = { 0 };
+            if (nj_obj_list(st->obj, prefix, NULL, &token, &page) < 0) {
                 ret = -1;
                 break;
             }
@@ -1418,10 +1426,10 @@ static int sweep_backups(struct s3_store *st, int64_t tmp_cutoff,
                     del[nd++] = page.objects[i].key;
             }
             if (nd && writers_present(st) == 0 &&
-                nj_s3_delete_many(st->s3, del, nd) == 0)
+                nj_obj_delete_many(st->obj, del, nd) == 0)
                 *removed += nd;
             free(del);
-            nj_s3_page_clear(&page);
+            nj_obj_page_clear(&page);
         } while (token);
     }
     nj_strv_free(ids);
@@ -1455,11 +1463,11 @@ static int sweep_backups(struct s3_store *st, int64_t tmp_cutoff,
  * The price: a sweep deletes nothing while any backup is running; it
  * reports how much it kept.
  */
-static int s3_gc_sweep(struct nj_store *s, int64_t cutoff, int64_t tmp_cutoff,
+static int obj_gc_sweep(struct nj_store *s, int64_t cutoff, int64_t tmp_cutoff,
                        uint64_t *kept, uint64_t *kept_bytes, uint64_t *freed,
                        uint64_t *freed_bytes, uint64_t *tmp_removed)
 {
-    struct s3_store *st = to_s3(s);
+    struct obj_store *st = to_obj(s);
     struct sweep sw = { .st = st, .freed = freed, .freed_bytes = freed_bytes,
                         .kept = kept, .kept_bytes = kept_bytes };
     int w = writers_present(st);
@@ -1474,8 +1482,8 @@ static int s3_gc_sweep(struct nj_store *s, int64_t cutoff, int64_t tmp_cutoff,
     char *token = NULL;
     int ret = 0;
     do {
-        struct nj_s3_page page = { 0 };
-        if (nj_s3_list(st->s3, prefix, NULL, &token, &page) < 0) {
+        struct nj_obj_page page = { 0 };
+        if (nj_obj_list(st->obj, prefix, NULL, &token, &page) < 0) {
             ret = nj_error_prefix("gc: list chunks; sweep stopped");
             break;
         }
@@ -1497,7 +1505,7 @@ static int s3_gc_sweep(struct nj_store *s, int64_t cutoff, int64_t tmp_cutoff,
             if (sw.n == DELETE_BATCH && sweep_flush(&sw) < 0)
                 ret = nj_error_prefix("gc: sweep stopped");
         }
-        nj_s3_page_clear(&page);
+        nj_obj_page_clear(&page);
     } while (ret == 0 && token);
     free(token);
     if (ret == 0 && sweep_flush(&sw) < 0)
@@ -1519,9 +1527,9 @@ static int s3_gc_sweep(struct nj_store *s, int64_t cutoff, int64_t tmp_cutoff,
 
 /* ---- open and close ---- */
 
-static void s3_close(struct nj_store *s)
+static void obj_close(struct nj_store *s)
 {
-    struct s3_store *st = to_s3(s);
+    struct obj_store *st = to_obj(s);
     pthread_mutex_lock(&st->lock);
     st->stopping = true;
     pthread_cond_broadcast(&st->wake);
@@ -1544,7 +1552,7 @@ static void s3_close(struct nj_store *s)
     staged_vec_reset(&st->staged);
     dset_free(&st->known);
     dset_free(&st->marked);
-    nj_s3_free(st->s3);
+    nj_obj_free(st->obj);
     pthread_mutex_destroy(&st->lock);
     pthread_cond_destroy(&st->wake);
     free(st->prefix);
@@ -1552,45 +1560,47 @@ static void s3_close(struct nj_store *s)
     free(st);
 }
 
-static void s3_transfer_stats(struct nj_store *s, struct nj_store_transfer *t)
+static bool obj_transfer_stats(struct nj_store *s, struct nj_store_transfer *t)
 {
-    struct nj_s3_stats st;
-    nj_s3_stats(to_s3(s)->s3, &st);
+    struct nj_obj_stats st;
+    if (!nj_obj_stats(to_obj(s)->obj, &st))
+        return false;
     t->requests = st.requests;
     t->retries = st.retries;
     t->bytes_sent = st.bytes_sent;
     t->bytes_received = st.bytes_received;
+    return true;
 }
 
-static const struct nj_store_ops s3_ops = {
+static const struct nj_store_ops obj_ops = {
     .name = "s3",
-    .close = s3_close,
-    .chunk_put = s3_chunk_put,
-    .chunk_exists = s3_chunk_exists,
-    .chunk_get = s3_chunk_get,
-    .sync = s3_sync,
-    .staging_create = s3_staging_create,
-    .staging_open = s3_staging_open,
-    .staging_put = s3_staging_put,
-    .backup_publish = s3_backup_publish,
-    .staging_remove = s3_staging_remove,
-    .staging_clean = s3_staging_clean,
-    .backup_list = s3_backup_list,
-    .backup_read = s3_backup_read,
-    .backup_open = s3_backup_open,
-    .lock_domain = s3_lock_domain,
-    .staging_link = s3_staging_link,
-    .backup_replace = s3_backup_replace,
-    .backup_remove = s3_backup_remove,
-    .backup_set_flag = s3_backup_set_flag,
-    .backup_has_flag = s3_backup_has_flag,
-    .chunk_mark = s3_chunk_mark,
-    .gc_sweep = s3_gc_sweep,
-    .staging_list = s3_staging_list,
-    .staging_owner = s3_staging_owner,
-    .gc_begin = s3_gc_begin,
-    .chunk_present = s3_chunk_present,
-    .transfer_stats = s3_transfer_stats,
+    .close = obj_close,
+    .chunk_put = obj_chunk_put,
+    .chunk_exists = obj_chunk_exists,
+    .chunk_get = obj_chunk_get,
+    .sync = obj_sync,
+    .staging_create = obj_staging_create,
+    .staging_open = obj_staging_open,
+    .staging_put = obj_staging_put,
+    .backup_publish = obj_backup_publish,
+    .staging_remove = obj_staging_remove,
+    .staging_clean = obj_staging_clean,
+    .backup_list = obj_backup_list,
+    .backup_read = obj_backup_read,
+    .backup_open = obj_backup_open,
+    .lock_domain = obj_lock_domain,
+    .staging_link = obj_staging_link,
+    .backup_replace = obj_backup_replace,
+    .backup_remove = obj_backup_remove,
+    .backup_set_flag = obj_backup_set_flag,
+    .backup_has_flag = obj_backup_has_flag,
+    .chunk_mark = obj_chunk_mark,
+    .gc_sweep = obj_gc_sweep,
+    .staging_list = obj_staging_list,
+    .staging_owner = obj_staging_owner,
+    .gc_begin = obj_gc_begin,
+    .chunk_present = obj_chunk_present,
+    .transfer_stats = obj_transfer_stats,
 };
 
 static void read_id_file(const char *path, char *out, size_t size)
@@ -1607,7 +1617,7 @@ static void read_id_file(const char *path, char *out, size_t size)
 
 /* Host identity: NIGHTJAR_HOST_ID, /etc/machine-id or the host name,
  * reduced to a store name. */
-static void host_identity(struct s3_store *st)
+static void host_identity(struct obj_store *st)
 {
     const char *env = getenv("NIGHTJAR_HOST_ID");
     if (env && *env)
@@ -1667,6 +1677,70 @@ static int parse_url(const char *url, char **bucket, char **prefix)
     return 0;
 }
 
+/* Open the store under prefix ("" or "PREFIX/") of the namespace o (taken
+ * over, freed on failure); url names it in messages. */
+static struct nj_store *store_open(struct nj_objects *o, const char *url,
+                                   char *prefix, unsigned flags)
+{
+    struct obj_store *st = nj_calloc(1, sizeof *st);
+    st->base.ops = &obj_ops;
+    st->base.path = nj_strdup(url);
+    st->prefix = prefix;
+    st->obj = o;
+    pthread_mutex_init(&st->lock, NULL);
+    pthread_cond_init(&st->wake, NULL);
+    host_identity(st);
+    NJ_CLEANUP_FREE char *mkey = key_of(st, "%s", NJ_STORE_MARKER);
+    void *text = NULL;
+    size_t len = 0;
+    int r = nj_obj_get(st->obj, mkey, 65536, &text, &len);
+    if (r < 0 && errno == ENOENT && (flags & NJ_STORE_CREATE)) {
+        /* A new store: in a bucket (directory) made if needed, under a
+         * prefix that holds nothing yet. */
+        char *token = NULL;
+        struct nj_obj_page page = { 0 };
+        if (nj_obj_create(st->obj) < 0 ||
+            nj_obj_list(st->obj, st->prefix, NULL, &token, &page) < 0) {
+            nj_error_prefix("create store '%s'", url);
+            obj_close(&st->base);
+            return NULL;
+        }
+        bool empty = page.nobjects == 0;
+        nj_obj_page_clear(&page);
+        free(token);
+        if (!empty) {
+            nj_error("'%s' is not a nightjar store and not empty; refusing "
+                     "to create a store there", url);
+            obj_close(&st->base);
+            return NULL;
+        }
+        NJ_CLEANUP_FREE char *body = nj_store_marker_new();
+        if (nj_obj_put(st->obj, mkey, body, strlen(body), NJ_OBJ_CREATE,
+                       NULL, NULL) < 0) {
+            nj_error_prefix("create store '%s'", url);
+            obj_close(&st->base);
+            return NULL;
+        }
+        r = nj_obj_get(st->obj, mkey, 65536, &text, &len);
+    }
+    if (r < 0) {
+        if (errno == ENOENT)
+            nj_error("'%s' is not a nightjar store (no %s)", url,
+                     NJ_STORE_MARKER);
+        else
+            nj_error_prefix("open store '%s'", url);
+        obj_close(&st->base);
+        return NULL;
+    }
+    r = nj_store_marker_check(text, len, url);
+    free(text);
+    if (r < 0) {
+        obj_close(&st->base);
+        return NULL;
+    }
+    return &st->base;
+}
+
 struct nj_store *nj_store_s3_open(const char *url, unsigned flags)
 {
     char *bucket = NULL, *prefix = NULL;
@@ -1679,68 +1753,28 @@ struct nj_store *nj_store_s3_open(const char *url, unsigned flags)
         nj_error_prefix("store '%s'", url);
         return NULL;
     }
-    struct s3_store *st = nj_calloc(1, sizeof *st);
-    st->base.ops = &s3_ops;
-    st->base.path = nj_strdup(url);
-    st->prefix = prefix;
-    pthread_mutex_init(&st->lock, NULL);
-    pthread_cond_init(&st->wake, NULL);
-    host_identity(st);
-    st->s3 = nj_s3_new(&c, bucket);
+    struct nj_objects *o = nj_objects_s3_new(&c, bucket);
     nj_s3_config_clear(&c);
     free(bucket);
-    if (!st->s3) {
+    if (!o) {
+        free(prefix);
         nj_error_prefix("store '%s'", url);
-        s3_close(&st->base);
         return NULL;
     }
-    NJ_CLEANUP_FREE char *mkey = key_of(st, "%s", NJ_STORE_MARKER);
-    void *text = NULL;
-    size_t len = 0;
-    int r = nj_s3_get(st->s3, mkey, 65536, &text, &len);
-    if (r < 0 && errno == ENOENT && (flags & NJ_STORE_CREATE)) {
-        /* A new store: in a bucket made if needed, under a prefix that
-         * holds nothing yet. */
-        char *token = NULL;
-        struct nj_s3_page page = { 0 };
-        if (nj_s3_bucket_create(st->s3) < 0 ||
-            nj_s3_list(st->s3, st->prefix, NULL, &token, &page) < 0) {
-            nj_error_prefix("create store '%s'", url);
-            s3_close(&st->base);
-            return NULL;
-        }
-        bool empty = page.nobjects == 0;
-        nj_s3_page_clear(&page);
-        free(token);
-        if (!empty) {
-            nj_error("'%s' is not a nightjar store and not empty; refusing "
-                     "to create a store there", url);
-            s3_close(&st->base);
-            return NULL;
-        }
-        NJ_CLEANUP_FREE char *body = nj_store_marker_new();
-        if (nj_s3_put(st->s3, mkey, body, strlen(body), NJ_S3_PUT_CREATE,
-                      NULL, NULL) < 0) {
-            nj_error_prefix("create store '%s'", url);
-            s3_close(&st->base);
-            return NULL;
-        }
-        r = nj_s3_get(st->s3, mkey, 65536, &text, &len);
-    }
-    if (r < 0) {
-        if (errno == ENOENT)
-            nj_error("'%s' is not a nightjar store (no %s)", url,
-                     NJ_STORE_MARKER);
-        else
-            nj_error_prefix("open store '%s'", url);
-        s3_close(&st->base);
+    return store_open(o, url, prefix, flags);
+}
+
+/* obj+file:///PATH (or obj+file://localhost/PATH): the same objects as
+ * files under PATH, which may be a copy of a bucket. */
+struct nj_store *nj_store_objdir_open(const char *url, unsigned flags)
+{
+    const char *p = url + strlen("obj+file://");
+    if (strncmp(p, "localhost/", 10) == 0)
+        p += 9;
+    if (p[0] != '/') {
+        nj_error("'%s': an obj+file:// URL needs an absolute path "
+                 "(obj+file:///PATH)", url);
         return NULL;
     }
-    r = nj_store_marker_check(text, len, url);
-    free(text);
-    if (r < 0) {
-        s3_close(&st->base);
-        return NULL;
-    }
-    return &st->base;
+    return store_open(nj_objects_dir_new(p), url, nj_strdup(""), flags);
 }

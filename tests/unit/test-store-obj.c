@@ -1,6 +1,8 @@
 /*
- * test-store-s3: what the S3 backend guarantees beyond what test-chain and
- * test-prune check on it, on a real radosgw (NJ_TEST_S3_*, exit 77 without):
+ * test-store-obj: what the object store (store-obj.c) guarantees beyond
+ * what test-chain and test-prune check on it, on both object namespaces:
+ * "s3", a real radosgw (NJ_TEST_S3_*, exit 77 without), and "dir", a
+ * directory (obj+file://):
  *  - domain leases: refused while held, taken over at once from a dead
  *    process of this host, after expiry from another host, never while
  *    alive; a writer whose lease was taken away does not publish;
@@ -14,6 +16,7 @@
  */
 #include "nj-test.h"
 #include "nj-prune.h"
+#include "nj-object.h"
 #include "nj-s3.h"
 #include "nj-util.h"
 
@@ -32,7 +35,7 @@ static const char *UUID = "5a5a5a5a-0000-4000-8000-000000000001";
 struct world {
     char *url;
     char *prefix; /* key prefix inside the bucket, with '/' */
-    struct nj_s3 *s3;
+    struct nj_objects *obj;
     struct nj_codec *codec;
     uint64_t rng;
     char *scratch;
@@ -159,8 +162,8 @@ static void test_leases(struct world *w)
                                              UUID);
     const char *intruder = "{\"host\":\"thief\",\"boot\":\"x\",\"pid\":1,"
                            "\"expires\":99999999999}";
-    REQUIRE(nj_s3_put(w->s3, lkey, intruder, strlen(intruder),
-                      NJ_S3_PUT_REPLACE, NULL, NULL) == 0);
+    REQUIRE(nj_obj_put(w->obj, lkey, intruder, strlen(intruder),
+                      NJ_OBJ_REPLACE, NULL, NULL) == 0);
     sleep(3); /* a renewal round (every second at TTL 3) sees it */
     size_t before = count_backups(a);
     CHECK(nj_backup_commit(bk) < 0);
@@ -170,10 +173,10 @@ static void test_leases(struct world *w)
     /* Not ours any more: releasing left the intruder's lease alone. */
     void *text = NULL;
     size_t len = 0;
-    CHECK(nj_s3_get(w->s3, lkey, 4096, &text, &len) == 0 && text &&
+    CHECK(nj_obj_get(w->obj, lkey, 4096, &text, &len) == 0 && text &&
           strstr(text, "thief") != NULL);
     free(text);
-    nj_s3_delete(w->s3, lkey);
+    nj_obj_delete(w->obj, lkey);
     nj_store_close(a);
     free(truth);
 }
@@ -283,7 +286,7 @@ static int chunk_present(struct world *w, const struct nj_digest *d)
     nj_digest_to_hex(d, hex);
     NJ_CLEANUP_FREE char *key = nj_asprintf("%schunks/%.2s/%s", w->prefix,
                                             hex, hex);
-    return nj_s3_head(w->s3, key, NULL, NULL, NULL);
+    return nj_obj_head(w->obj, key, NULL, NULL, NULL);
 }
 
 static void test_gc_and_writers(struct world *w)
@@ -399,14 +402,14 @@ static void test_hostile(struct world *w)
                                            w->prefix, id);
     void *mt = NULL, *it = NULL;
     size_t ml = 0, il = 0;
-    REQUIRE(nj_s3_get(w->s3, g1, 1 << 20, &mt, &ml) == 0);
-    REQUIRE(nj_s3_get(w->s3, i1, 1 << 24, &it, &il) == 0);
-    REQUIRE(nj_s3_put(w->s3, i2, it, il, NJ_S3_PUT_CREATE, NULL, NULL) == 0);
-    REQUIRE(nj_s3_put(w->s3, g2, mt, ml, NJ_S3_PUT_CREATE, NULL, NULL) == 0);
+    REQUIRE(nj_obj_get(w->obj, g1, 1 << 20, &mt, &ml) == 0);
+    REQUIRE(nj_obj_get(w->obj, i1, 1 << 24, &it, &il) == 0);
+    REQUIRE(nj_obj_put(w->obj, i2, it, il, NJ_OBJ_CREATE, NULL, NULL) == 0);
+    REQUIRE(nj_obj_put(w->obj, g2, mt, ml, NJ_OBJ_CREATE, NULL, NULL) == 0);
     nj_store_close(s);
     s = open_store(w);
     /* g1's index damaged: only g2 is read, so the backup still restores. */
-    REQUIRE(nj_s3_put(w->s3, i1, "junk", 4, NJ_S3_PUT_REPLACE, NULL, NULL) == 0);
+    REQUIRE(nj_obj_put(w->obj, i1, "junk", 4, NJ_OBJ_REPLACE, NULL, NULL) == 0);
     check_restores(s, w, id, truth);
 
     /* Objects outside the layout: a stray key under chunks/ is never
@@ -416,20 +419,20 @@ static void test_hostile(struct world *w)
                                               w->prefix);
     NJ_CLEANUP_FREE char *odd = nj_asprintf("%sbackups/evil/manifest.json",
                                             w->prefix);
-    REQUIRE(nj_s3_put(w->s3, stray, "x", 1, NJ_S3_PUT_REPLACE, NULL, NULL) == 0);
+    REQUIRE(nj_obj_put(w->obj, stray, "x", 1, NJ_OBJ_REPLACE, NULL, NULL) == 0);
     struct nj_gc_stats gs;
     CHECK(nj_gc(s, 0, &gs) == 0);
-    CHECK(nj_s3_head(w->s3, stray, NULL, NULL, NULL) == 1);
+    CHECK(nj_obj_head(w->obj, stray, NULL, NULL, NULL) == 1);
     check_restores(s, w, id, truth);
-    REQUIRE(nj_s3_put(w->s3, odd, "{}", 2, NJ_S3_PUT_REPLACE, NULL, NULL) == 0);
+    REQUIRE(nj_obj_put(w->obj, odd, "{}", 2, NJ_OBJ_REPLACE, NULL, NULL) == 0);
     struct nj_catalog *c = nj_catalog_open(s);
     REQUIRE(c);
     CHECK(nj_catalog_broken_count(c) == 1);
     nj_catalog_free(c);
     CHECK(nj_gc(s, 0, &gs) < 0);
     CHECK(strstr(nj_error_get(), "not sweeping") != NULL);
-    nj_s3_delete(w->s3, odd);
-    nj_s3_delete(w->s3, stray);
+    nj_obj_delete(w->obj, odd);
+    nj_obj_delete(w->obj, stray);
     /* A second publish of an existing id is refused. */
     CHECK(nj_store_staging_create(s, id, "{\"lock\":\"hostile\","
                                          "\"started\":1}") == 0);
@@ -462,9 +465,14 @@ static void test_credentials(struct world *w)
     CHECK(strstr(nj_error_get(), "not a nightjar store") != NULL);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
-    if (!nj_test_s3_env()) {
+    bool s3 = argc > 1 && strcmp(argv[1], "s3") == 0;
+    if (argc != 2 || (!s3 && strcmp(argv[1], "dir") != 0)) {
+        fprintf(stderr, "usage: test-store-obj s3|dir\n");
+        return 2;
+    }
+    if (s3 && !nj_test_s3_env()) {
         printf("no test S3 endpoint: run scripts/ceph-start.sh and export "
                "what it prints\n");
         return 77;
@@ -472,30 +480,41 @@ int main(void)
     setenv("NIGHTJAR_LEASE_TTL", "3", 1);
     setenv("NIGHTJAR_HOST_ID", "this-host", 1);
     struct world w = { .rng = 0x53335 };
-    NJ_CLEANUP_FREE char *dir = nj_test_tmpdir("store-s3");
+    NJ_CLEANUP_FREE char *dir = nj_test_tmpdir("store-obj");
     w.scratch = nj_asprintf("%s/restore.raw", dir);
-    w.prefix = nj_asprintf("s3t-%ld-%ld/", (long)time(NULL), (long)getpid());
-    w.url = nj_asprintf("s3://nj-test/%.*s", (int)strlen(w.prefix) - 1,
-                        w.prefix);
-    struct nj_s3_config c = { 0 };
-    REQUIRE(nj_s3_config_load(&c, NULL) == 0);
-    w.s3 = nj_s3_new(&c, "nj-test");
-    REQUIRE(w.s3);
-    nj_s3_config_clear(&c);
+    if (s3) {
+        w.prefix = nj_asprintf("s3t-%ld-%ld/", (long)time(NULL),
+                               (long)getpid());
+        w.url = nj_asprintf("s3://nj-test/%.*s", (int)strlen(w.prefix) - 1,
+                            w.prefix);
+        struct nj_s3_config c = { 0 };
+        REQUIRE(nj_s3_config_load(&c, NULL) == 0);
+        w.obj = nj_objects_s3_new(&c, "nj-test");
+        nj_s3_config_clear(&c);
+    } else {
+        /* The same objects as files: what this test does to the bucket it
+         * does to the directory. */
+        NJ_CLEANUP_FREE char *root = nj_asprintf("%s/store", dir);
+        w.prefix = nj_strdup("");
+        w.url = nj_asprintf("obj+file://%s", root);
+        w.obj = nj_objects_dir_new(root);
+    }
+    REQUIRE(w.obj);
     w.codec = nj_codec_new(1);
     REQUIRE(w.codec);
 
-    test_credentials(&w);
+    if (s3)
+        test_credentials(&w); /* directories have none */
     test_leases(&w);
     test_killed_writer(&w);
     test_gc_and_writers(&w);
     test_hostile(&w);
 
     nj_codec_free(w.codec);
-    nj_s3_free(w.s3);
+    nj_obj_free(w.obj);
     nj_test_rmtree(dir);
     free(w.scratch);
     free(w.url);
     free(w.prefix);
-    return nj_test_done("test-store-s3");
+    return nj_test_done(s3 ? "test-store-obj s3" : "test-store-obj dir");
 }
