@@ -229,10 +229,9 @@ static struct nj_backup_disk *disk_add_locked(struct nj_backup *b,
     }
     char name[32];
     snprintf(name, sizeof name, "disk%zu.idx", b->ndisks);
-    int fd = nj_store_staging_open(b->store, b->m.id, name);
-    if (fd < 0)
-        return NULL;
-    struct nj_index_writer *w = nj_index_writer_new(fd, size);
+    struct nj_index_writer *w =
+        nj_index_writer_new(nj_store_staging_open(b->store, b->m.id, name),
+                            size);
     if (!w)
         return NULL;
     struct nj_backup_disk *d = nj_calloc(1, sizeof *d);

@@ -134,7 +134,7 @@ int nj_gc(struct nj_store *s, int64_t grace, struct nj_gc_stats *st)
     int64_t cutoff = t0 - grace;
     int64_t oldest = 0;
     /* On object stores, new backups wait from here on before relying on
-     * old chunks (store-s3.c); the directory needs no such exclusion. */
+     * old chunks (store-obj.c); the directory needs no such exclusion. */
     int gc_lock = nj_store_gc_begin(s);
     if (gc_lock < 0 || oldest_running(s, t0, &oldest) < 0) {
         nj_store_unlock_domain(gc_lock);
@@ -147,7 +147,7 @@ int nj_gc(struct nj_store *s, int64_t grace, struct nj_gc_stats *st)
     bool count_only = oldest < t0 + 1 && nj_store_gc_exclusive(s);
     if (count_only) {
         /* An object store: with backups (or prunes) running this run can
-         * delete nothing (store-s3.c), so let them go on now, and skip
+         * delete nothing (store-obj.c), so let them go on now, and skip
          * the mark: the sweep only counts. */
         nj_store_unlock_domain(gc_lock);
         gc_lock = -1;

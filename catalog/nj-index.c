@@ -175,7 +175,8 @@ static int decode_header(const unsigned char *p, uint64_t file_len,
 /* ---- writer ---- */
 
 struct nj_index_writer {
-    int fd;
+    struct nj_stream *out;
+    uint64_t pos; /* where the next entries go */
     struct header h;
     struct nj_sha256_ctx *sha;
     struct nj_extent last; /* pending entry, for merging zeros */
@@ -186,18 +187,22 @@ struct nj_index_writer {
     bool failed;
 };
 
-struct nj_index_writer *nj_index_writer_new(int fd, uint64_t disk_size)
+struct nj_index_writer *nj_index_writer_new(struct nj_stream *out,
+                                           uint64_t disk_size)
 {
+    if (!out)
+        return NULL; /* the error of whoever failed to make it */
     struct nj_index_writer *w = nj_calloc(1, sizeof *w);
-    w->fd = fd;
+    w->out = out;
+    w->pos = NJ_INDEX_HEADER_LEN;
     w->h.disk_size = disk_size;
     w->buf = nj_malloc(WINDOW_ENTRIES * NJ_INDEX_ENTRY_LEN);
     w->sha = nj_sha256_new();
     unsigned char zero[NJ_INDEX_HEADER_LEN] = { 0 };
     /* The header is written last, once the counts are known. */
-    if (!w->sha || nj_full_write(fd, zero, sizeof zero) < 0) {
+    if (!w->sha || nj_stream_pwrite(out, zero, sizeof zero, 0) < 0) {
         if (w->sha)
-            nj_error_errno(errno, "write index header");
+            nj_error_prefix("write index header");
         nj_index_writer_free(w);
         return NULL;
     }
@@ -208,8 +213,9 @@ static int writer_flush(struct nj_index_writer *w)
 {
     if (w->buf_used == 0)
         return 0;
-    if (nj_full_write(w->fd, w->buf, w->buf_used) < 0)
-        return nj_error_errno(errno, "write index");
+    if (nj_stream_pwrite(w->out, w->buf, w->buf_used, w->pos) < 0)
+        return nj_error_prefix("write index");
+    w->pos += w->buf_used;
     w->buf_used = 0;
     return 0;
 }
@@ -266,29 +272,27 @@ int nj_index_writer_finish(struct nj_index_writer *w, struct nj_digest *digest,
         return -1;
     unsigned char hdr[NJ_INDEX_HEADER_LEN];
     encode_header(hdr, &w->h);
-    if (nj_full_pwrite(w->fd, hdr, sizeof hdr, 0) < 0)
-        return nj_error_errno(errno, "write index header");
+    if (nj_stream_pwrite(w->out, hdr, sizeof hdr, 0) < 0)
+        return nj_error_prefix("write index header");
     /* Hash the file as written, from the start. */
-    if (lseek(w->fd, 0, SEEK_SET) < 0)
-        return nj_error_errno(errno, "seek index");
     unsigned char *buf = w->buf;
     size_t bufsz = WINDOW_ENTRIES * NJ_INDEX_ENTRY_LEN;
-    uint64_t left = NJ_INDEX_HEADER_LEN + w->h.count * NJ_INDEX_ENTRY_LEN;
-    while (left > 0) {
-        size_t n = (size_t)NJ_MIN(left, (uint64_t)bufsz);
-        if (nj_full_read(w->fd, buf, n) < 0)
-            return nj_error_errno(errno, "reread index");
+    uint64_t end = NJ_INDEX_HEADER_LEN + w->h.count * NJ_INDEX_ENTRY_LEN;
+    for (uint64_t off = 0; off < end;) {
+        size_t n = (size_t)NJ_MIN(end - off, (uint64_t)bufsz);
+        if (nj_stream_pread(w->out, buf, n, off) < 0)
+            return nj_error_prefix("reread index");
         if (nj_sha256_update(w->sha, buf, n) < 0)
             return -1;
-        left -= n;
+        off += n;
     }
     struct nj_digest d;
     if (nj_sha256_final(w->sha, &d) < 0)
         return -1;
-    if (nj_full_write(w->fd, d.b, NJ_DIGEST_LEN) < 0)
-        return nj_error_errno(errno, "write index trailer");
-    if (fsync(w->fd) < 0)
-        return nj_error_errno(errno, "fsync index");
+    if (nj_stream_pwrite(w->out, d.b, NJ_DIGEST_LEN, end) < 0)
+        return nj_error_prefix("write index trailer");
+    if (nj_stream_flush(w->out) < 0)
+        return nj_error_prefix("index");
     if (digest)
         *digest = d;
     if (entries)
@@ -302,8 +306,7 @@ void nj_index_writer_free(struct nj_index_writer *w)
 {
     if (!w)
         return;
-    if (w->fd >= 0)
-        close(w->fd);
+    nj_stream_close(w->out);
     nj_sha256_free(w->sha);
     free(w->buf);
     free(w);
@@ -312,7 +315,7 @@ void nj_index_writer_free(struct nj_index_writer *w)
 /* ---- reader ---- */
 
 struct nj_index_reader {
-    int fd;
+    struct nj_stream *in;
     char *name;
     struct header h;
     unsigned char hdr[NJ_INDEX_HEADER_LEN]; /* as read and checked */
@@ -329,7 +332,7 @@ struct nj_index_reader {
     bool stream_failed;
 };
 
-static int hash_file(int fd, uint64_t len, struct nj_digest *out,
+static int hash_file(struct nj_stream *in, uint64_t len, struct nj_digest *out,
                      unsigned char *buf, size_t bufsz)
 {
     struct nj_sha256_ctx *sha = nj_sha256_new();
@@ -339,8 +342,8 @@ static int hash_file(int fd, uint64_t len, struct nj_digest *out,
     int ret = 0;
     while (off < len) {
         size_t n = (size_t)NJ_MIN(len - off, (uint64_t)bufsz);
-        if (nj_full_pread(fd, buf, n, (off_t)off) < 0) {
-            ret = nj_error_errno(errno, "read");
+        if (nj_stream_pread(in, buf, n, off) < 0) {
+            ret = -1;
             break;
         }
         if (nj_sha256_update(sha, buf, n) < 0) {
@@ -359,16 +362,16 @@ static int reader_init(struct nj_index_reader *r, const struct nj_digest *expect
                        uint64_t disk_size)
 {
     const char *name = r->name;
-    struct stat st;
+    uint64_t size;
     unsigned char hdr[NJ_INDEX_HEADER_LEN];
-    if (fstat(r->fd, &st) < 0)
-        return nj_error_errno(errno, "stat index '%s'", name);
-    if ((uint64_t)st.st_size < NJ_INDEX_HEADER_LEN + NJ_DIGEST_LEN)
-        return nj_error("index '%s' is truncated (%lld bytes)", name,
-                        (long long)st.st_size);
-    if (nj_full_pread(r->fd, hdr, sizeof hdr, 0) < 0)
-        return nj_error_errno(errno, "read index '%s'", name);
-    if (decode_header(hdr, (uint64_t)st.st_size, &r->h, name) < 0)
+    if (nj_stream_size(r->in, &size) < 0)
+        return nj_error_prefix("index '%s'", name);
+    if (size < NJ_INDEX_HEADER_LEN + NJ_DIGEST_LEN)
+        return nj_error("index '%s' is truncated (%llu bytes)", name,
+                        (unsigned long long)size);
+    if (nj_stream_pread(r->in, hdr, sizeof hdr, 0) < 0)
+        return nj_error_prefix("read index '%s'", name);
+    if (decode_header(hdr, size, &r->h, name) < 0)
         return -1;
     memcpy(r->hdr, hdr, sizeof hdr);
     if (disk_size && r->h.disk_size != disk_size)
@@ -376,11 +379,11 @@ static int reader_init(struct nj_index_reader *r, const struct nj_digest *expect
                         "manifest says %llu", name,
                         (unsigned long long)r->h.disk_size,
                         (unsigned long long)disk_size);
-    uint64_t body = (uint64_t)st.st_size - NJ_DIGEST_LEN;
+    uint64_t body = size - NJ_DIGEST_LEN;
     struct nj_digest got, trailer;
-    if (nj_full_pread(r->fd, trailer.b, NJ_DIGEST_LEN, (off_t)body) < 0)
-        return nj_error_errno(errno, "read index '%s' trailer", name);
-    if (hash_file(r->fd, body, &got, r->buf,
+    if (nj_stream_pread(r->in, trailer.b, NJ_DIGEST_LEN, body) < 0)
+        return nj_error_prefix("read index '%s' trailer", name);
+    if (hash_file(r->in, body, &got, r->buf,
                   WINDOW_ENTRIES * NJ_INDEX_ENTRY_LEN) < 0)
         return nj_error_prefix("index '%s'", name);
     if (!nj_digest_eq(&got, &trailer))
@@ -426,9 +429,9 @@ static int check_all(struct nj_index_reader *r, const struct nj_index_expect *x)
     int ret = 0;
     for (uint64_t i = 0; i < r->h.count && ret == 0;) {
         size_t n = (size_t)NJ_MIN(r->h.count - i, (uint64_t)WINDOW_ENTRIES);
-        off_t off = (off_t)(NJ_INDEX_HEADER_LEN + i * NJ_INDEX_ENTRY_LEN);
-        if (nj_full_pread(r->fd, r->buf, n * NJ_INDEX_ENTRY_LEN, off) < 0)
-            ret = nj_error_errno(errno, "read index '%s'", name);
+        uint64_t off = NJ_INDEX_HEADER_LEN + i * NJ_INDEX_ENTRY_LEN;
+        if (nj_stream_pread(r->in, r->buf, n * NJ_INDEX_ENTRY_LEN, off) < 0)
+            ret = nj_error_prefix("read index '%s'", name);
         else if (nj_sha256_update(sha, r->buf, n * NJ_INDEX_ENTRY_LEN) < 0)
             ret = nj_error_prefix("index '%s'", name);
         for (size_t k = 0; ret == 0 && !entry_error && k < n; k++) {
@@ -451,8 +454,8 @@ static int check_all(struct nj_index_reader *r, const struct nj_index_expect *x)
     if (ret < 0)
         return -1;
     uint64_t body = NJ_INDEX_HEADER_LEN + r->h.count * NJ_INDEX_ENTRY_LEN;
-    if (nj_full_pread(r->fd, trailer.b, NJ_DIGEST_LEN, (off_t)body) < 0)
-        return nj_error_errno(errno, "read index '%s' trailer", name);
+    if (nj_stream_pread(r->in, trailer.b, NJ_DIGEST_LEN, body) < 0)
+        return nj_error_prefix("read index '%s' trailer", name);
     if (!nj_digest_eq(&got, &trailer))
         return nj_error("index '%s' is damaged (checksum mismatch)", name);
     if (!nj_digest_eq(&got, x->digest))
@@ -477,7 +480,7 @@ static int reader_init_checked(struct nj_index_reader *r,
                                const struct nj_index_expect *x)
 {
     const char *name = r->name;
-    struct stat st;
+    uint64_t size;
     if (!x->digest || x->disk_size == 0)
         return nj_error("index '%s': no digest or disk size to check it "
                         "against", name);
@@ -489,21 +492,19 @@ static int reader_init_checked(struct nj_index_reader *r,
                         (unsigned long long)x->entries,
                         (unsigned long long)x->covered,
                         (unsigned long long)x->disk_size);
-    if (fstat(r->fd, &st) < 0)
-        return nj_error_errno(errno, "stat index '%s'", name);
-    if (!S_ISREG(st.st_mode))
-        return nj_error("index '%s' is not a regular file", name);
+    if (nj_stream_size(r->in, &size) < 0)
+        return nj_error_prefix("index '%s'", name);
     uint64_t max_entries = ((uint64_t)INT64_MAX - NJ_INDEX_HEADER_LEN -
                             NJ_DIGEST_LEN) / NJ_INDEX_ENTRY_LEN;
     if (x->entries > max_entries ||
-        (uint64_t)st.st_size != NJ_INDEX_HEADER_LEN + NJ_DIGEST_LEN +
-                                    x->entries * NJ_INDEX_ENTRY_LEN)
-        return nj_error("index '%s' is %lld bytes, its manifest promises %llu "
-                        "entries", name, (long long)st.st_size,
+        size != NJ_INDEX_HEADER_LEN + NJ_DIGEST_LEN +
+                    x->entries * NJ_INDEX_ENTRY_LEN)
+        return nj_error("index '%s' is %llu bytes, its manifest promises %llu "
+                        "entries", name, (unsigned long long)size,
                         (unsigned long long)x->entries);
-    if (nj_full_pread(r->fd, r->hdr, sizeof r->hdr, 0) < 0)
-        return nj_error_errno(errno, "read index '%s'", name);
-    if (decode_header(r->hdr, (uint64_t)st.st_size, &r->h, name) < 0)
+    if (nj_stream_pread(r->in, r->hdr, sizeof r->hdr, 0) < 0)
+        return nj_error_prefix("read index '%s'", name);
+    if (decode_header(r->hdr, size, &r->h, name) < 0)
         return -1;
     if (r->h.disk_size != x->disk_size || r->h.count != x->entries ||
         r->h.covered != x->covered)
@@ -521,14 +522,14 @@ static int reader_init_checked(struct nj_index_reader *r,
 }
 
 struct nj_index_reader *nj_index_reader_open_checked(
-    int fd, const char *name, const struct nj_index_expect *x)
+    struct nj_stream *in, const char *name, const struct nj_index_expect *x)
 {
     struct nj_index_reader *r = nj_calloc(1, sizeof *r);
-    r->fd = fd;
+    r->in = in;
     r->name = nj_strdup(name);
     r->buf = nj_malloc(WINDOW_ENTRIES * NJ_INDEX_ENTRY_LEN);
-    if (fd < 0 || reader_init_checked(r, x) < 0) {
-        if (fd < 0)
+    if (!in || reader_init_checked(r, x) < 0) {
+        if (!in)
             nj_error("index '%s': no file", name);
         nj_index_reader_free(r);
         return NULL;
@@ -536,12 +537,15 @@ struct nj_index_reader *nj_index_reader_open_checked(
     return r;
 }
 
-struct nj_index_reader *nj_index_reader_open(int fd, const char *name,
+struct nj_index_reader *nj_index_reader_open(struct nj_stream *in,
+                                             const char *name,
                                              const struct nj_digest *expect,
                                              uint64_t disk_size)
 {
+    if (!in)
+        return NULL; /* the error of whoever failed to make it */
     struct nj_index_reader *r = nj_calloc(1, sizeof *r);
-    r->fd = fd;
+    r->in = in;
     r->name = nj_strdup(name);
     r->buf = nj_malloc(WINDOW_ENTRIES * NJ_INDEX_ENTRY_LEN);
     if (reader_init(r, expect, disk_size) < 0 || stream_start(r) < 0) {
@@ -603,10 +607,9 @@ int nj_index_reader_next(struct nj_index_reader *r, struct nj_extent *e)
     if (r->buf_pos == r->buf_entries) {
         uint64_t left = r->h.count - r->next_idx;
         size_t n = (size_t)NJ_MIN(left, (uint64_t)WINDOW_ENTRIES);
-        off_t off = (off_t)(NJ_INDEX_HEADER_LEN +
-                            r->next_idx * NJ_INDEX_ENTRY_LEN);
-        if (nj_full_pread(r->fd, r->buf, n * NJ_INDEX_ENTRY_LEN, off) < 0)
-            return nj_error_errno(errno, "read index '%s'", r->name);
+        uint64_t off = NJ_INDEX_HEADER_LEN + r->next_idx * NJ_INDEX_ENTRY_LEN;
+        if (nj_stream_pread(r->in, r->buf, n * NJ_INDEX_ENTRY_LEN, off) < 0)
+            return nj_error_prefix("read index '%s'", r->name);
         if (r->sha && nj_sha256_update(r->sha, r->buf,
                                        n * NJ_INDEX_ENTRY_LEN) < 0)
             return nj_error_prefix("index '%s'", r->name);
@@ -628,8 +631,7 @@ void nj_index_reader_free(struct nj_index_reader *r)
 {
     if (!r)
         return;
-    if (r->fd >= 0)
-        close(r->fd);
+    nj_stream_close(r->in);
     nj_sha256_free(r->sha);
     free(r->name);
     free(r->buf);

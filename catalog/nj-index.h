@@ -19,6 +19,7 @@
 #include <stdint.h>
 
 #include "nj-digest.h"
+#include "nj-stream.h"
 
 #define NJ_INDEX_MAGIC "NJINDEX1"
 #define NJ_INDEX_VERSION 1
@@ -42,12 +43,14 @@ struct nj_extent {
 /* Writer: entries are appended in order and written through a buffer. */
 struct nj_index_writer;
 
-/* Takes ownership of fd (a new, empty file). */
-struct nj_index_writer *nj_index_writer_new(int fd, uint64_t disk_size);
+/* Takes ownership of out (new and empty; NULL: fails, keeping the last
+ * error of whoever could not make it). */
+struct nj_index_writer *nj_index_writer_new(struct nj_stream *out,
+                                           uint64_t disk_size);
 /* Append one entry; fails if it is out of order, overlaps, or is invalid.
  * Adjacent zero entries are merged. */
 int nj_index_writer_append(struct nj_index_writer *w, const struct nj_extent *e);
-/* Flush, write header and trailer, fsync.  Fills the file digest, the
+/* Flush, write header and trailer, make durable (nj_stream_flush).  Fills the file digest, the
  * entry count and the bytes covered. */
 int nj_index_writer_finish(struct nj_index_writer *w, struct nj_digest *digest,
                            uint64_t *entries, uint64_t *covered);
@@ -68,18 +71,20 @@ struct nj_index_expect {
 };
 
 /*
- * Open an index from fd (ownership taken).  name is used in messages.
+ * Open an index from a stream (ownership taken; NULL fails).  name is used
+ * in messages.
  * When expect is not NULL the whole file is hashed first and must match.
  * disk_size, when not 0, must equal the size the index records.
  */
-struct nj_index_reader *nj_index_reader_open(int fd, const char *name,
+struct nj_index_reader *nj_index_reader_open(struct nj_stream *in,
+                                             const char *name,
                                              const struct nj_digest *expect,
                                              uint64_t disk_size);
 /*
  * Open an index and check all of it, once, against what its manifest
- * promises (fd: ownership taken; name: for messages).  Cheap bounds come
- * first, before a byte of the entries is read: the file is a regular file
- * of exactly 64 + 64 * entries + 32 bytes, entries <= covered <= disk size
+ * promises (in: ownership taken, NULL fails; name: for messages).  Cheap
+ * bounds come first, before a byte of the entries is read: the stream (a
+ * regular file when it is one) is exactly 64 + 64 * entries + 32 bytes, entries <= covered <= disk size
  * (every entry covers at least one byte), and the header says the same
  * disk size, count and coverage.  Then one pass hashes the file and checks
  * every entry (order, overlap, bounds, chunk ranges, the sum of lengths),
@@ -89,7 +94,7 @@ struct nj_index_reader *nj_index_reader_open(int fd, const char *name,
  * NULL with the last error naming the index.
  */
 struct nj_index_reader *nj_index_reader_open_checked(
-    int fd, const char *name, const struct nj_index_expect *x);
+    struct nj_stream *in, const char *name, const struct nj_index_expect *x);
 uint64_t nj_index_reader_disk_size(const struct nj_index_reader *r);
 uint64_t nj_index_reader_count(const struct nj_index_reader *r);
 /* Bytes the header says the entries cover (checked against the entries

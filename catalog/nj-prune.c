@@ -51,9 +51,9 @@ static int merge_disk(struct nj_store *s, const char *sid,
                                             cd->size, xd->full);
     if (!v)
         return -1;
-    int fd = nj_store_staging_open(s, sid, out->index);
-    struct nj_index_writer *w = fd >= 0 ? nj_index_writer_new(fd, cd->size)
-                                        : NULL;
+    struct nj_index_writer *w =
+        nj_index_writer_new(nj_store_staging_open(s, sid, out->index),
+                            cd->size);
     int ret = w ? 0 : -1;
     struct nj_extent e;
     int r = 0;
@@ -196,7 +196,7 @@ int nj_prune_remove(struct nj_store *s, const char *id)
     } else {
         NJ_CLEANUP_FREE char *key = nj_backup_lock_key(x->domain_uuid);
         /* On an object store a prune registers like a backup, so that gc
-         * never marks while backups vanish under it (store-s3.c). */
+         * never marks while backups vanish under it (store-obj.c). */
         char sid[160];
         snprintf(sid, sizeof sid, "prune-%s", id);
         bool reg = nj_store_gc_exclusive(s);

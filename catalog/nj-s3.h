@@ -1,6 +1,6 @@
 /*
  * nj-s3.h: a small S3 client (libcurl, SigV4), the transport of the S3
- * store backend (catalog/store-s3.c).
+ * store backend (catalog/store-obj.c).
  *
  * Every request goes through one curl multi handle driven by a private I/O
  * thread, with at most max_inflight requests on the wire; callers block in

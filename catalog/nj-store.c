@@ -114,10 +114,13 @@ int nj_store_staging_create(struct nj_store *s, const char *id,
     return s->ops->staging_create(s, id, owner_json);
 }
 
-int nj_store_staging_open(struct nj_store *s, const char *id, const char *name)
+struct nj_stream *nj_store_staging_open(struct nj_store *s, const char *id,
+                                        const char *name)
 {
-    CHECK_NAME("backup id", id);
-    CHECK_NAME("file name", name);
+    if (!nj_store_name_valid(id) || !nj_store_name_valid(name)) {
+        nj_error("invalid backup id or file name '%s/%s'", id, name);
+        return NULL;
+    }
     return s->ops->staging_open(s, id, name);
 }
 
@@ -162,10 +165,13 @@ char *nj_store_backup_read(struct nj_store *s, const char *id,
     return s->ops->backup_read(s, id, name, max, len);
 }
 
-int nj_store_backup_open(struct nj_store *s, const char *id, const char *name)
+struct nj_stream *nj_store_backup_open(struct nj_store *s, const char *id,
+                                       const char *name)
 {
-    CHECK_NAME("backup id", id);
-    CHECK_NAME("file name", name);
+    if (!nj_store_name_valid(id) || !nj_store_name_valid(name)) {
+        nj_error("invalid backup id or file name '%s/%s'", id, name);
+        return NULL;
+    }
     return s->ops->backup_open(s, id, name);
 }
 

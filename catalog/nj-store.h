@@ -25,6 +25,7 @@
 #include <sys/types.h>
 
 #include "nj-digest.h"
+#include "nj-stream.h"
 
 #define NJ_STORE_FORMAT_VERSION 1
 
@@ -36,7 +37,7 @@ enum nj_store_open_flags {
 };
 
 /* Open the store at a URL: a path or file://PATH for a directory store,
- * s3://BUCKET[/PREFIX] for an S3 store (catalog/store-s3.c; credentials
+ * s3://BUCKET[/PREFIX] for an S3 store (catalog/store-obj.c; credentials
  * and endpoint the AWS way, nj-s3.h).  For a directory, symlinks in path
  * itself are followed: that is the caller's choice; none inside the store
  * is.  Fails with a clear message when the URL is not a store, has an
@@ -87,9 +88,11 @@ int nj_store_sync(struct nj_store *s);
  */
 int nj_store_staging_create(struct nj_store *s, const char *id,
                             const char *owner_json);
-/* Open a new file in a staged backup for writing; returns an fd. */
-int nj_store_staging_open(struct nj_store *s, const char *id,
-                          const char *name);
+/* Open a new file in a staged backup for writing (and reading back): a
+ * stream, or NULL with the last error.  nj_stream_flush() makes it
+ * durable; it is published with the backup. */
+struct nj_stream *nj_store_staging_open(struct nj_store *s, const char *id,
+                                        const char *name);
 /* Publish a buffer as a staged file (durably). */
 int nj_store_staging_put(struct nj_store *s, const char *id, const char *name,
                          const void *buf, size_t len);
@@ -172,12 +175,14 @@ char *nj_store_staging_owner(struct nj_store *s, const char *id);
  * nj_strv_free; NULL with the last error when backups/ cannot be read to
  * its end; every entry with a store name is listed, so that one that is
  * not a backup directory is reported as unreadable, never skipped), read a
- * file of one, open one for reading (a regular file, its fd positioned at
- * 0; no symlink followed, no FIFO waited on). */
+ * file of one, open one for reading (a stream over a regular file or the
+ * object's bytes; no symlink followed, no FIFO waited on; NULL with the
+ * last error). */
 char **nj_store_backup_list(struct nj_store *s);
 char *nj_store_backup_read(struct nj_store *s, const char *id,
                            const char *name, size_t max, size_t *len);
-int nj_store_backup_open(struct nj_store *s, const char *id, const char *name);
+struct nj_stream *nj_store_backup_open(struct nj_store *s, const char *id,
+                                       const char *name);
 
 /*
  * Domain locks: one backup per domain at a time.  The lock is an flock on
@@ -192,7 +197,7 @@ int nj_store_lock_domain(struct nj_store *s, const char *key,
 void nj_store_unlock_domain(int fd);
 
 /* Garbage collection's exclusion (S3 stores: a lease that makes new
- * backups wait before they rely on old chunks; see store-s3.c).  Returns a
+ * backups wait before they rely on old chunks; see store-obj.c).  Returns a
  * lock handle for nj_store_unlock_domain(), or -1 with "garbage collection
  * is already running ..." ; directory stores need none and return a handle
  * that holds nothing. */

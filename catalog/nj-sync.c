@@ -181,32 +181,26 @@ static int copy_chunks(struct nj_store *src, struct nj_store *dst,
 static int copy_file(struct nj_store *src, struct nj_store *dst,
                      const char *id, const char *name)
 {
-    NJ_CLEANUP_CLOSE int in = nj_store_backup_open(src, id, name);
-    if (in < 0)
+    struct nj_stream *in = nj_store_backup_open(src, id, name);
+    if (!in)
         return -1;
-    NJ_CLEANUP_CLOSE int out = nj_store_staging_open(dst, id, name);
-    if (out < 0)
-        return -1;
+    struct nj_stream *out = nj_store_staging_open(dst, id, name);
+    uint64_t size = 0;
+    int ret = out ? nj_stream_size(in, &size) : -1;
     void *buf = nj_malloc(COPY_BUF);
-    int ret = 0;
-    for (;;) {
-        ssize_t n = read(in, buf, COPY_BUF);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            ret = nj_error_errno(errno, "read '%s/%s'", id, name);
-            break;
-        }
-        if (n == 0)
-            break;
-        if (nj_full_write(out, buf, (size_t)n) < 0) {
-            ret = nj_error_errno(errno, "write '%s/%s'", id, name);
-            break;
-        }
+    for (uint64_t off = 0; ret == 0 && off < size;) {
+        size_t n = (size_t)NJ_MIN(size - off, (uint64_t)COPY_BUF);
+        if (nj_stream_pread(in, buf, n, off) < 0)
+            ret = nj_error_prefix("read '%s/%s'", id, name);
+        else if (nj_stream_pwrite(out, buf, n, off) < 0)
+            ret = nj_error_prefix("write '%s/%s'", id, name);
+        off += n;
     }
     free(buf);
-    if (ret == 0 && fsync(out) < 0)
-        ret = nj_error_errno(errno, "fsync '%s/%s'", id, name);
+    if (ret == 0 && nj_stream_flush(out) < 0)
+        ret = nj_error_prefix("'%s/%s'", id, name);
+    nj_stream_close(out);
+    nj_stream_close(in);
     return ret;
 }
 

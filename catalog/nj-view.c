@@ -79,8 +79,8 @@ struct nj_index_reader *nj_manifest_index_open(struct nj_store *s,
                                                const struct nj_manifest_disk *d)
 {
     NJ_CLEANUP_FREE char *name = nj_asprintf("%s/%s", m->id, d->index);
-    int fd = nj_store_backup_open(s, m->id, d->index);
-    if (fd < 0)
+    struct nj_stream *in = nj_store_backup_open(s, m->id, d->index);
+    if (!in)
         return NULL;
     struct nj_index_expect x = {
         .digest = &d->index_digest,
@@ -89,7 +89,7 @@ struct nj_index_reader *nj_manifest_index_open(struct nj_store *s,
         .covered = d->covered,
         .full = d->full,
     };
-    return nj_index_reader_open_checked(fd, name, &x);
+    return nj_index_reader_open_checked(in, name, &x);
 }
 
 struct nj_view *nj_view_open_layers(struct nj_store *s,

@@ -365,18 +365,22 @@ static int od_head(struct nj_objects *o, const char *key, uint64_t *size,
     return 1;
 }
 
-/* Remove the directories of key that its delete left empty. */
+/* Remove the directories of key that its delete left empty, deepest
+ * first, each through its parent opened without following anything. */
 static void prune_dirs(struct obj_dir *d, const char *key)
 {
-    int root = root_fd(d);
     char path[NJ_OBJ_KEY_MAX + 1];
     snprintf(path, sizeof path, "%s", key);
     for (char *slash = strrchr(path, '/'); slash; slash = strrchr(path, '/')) {
-        *slash = '\0';
-        /* path has no symlink in it we did not just walk without following,
-         * and rmdir never follows its last component. */
-        if (unlinkat(root, path, AT_REMOVEDIR) < 0)
+        *slash = '\0'; /* path is now the directory to remove */
+        const char *name;
+        int pfd = open_parent(d, path, false, &name);
+        if (pfd < 0)
             break;
+        int r = unlinkat(pfd, name, AT_REMOVEDIR);
+        close(pfd);
+        if (r < 0)
+            break; /* not empty (or already gone): its parents are not */
     }
 }
 
@@ -485,9 +489,20 @@ static void page_add_prefix(struct lister *l, char *prefix)
 
 /* Whether the tree under dirfd holds an object (an empty directory a
  * delete left behind is not a common prefix on S3 either).  -1 on error. */
+/* A directory stream of its own (not a dup: a dup would share the read
+ * offset with every other walk of the same fd). */
+static DIR *open_stream(int dirfd)
+{
+    int fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    DIR *dir = fd >= 0 ? fdopendir(fd) : NULL;
+    if (!dir && fd >= 0)
+        close(fd);
+    return dir;
+}
+
 static int has_object(int dirfd, const char *key)
 {
-    DIR *dir = fdopendir(dup(dirfd));
+    DIR *dir = open_stream(dirfd);
     if (!dir)
         return nj_error_errno(errno, "open '%s'", key);
     int found = 0;
@@ -566,7 +581,7 @@ static int visit(struct lister *l, int dirfd, const struct dent *e,
 static int walk(struct lister *l, int dirfd, const char *base,
                 const char *match)
 {
-    DIR *dir = fdopendir(dup(dirfd));
+    DIR *dir = open_stream(dirfd);
     if (!dir)
         return nj_error_errno(errno, "open '%s'", base);
     struct dent_vec ents = { 0 };

@@ -9,8 +9,9 @@
  *  - no op follows a symlink found in the store, blocks on a FIFO or
  *    device found there, or creates, writes, truncates or touches a file
  *    outside the store;
- *  - files handed out as fds (staging_open, backup_open) are regular
- *    files; values read from the store (owner records) are validated;
+ *  - files handed out as streams (staging_open, backup_open) are regular
+ *    files or what the backend keeps for them; values read from the store
+ *    (owner records) are validated;
  *  - list ops distinguish failure (NULL, last error set) from an empty
  *    listing (an array holding only NULL): callers decide deletions on
  *    them and must be able to fail closed;
@@ -32,7 +33,8 @@ struct nj_store_ops {
     int (*sync)(struct nj_store *s);
     int (*staging_create)(struct nj_store *s, const char *id,
                           const char *owner_json);
-    int (*staging_open)(struct nj_store *s, const char *id, const char *name);
+    struct nj_stream *(*staging_open)(struct nj_store *s, const char *id,
+                                      const char *name);
     int (*staging_put)(struct nj_store *s, const char *id, const char *name,
                        const void *buf, size_t len);
     int (*backup_publish)(struct nj_store *s, const char *id);
@@ -41,7 +43,8 @@ struct nj_store_ops {
     char **(*backup_list)(struct nj_store *s);
     char *(*backup_read)(struct nj_store *s, const char *id, const char *name,
                          size_t max, size_t *len);
-    int (*backup_open)(struct nj_store *s, const char *id, const char *name);
+    struct nj_stream *(*backup_open)(struct nj_store *s, const char *id,
+                                     const char *name);
     int (*lock_domain)(struct nj_store *s, const char *key,
                        const char *display_name);
     int (*staging_link)(struct nj_store *s, const char *id, const char *name,
@@ -62,7 +65,7 @@ struct nj_store_ops {
     int (*staging_owner)(struct nj_store *s, const char *id,
                          struct nj_store_owner *o);
     /* Optional: exclude writers' reliance on old chunks while gc runs
-     * (object stores; see store-s3.c).  A lock handle, or -1. */
+     * (object stores; see store-obj.c).  A lock handle, or -1. */
     int (*gc_begin)(struct nj_store *s);
     /* Optional: a real existence check (S3: HEAD) where chunk_exists may
      * answer 0 for a chunk it has not seen; NULL: chunk_exists. */

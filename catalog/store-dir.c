@@ -284,15 +284,15 @@ static int dir_staging_create(struct nj_store *s, const char *id,
                              strlen(owner_json));
 }
 
-static int dir_staging_open(struct nj_store *s, const char *id,
-                            const char *name)
+static struct nj_stream *dir_staging_open(struct nj_store *s, const char *id,
+                                          const char *name)
 {
     struct dir_store *ds = to_dir(s);
     NJ_CLEANUP_FREE char *path = nj_asprintf("staging/%s/%s", id, name);
     int fd = nj_open_regular(ds->rootfd, path, O_RDWR | O_CREAT | O_EXCL);
     if (fd < 0)
-        return nj_error_prefix("create in store");
-    return fd;
+        nj_error_prefix("create in store");
+    return nj_stream_fd(fd);
 }
 
 static int dir_staging_put(struct nj_store *s, const char *id,
@@ -570,12 +570,12 @@ static char *dir_backup_read(struct nj_store *s, const char *id,
     return nj_read_file(ds->rootfd, path, max, len);
 }
 
-static int dir_backup_open(struct nj_store *s, const char *id,
-                           const char *name)
+static struct nj_stream *dir_backup_open(struct nj_store *s, const char *id,
+                                         const char *name)
 {
     struct dir_store *ds = to_dir(s);
     NJ_CLEANUP_FREE char *path = nj_asprintf("backups/%s/%s", id, name);
-    return nj_open_regular(ds->rootfd, path, O_RDONLY);
+    return nj_stream_fd(nj_open_regular(ds->rootfd, path, O_RDONLY));
 }
 
 /*

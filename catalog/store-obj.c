@@ -35,7 +35,8 @@
  * release.  A writer whose lease could not be renewed before it expired
  * refuses to publish.  For a server that ignores If-None-Match the lease
  * is not exclusive: this backend requires the conditional PUT and checks
- * for it when it creates a store (see store_check_conditional).
+ * for it when it creates a store (check_conditional); there is no weaker
+ * fallback.
  *
  * Why gc never deletes a chunk a running backup relies on: see the argument
  * at gc_sweep below (it differs from the directory's, as objects have no
@@ -716,10 +717,10 @@ static int spool_add(struct obj_store *st, const char *id, const char *name)
     return dup_fd;
 }
 
-static int obj_staging_open(struct nj_store *s, const char *id,
-                           const char *name)
+static struct nj_stream *obj_staging_open(struct nj_store *s, const char *id,
+                                          const char *name)
 {
-    return spool_add(to_obj(s), id, name);
+    return nj_stream_fd(spool_add(to_obj(s), id, name));
 }
 
 static int obj_staging_put(struct nj_store *s, const char *id,
@@ -1183,12 +1184,16 @@ static int fetch_published(struct obj_store *st, const char *id,
     return fd >= 0 ? fd : NJ_STEAL_FD(&own);
 }
 
-static int obj_backup_open(struct nj_store *s, const char *id, const char *name)
+/* The object is fetched whole into a private spool first (range GETs): a
+ * prune that replaces the generation meanwhile cannot change it under the
+ * reader, which checks it against its manifest anyway. */
+static struct nj_stream *obj_backup_open(struct nj_store *s, const char *id,
+                                         const char *name)
 {
     int fd = fetch_published(to_obj(s), id, name, -1);
     if (fd < 0)
-        return nj_error_prefix("backups/%s/%s", id, name);
-    return fd;
+        nj_error_prefix("backups/%s/%s", id, name);
+    return nj_stream_fd(fd);
 }
 
 static int obj_staging_link(struct nj_store *s, const char *id,
@@ -1677,6 +1682,36 @@ static int parse_url(const char *url, char **bucket, char **prefix)
     return 0;
 }
 
+/* Whether the namespace keeps the two preconditions leases and commits
+ * rest on: a second create-only put of a key fails, and so does a put
+ * that names the wrong tag.  A server that ignores If-None-Match (some
+ * S3 look-alikes do) would let two writers both "create" one lease and
+ * let a commit overwrite a backup: such a store is refused, never made. */
+static int check_conditional(struct obj_store *st, const char *url)
+{
+    NJ_CLEANUP_FREE char *key = key_of(st, "locks/probe.%s.%ld", st->host,
+                                       (long)getpid());
+    char tag[NJ_OBJ_TAG_MAX];
+    int r1 = nj_obj_put(st->obj, key, "1", 1, NJ_OBJ_CREATE, NULL, tag);
+    int r2 = r1 == 0 ? nj_obj_put(st->obj, key, "2", 1, NJ_OBJ_CREATE, NULL,
+                                  NULL)
+                     : -1;
+    int r3 = r2 == 1 ? nj_obj_put(st->obj, key, "3", 1, NJ_OBJ_IF_MATCH,
+                                  "0000000000000000", NULL)
+                     : -1;
+    int e = errno;
+    nj_obj_delete(st->obj, key);
+    if (r1 < 0 || (r2 < 0 && r1 == 0) || (r3 < 0 && r2 == 1)) {
+        errno = e;
+        return nj_error_prefix("create store '%s'", url);
+    }
+    if (r1 != 0 || r2 != 1 || r3 != 1)
+        return nj_error("'%s': the server does not honour conditional PUT "
+                        "(If-None-Match: *, If-Match); leases and commits "
+                        "would not be safe, so no store is made there", url);
+    return 0;
+}
+
 /* Open the store under prefix ("" or "PREFIX/") of the namespace o (taken
  * over, freed on failure); url names it in messages. */
 static struct nj_store *store_open(struct nj_objects *o, const char *url,
@@ -1711,6 +1746,10 @@ static struct nj_store *store_open(struct nj_objects *o, const char *url,
         if (!empty) {
             nj_error("'%s' is not a nightjar store and not empty; refusing "
                      "to create a store there", url);
+            obj_close(&st->base);
+            return NULL;
+        }
+        if (check_conditional(st, url) < 0) {
             obj_close(&st->base);
             return NULL;
         }

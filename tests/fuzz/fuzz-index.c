@@ -1,9 +1,9 @@
 /*
  * fuzz-index: libFuzzer target for the extent index parsers.
  *
- * The input is checked in memory with nj_index_check_buffer(), and
- * written to an anonymous file (memfd) that the streaming reader opens
- * and reads to the end, twice (the second time after a rewind).  The two
+ * The input is checked in memory with nj_index_check_buffer(), and given
+ * as a memory stream (nj_stream_mem) to the streaming reader, which opens
+ * it and reads to the end, twice (the second time after a rewind).  The two
  * parsers must agree on whether the index is valid; every entry the
  * reader returns must be in order, non-empty, inside the disk and inside
  * its chunk; a valid index must reopen with its own digest and disk size
@@ -32,16 +32,6 @@ static void fail(const char *what)
     fprintf(stderr, "fuzz-index: %s (last error: %s)\n", what,
             nj_error_get());
     abort();
-}
-
-static int memfile(const uint8_t *data, size_t size)
-{
-    int fd = memfd_create("fuzz-index", MFD_CLOEXEC);
-    if (fd < 0)
-        fail("memfd_create");
-    if (size && nj_full_write(fd, data, size) < 0)
-        fail("write memfd");
-    return fd;
 }
 
 /* Read to the end: 0 when the whole index is valid, -1 otherwise. */
@@ -83,7 +73,7 @@ static void check_index(const uint8_t *data, size_t size)
 
     nj_error("%s", "");
     struct nj_index_reader *r =
-        nj_index_reader_open(memfile(data, size), "fuzz", NULL, 0);
+        nj_index_reader_open(nj_stream_mem(data, size), "fuzz", NULL, 0);
     int streamed = -1;
     if (!r) {
         if (!*nj_error_get())
@@ -101,7 +91,7 @@ static void check_index(const uint8_t *data, size_t size)
                 fail("sha256");
             uint64_t disk = nj_index_reader_disk_size(r);
             struct nj_index_reader *r2 =
-                nj_index_reader_open(memfile(data, size), "fuzz", &d, disk);
+                nj_index_reader_open(nj_stream_mem(data, size), "fuzz", &d, disk);
             if (!r2 || read_through(r2, &n2) != 0 || n2 != n1)
                 fail("a valid index did not reopen with its digest");
             nj_index_reader_free(r2);

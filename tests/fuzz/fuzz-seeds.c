@@ -61,7 +61,7 @@ static void index_seed(const char *name, size_t n)
         die("index");
     }
     uint64_t size = (uint64_t)n * 8192 + 4097;
-    struct nj_index_writer *w = nj_index_writer_new(fd, size);
+    struct nj_index_writer *w = nj_index_writer_new(nj_stream_fd(fd), size);
     if (!w)
         die("index writer");
     for (size_t i = 0; i < n; i++) {

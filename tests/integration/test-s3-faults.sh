@@ -36,7 +36,7 @@ stop_proxy() {
     proxy_pid=
     export AWS_ENDPOINT_URL=$direct
 }
-trap 'stop_proxy; cleanup' EXIT
+cleanup_hooks+=(stop_proxy) # lib.sh's EXIT trap keeps the exit status
 
 img=$T/disk.qcow2
 size=$((20 * 1048576 + 512))
@@ -67,6 +67,13 @@ for rule in "--fail-every 3" "--cut-before-every 4" "--cut-after-every 4" "--cut
     check test "$("$R" list -s "$U" --json | jq length)" -eq 2
     check "$R" verify -s "$U"
 done
+
+# --- a server that ignores If-None-Match / If-Match: no store is made
+U="s3://nj-test/faults-$$-nocond"
+start_proxy --ignore-conditions
+expect_fail "does not honour conditional PUT" "$A" import -s "$U" -d "faults nc" --disk vda "$img"
+stop_proxy
+expect_fail "not a nightjar store" "$R" list -s "$U"
 
 # --- a server that fails every request: one line, nothing half visible
 U="s3://nj-test/faults-$$-1"

@@ -83,8 +83,7 @@ int main(int argc, char **argv)
             return 1;
         }
         int fd = open(ipath, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-        struct nj_index_writer *w = fd >= 0 ? nj_index_writer_new(fd, SIZE)
-                                            : NULL;
+        struct nj_index_writer *w = nj_index_writer_new(nj_stream_fd(fd), SIZE);
         /* One 4 KiB piece of the chunk, somewhere. */
         struct nj_extent x = e;
         x.offset = (i * 4096) % SIZE;

@@ -5,7 +5,7 @@ faults, for nightjar's tests (tests/integration/test-s3-faults.sh).
     s3-fault-proxy.py --listen PORT --upstream http://127.0.0.1:7480
                       [--fail-every N] [--cut-before-every N]
                       [--cut-after-every N] [--cut-body-every N]
-                      [--log FILE]
+                      [--ignore-conditions] [--log FILE]
 
 Every request is counted; the Nth, 2Nth, ... request of a rule gets its
 fault instead of (or after) being forwarded:
@@ -16,6 +16,8 @@ fault instead of (or after) being forwarded:
                         know)
   --cut-body-every N    connection closed after half of the request body
                         was read (an upload cut mid-way), never forwarded
+  --ignore-conditions   a 412 (If-None-Match / If-Match failed) is answered
+                        200, as by a server that ignores preconditions
 Requests are forwarded byte for byte (headers in order, so SigV4 holds).
 --listen 0 takes a free port; the port is printed on stdout when ready.
 The log gets one line per request: its number, method, path, and the fault.
@@ -108,11 +110,18 @@ class Handler(socketserver.StreamRequestHandler):
         conn.endheaders(body if body else None)
         resp = conn.getresponse()
         data = resp.read()
+        status, reason = resp.status, resp.reason
+        conditional = any(n.lower() in ("if-none-match", "if-match")
+                          for n, _ in headers)
+        if args.ignore_conditions and conditional and status == 412:
+            # What a server that ignores preconditions would answer.
+            log(f"{k} {method} {target} 412-as-200")
+            status, reason, data = 200, "OK", b""
         if every(args.cut_after_every, k):
-            log(f"{k} {method} {target} cut-after {resp.status}")
+            log(f"{k} {method} {target} cut-after {status}")
             return False
-        log(f"{k} {method} {target} {resp.status}")
-        out = [f"HTTP/1.1 {resp.status} {resp.reason}\r\n".encode("latin-1")]
+        log(f"{k} {method} {target} {status}")
+        out = [f"HTTP/1.1 {status} {reason}\r\n".encode("latin-1")]
         for name, value in resp.getheaders():
             if name.lower() in ("transfer-encoding", "content-length",
                                 "connection"):
@@ -137,6 +146,8 @@ def main():
     for rule in ("fail-every", "cut-before-every", "cut-after-every",
                  "cut-body-every"):
         p.add_argument("--" + rule, type=int, default=0)
+    p.add_argument("--ignore-conditions", action="store_true",
+                   help="answer 200 where upstream failed a precondition")
     p.add_argument("--log")
     args = p.parse_args()
     srv = Server(("127.0.0.1", args.listen), Handler)

@@ -1105,10 +1105,10 @@ static unsigned refs_into(struct nj_store *s, const struct nj_manifest *m,
                           const struct digest_vec *set)
 {
     const struct nj_manifest_disk *md = &m->disks[0];
-    int fd = nj_store_backup_open(s, m->id, md->index);
-    REQUIRE(fd >= 0);
+    struct nj_stream *in = nj_store_backup_open(s, m->id, md->index);
+    REQUIRE(in);
     struct nj_index_reader *r =
-        nj_index_reader_open(fd, md->index, &md->index_digest, md->size);
+        nj_index_reader_open(in, md->index, &md->index_digest, md->size);
     REQUIRE(r);
     unsigned n = 0;
     struct nj_extent e;

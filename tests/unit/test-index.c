@@ -173,7 +173,7 @@ static struct nj_index_reader *open_path(const char *path, const char *name,
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     REQUIRE(fd >= 0);
-    return nj_index_reader_open(fd, name, expect, disk_size);
+    return nj_index_reader_open(nj_stream_fd(fd), name, expect, disk_size);
 }
 
 /* ---- writer helpers ---- */
@@ -222,7 +222,7 @@ static void write_index(uint64_t disk_size, const struct nj_extent *e,
     w->path = tmp_path();
     int fd = open(w->path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     REQUIRE(fd >= 0);
-    struct nj_index_writer *iw = nj_index_writer_new(fd, disk_size);
+    struct nj_index_writer *iw = nj_index_writer_new(nj_stream_fd(fd), disk_size);
     REQUIRE(iw);
     for (size_t i = 0; i < n; i++)
         REQUIRE(nj_index_writer_append(iw, &e[i]) == 0);
@@ -445,7 +445,7 @@ static void test_writer_refusals(void)
     char *path = tmp_path();
     int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     REQUIRE(fd >= 0);
-    struct nj_index_writer *iw = nj_index_writer_new(fd, size);
+    struct nj_index_writer *iw = nj_index_writer_new(nj_stream_fd(fd), size);
     REQUIRE(iw);
     struct nj_extent ok1 = ext_data(1000, 1000, 0, 1000, 1);
     REQUIRE(nj_index_writer_append(iw, &ok1) == 0);
@@ -500,7 +500,7 @@ static void test_writer_refusals(void)
     path = tmp_path();
     fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     REQUIRE(fd >= 0);
-    iw = nj_index_writer_new(fd, UINT64_MAX);
+    iw = nj_index_writer_new(nj_stream_fd(fd), UINT64_MAX);
     REQUIRE(iw);
     WRITER_REFUSES(iw, ext_zero(UINT64_MAX - 10, 100), "past the disk end");
     WRITER_REFUSES(iw, ext_zero(1ull << 63, (1ull << 63) + 1),
@@ -867,7 +867,7 @@ static struct nj_index_reader *open_checked(const char *path, int flags,
 {
     int fd = open(path, flags | O_CLOEXEC);
     REQUIRE(fd >= 0);
-    return nj_index_reader_open_checked(fd, "checked", x);
+    return nj_index_reader_open_checked(nj_stream_fd(fd), "checked", x);
 }
 
 static void test_checked_open(void)

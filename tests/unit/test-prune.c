@@ -388,11 +388,11 @@ static bool digests_subset(const struct digest_vec *a,
 static bool index_tiles(struct world *w, const struct nj_manifest *m,
                         const struct nj_manifest_disk *md)
 {
-    int fd = nj_store_backup_open(w->s, m->id, md->index);
-    if (fd < 0)
+    struct nj_stream *in = nj_store_backup_open(w->s, m->id, md->index);
+    if (!in)
         return false;
     struct nj_index_reader *r =
-        nj_index_reader_open(fd, md->index, &md->index_digest, md->size);
+        nj_index_reader_open(in, md->index, &md->index_digest, md->size);
     if (!r)
         return false;
     uint64_t pos = 0;
