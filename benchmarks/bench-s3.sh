@@ -182,6 +182,11 @@ for ((r = 1; r <= runs; r++)); do
     done
     nj_virsh destroy "$dn" >/dev/null 2>&1 || true
     nj_virsh destroy "$dp" >/dev/null 2>&1 || true
+    # memstore keeps every object in RAM: a repetition's objects go before
+    # the next one writes its own
+    rclone_ purge "nj:nj-bench/nj-$r" 2>/dev/null || true
+    rclone_ purge "nj:nj-bench/peer-$r" 2>/dev/null || true
+    rm -rf "$S" "$P"
 done
 
 # --- the report ---
@@ -228,7 +233,7 @@ echo "|---|---|---|---|"
 echo "| full | $(hb "$ssent") | $(hb "$psent") | $(ratio "$ssent" "$psent") |"
 echo "| incremental | $(hb "$sinc_sent") | $(hb "$pinc_sent") | $(ratio "$sinc_sent" "$pinc_sent") |"
 echo
-echo "- nightjar's full to S3: $sreq requests, $(printf '%.0f' "$(echo "$sreq / $data_gib" | bc -l)") requests and $(hb "$(echo "$ssent / $data_gib" | bc)") sent per GiB of disk data read."
+echo "- nightjar's full to S3: $sreq requests in all; per GiB of disk data read: $(printf '%.0f' "$(echo "$sreq / $data_gib" | bc -l)") requests and $(hb "$(echo "$ssent / $data_gib" | bc)") sent."
 echo "- Ceph's daemons' CPU: $(printf '%.1f' "$(medv s3.full ceph)") s during nightjar's full to S3, $(printf '%.1f' "$(medv peer.full ceph)") s during rclone's copy of the peer's full, $(printf '%.1f' "$(medv s3.restore ceph)") s during the restore from S3."
 echo "- Peak RSS: nightjar backup to S3 $(( $(rss s3.full s3.inc1) / 1024 )) MiB, to the directory $(( $(rss dir.full dir.inc1) / 1024 )) MiB; restore from S3 $(( $(rss s3.restore) / 1024 )) MiB."
 echo "- Restores compared with the live disk: dir ${M[dir.verify.1]}, S3 ${M[s3.verify.1]}$([ "$verify_failed" = 1 ] && echo ' (SOME DIFFER)')."

@@ -84,6 +84,27 @@ char *nj_backup_lock_key(const char *uuid)
     return nj_strdup(hex);
 }
 
+/* The manifest of backup id: 0 with *out, or -1 saying which of absent or
+ * unreadable (what names it in messages). */
+static int read_manifest(struct nj_store *s, const char *id, const char *what,
+                         struct nj_manifest **out)
+{
+    size_t len = 0;
+    NJ_CLEANUP_FREE char *text =
+        nj_store_backup_read(s, id, NJ_MANIFEST_NAME, NJ_MANIFEST_MAX, &len);
+    if (!text) {
+        /* Absent, or there but unreadable (a symlink, a FIFO): say which. */
+        if (errno == ENOENT)
+            return nj_error("%s '%s' not found in store '%s'", what, id,
+                            nj_store_path(s));
+        return nj_error_prefix("%s '%s'", what, id);
+    }
+    *out = nj_manifest_from_json(text, len);
+    if (!*out)
+        return nj_error_prefix("%s '%s'", what, id);
+    return 0;
+}
+
 static int check_parent(struct nj_store *s, const struct nj_backup_params *p,
                         struct nj_manifest **out)
 {
@@ -96,20 +117,9 @@ static int check_parent(struct nj_store *s, const struct nj_backup_params *p,
     }
     if (!p->parent)
         return nj_error("a %s backup needs a parent", nj_level_name(p->level));
-    size_t len = 0;
-    NJ_CLEANUP_FREE char *text =
-        nj_store_backup_read(s, p->parent, NJ_MANIFEST_NAME,
-                             NJ_MANIFEST_MAX, &len);
-    if (!text) {
-        /* Absent, or there but unreadable (a symlink, a FIFO): say which. */
-        if (errno == ENOENT)
-            return nj_error("parent backup '%s' not found in store '%s'",
-                            p->parent, nj_store_path(s));
-        return nj_error_prefix("parent backup '%s'", p->parent);
-    }
-    struct nj_manifest *pm = nj_manifest_from_json(text, len);
-    if (!pm)
-        return nj_error_prefix("parent backup '%s'", p->parent);
+    struct nj_manifest *pm = NULL;
+    if (read_manifest(s, p->parent, "parent backup", &pm) < 0)
+        return -1;
     int ret = 0;
     if (strcmp(pm->id, p->parent) != 0)
         ret = nj_error("parent backup '%s' has a manifest for '%s'",
@@ -125,6 +135,61 @@ static int check_parent(struct nj_store *s, const struct nj_backup_params *p,
     else
         nj_manifest_free(pm);
     return ret;
+}
+
+NJ_VECTOR(known_vec, struct nj_digest)
+
+/* Tell the store the chunks of m's indexes, each index once it was read
+ * sound to its end (v: scratch, one index's digests at a time).  0, or
+ * -1 at the first index that is not. */
+static int chain_chunks(struct nj_store *s, const struct nj_manifest *m,
+                        struct known_vec *v)
+{
+    for (size_t i = 0; i < m->ndisks; i++) {
+        struct nj_index_reader *r = nj_manifest_index_open(s, m, &m->disks[i]);
+        if (!r)
+            return -1;
+        v->len = 0;
+        struct nj_extent e;
+        int n;
+        while ((n = nj_index_reader_next(r, &e)) == 1)
+            if (e.kind == NJ_EXTENT_DATA)
+                known_vec_append(v, e.digest);
+        nj_index_reader_free(r);
+        if (n < 0)
+            return -1;
+        for (size_t k = 0; k < v->len; k++)
+            nj_store_chunk_known(s, &v->ptr[k]);
+    }
+    return 0;
+}
+
+/*
+ * Object stores: every chunk the parent's chain references exists, since
+ * those backups are committed and our domain lock keeps prune (and so gc)
+ * from taking them, so deduplicating against one needs no request.  Only
+ * digests from indexes checked against their manifests and read to their
+ * end are told; a failure here costs requests, never correctness.
+ */
+static void preload_known(struct nj_store *s, const struct nj_manifest *parent)
+{
+    if (!parent || !nj_store_takes_known(s))
+        return;
+    struct known_vec v = { 0 };
+    const struct nj_manifest *m = parent;
+    struct nj_manifest *own = NULL;
+    for (unsigned depth = 0; m && depth < 4096; depth++) {
+        if (chain_chunks(s, m, &v) < 0 || m->level == NJ_LEVEL_FULL ||
+            !m->parent)
+            break;
+        struct nj_manifest *up = NULL;
+        if (read_manifest(s, m->parent, "backup", &up) < 0)
+            break;
+        nj_manifest_free(own);
+        m = own = up;
+    }
+    nj_manifest_free(own);
+    known_vec_reset(&v);
 }
 
 struct nj_backup *nj_backup_begin(struct nj_store *s,
@@ -175,6 +240,7 @@ struct nj_backup *nj_backup_begin(struct nj_store *s,
         return NULL;
     }
     b->staged = true;
+    preload_known(s, parent);
     return b;
 }
 
@@ -259,14 +325,21 @@ static void add_u64(uint64_t *p, uint64_t v)
     __atomic_fetch_add(p, v, __ATOMIC_RELAXED);
 }
 
-/* Count a new chunk under the level its frame was compressed at. */
-static void count_compression(struct nj_disk_compression *c,
-                              const struct nj_codec *codec, const void *frame,
-                              size_t len, size_t flen)
+/* The zstd level a frame was compressed at, or -1 for a raw frame. */
+static int frame_level(const struct nj_codec *codec, const void *frame)
 {
     int l = nj_codec_level(codec);
     if ((((const unsigned char *)frame)[5] & NJ_CHUNK_FLAG_ZSTD) &&
-        l >= NJ_ZSTD_LEVEL_MIN && l <= NJ_ZSTD_LEVEL_MAX) {
+        l >= NJ_ZSTD_LEVEL_MIN && l <= NJ_ZSTD_LEVEL_MAX)
+        return l;
+    return -1;
+}
+
+/* Count a new chunk under the level its frame was compressed at. */
+static void count_compression(struct nj_disk_compression *c, int l,
+                              size_t len, size_t flen)
+{
+    if (l >= 0) {
         add_u64(&c->chunks[l - NJ_ZSTD_LEVEL_MIN], 1);
         add_u64(&c->bytes[l - NJ_ZSTD_LEVEL_MIN], len);
         add_u64(&c->stored[l - NJ_ZSTD_LEVEL_MIN], flen);
@@ -284,6 +357,33 @@ void nj_backup_disk_set_compression(struct nj_backup_disk *d, bool adaptive,
     d->md.compression.level_max = level_max;
 }
 
+static void count_put(struct nj_backup_disk *d, int rc, size_t len,
+                      size_t flen, int level)
+{
+    if (rc == 0) {
+        add_u64(&d->md.stats.bytes_new, len);
+        add_u64(&d->md.stats.bytes_stored, flen);
+        add_u64(&d->md.stats.chunks_new, 1);
+        count_compression(&d->md.compression, level, len, flen);
+    } else if (rc == 1) {
+        add_u64(&d->md.stats.bytes_dedup, len);
+        add_u64(&d->md.stats.chunks_dedup, 1);
+    } /* a failed put counts nothing: the commit fails */
+}
+
+struct put_count {
+    struct nj_backup_disk *d;
+    size_t len, flen;
+    int level;
+};
+
+static void put_counted(void *arg, int rc)
+{
+    struct put_count *pc = arg;
+    count_put(pc->d, rc, pc->len, pc->flen, pc->level);
+    free(pc);
+}
+
 int nj_backup_put_chunk(struct nj_backup *b, struct nj_backup_disk *d,
                         struct nj_codec *codec, const void *buf, size_t len,
                         struct nj_digest *digest)
@@ -292,24 +392,26 @@ int nj_backup_put_chunk(struct nj_backup *b, struct nj_backup_disk *d,
         return -1;
     /* Cheap existence check first: a dedup hit skips compression. */
     int r = nj_store_chunk_exists(b->store, digest);
-    if (r == 0) {
-        size_t flen = 0;
-        const void *frame = nj_codec_encode(codec, buf, len, &flen);
-        if (!frame)
-            return -1;
-        r = nj_store_chunk_put(b->store, digest, frame, flen);
-        if (r == 0) {
-            add_u64(&d->md.stats.bytes_new, len);
-            add_u64(&d->md.stats.bytes_stored, flen);
-            add_u64(&d->md.stats.chunks_new, 1);
-            count_compression(&d->md.compression, codec, frame, len, flen);
-            return 0;
-        }
-    }
     if (r < 0)
         return nj_error_prefix("disk '%s'", d->md.target);
-    add_u64(&d->md.stats.bytes_dedup, len);
-    add_u64(&d->md.stats.chunks_dedup, 1);
+    if (r == 1) {
+        count_put(d, 1, len, 0, -1);
+        return 0;
+    }
+    size_t flen = 0;
+    const void *frame = nj_codec_encode(codec, buf, len, &flen);
+    if (!frame)
+        return -1;
+    /* Counted when the store knows whether it was new (S3: a create-only
+     * put that finds the chunk there is a dedup); commit syncs first. */
+    struct put_count *pc = nj_malloc(sizeof *pc);
+    *pc = (struct put_count){ .d = d, .len = len, .flen = flen,
+                              .level = frame_level(codec, frame) };
+    if (nj_store_chunk_put_async(b->store, digest, frame, flen, put_counted,
+                                 pc) < 0) {
+        free(pc);
+        return nj_error_prefix("disk '%s'", d->md.target);
+    }
     return 0;
 }
 
@@ -363,6 +465,9 @@ int nj_backup_commit(struct nj_backup *b)
     b->commit_tried = true;
     if (b->ndisks == 0)
         return nj_error("backup '%s' has no disks", b->m.id);
+    /* Every chunk settled (and counted) before the counts are copied. */
+    if (nj_store_sync(b->store) < 0)
+        return -1;
     /* Disks in target order, however they were added. */
     qsort(b->disks, b->ndisks, sizeof *b->disks, cmp_disk);
     b->m.disks = nj_calloc(b->ndisks, sizeof *b->m.disks);
@@ -421,6 +526,8 @@ void nj_backup_free(struct nj_backup *b)
 {
     if (!b)
         return;
+    /* Background puts count into the disks: none may still be running. */
+    nj_store_settle(b->store);
     nj_backup_abort(b);
     for (size_t i = 0; i < b->ndisks; i++) {
         struct nj_backup_disk *d = b->disks[i];

@@ -84,6 +84,37 @@ int nj_store_chunk_put(struct nj_store *s, const struct nj_digest *d,
     return s->ops->chunk_put(s, d, frame, frame_len);
 }
 
+int nj_store_chunk_put_async(struct nj_store *s, const struct nj_digest *d,
+                             const void *frame, size_t frame_len,
+                             void (*done)(void *arg, int rc), void *arg)
+{
+    if (s->ops->chunk_put_async)
+        return s->ops->chunk_put_async(s, d, frame, frame_len, done, arg);
+    int rc = s->ops->chunk_put(s, d, frame, frame_len);
+    if (rc < 0)
+        return -1;
+    if (done)
+        done(arg, rc);
+    return 0;
+}
+
+void nj_store_settle(struct nj_store *s)
+{
+    if (s->ops->settle)
+        s->ops->settle(s);
+}
+
+bool nj_store_takes_known(const struct nj_store *s)
+{
+    return s->ops->chunk_known != NULL;
+}
+
+void nj_store_chunk_known(struct nj_store *s, const struct nj_digest *d)
+{
+    if (s->ops->chunk_known)
+        s->ops->chunk_known(s, d);
+}
+
 int nj_store_chunk_exists(struct nj_store *s, const struct nj_digest *d)
 {
     return s->ops->chunk_exists(s, d);

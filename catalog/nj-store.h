@@ -62,6 +62,19 @@ const char *nj_store_path(const struct nj_store *s);
  */
 int nj_store_chunk_put(struct nj_store *s, const struct nj_digest *d,
                        const void *frame, size_t frame_len);
+/* Put a chunk in the background where the store can (S3: several uploads
+ * in flight while the caller compresses the next): done(arg, rc) gets
+ * what nj_store_chunk_put() would return (0 written, 1 it was there, -1),
+ * possibly from another thread and before this returns, at the latest
+ * before nj_store_sync() returns; frame is copied.  Elsewhere the put runs
+ * now.  0, or -1 when it was not queued (done is then not called).  A
+ * failed put fails the next nj_store_sync() and publish. */
+int nj_store_chunk_put_async(struct nj_store *s, const struct nj_digest *d,
+                             const void *frame, size_t frame_len,
+                             void (*done)(void *arg, int rc), void *arg);
+/* Wait until every background put has called its done (errors are left
+ * for nj_store_sync()). */
+void nj_store_settle(struct nj_store *s);
 /* 1 when present (or pending), 0 when absent, -1 on error (also when
  * something other than a regular file has the chunk's name: deduplicating
  * against it would store a reference to damage).  Finding a chunk sets its
@@ -72,6 +85,15 @@ int nj_store_chunk_exists(struct nj_store *s, const struct nj_digest *d);
  * but this handle has not seen (its create-only put then finds it); this
  * asks (a HEAD).  On a directory it is nj_store_chunk_exists(). */
 int nj_store_chunk_present(struct nj_store *s, const struct nj_digest *d);
+/* Whether nj_store_chunk_known() means anything to this store (object
+ * stores; a directory finds a chunk with one stat, which is also gc's
+ * mark, so it is never told). */
+bool nj_store_takes_known(const struct nj_store *s);
+/* Tell the store that chunk d exists because a committed backup that
+ * cannot vanish meanwhile references it (the parent chain of a backup
+ * holding its domain's lock): its next put costs no request.  Nothing
+ * else is ever told so; no cache outlives the handle. */
+void nj_store_chunk_known(struct nj_store *s, const struct nj_digest *d);
 /* Read a frame into *buf (grown with realloc as needed; *cap is its size).
  * Returns the frame length, or -1 with the last error (ENOENT: missing;
  * EINVAL: not a regular file). */

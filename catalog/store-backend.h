@@ -70,6 +70,15 @@ struct nj_store_ops {
     /* Optional: a real existence check (S3: HEAD) where chunk_exists may
      * answer 0 for a chunk it has not seen; NULL: chunk_exists. */
     int (*chunk_present)(struct nj_store *s, const struct nj_digest *d);
+    /* Optional: put a chunk in the background (see nj-store.h). */
+    int (*chunk_put_async)(struct nj_store *s, const struct nj_digest *d,
+                           const void *frame, size_t len,
+                           void (*done)(void *arg, int rc), void *arg);
+    /* Optional, with chunk_put_async: wait for every background put. */
+    void (*settle)(struct nj_store *s);
+    /* Optional: note a chunk the caller knows to exist (object stores:
+     * chunk_exists then answers 1 for it without a request). */
+    void (*chunk_known)(struct nj_store *s, const struct nj_digest *d);
     /* Optional: request counters of a remote backend; false when it keeps
      * none. */
     bool (*transfer_stats)(struct nj_store *s, struct nj_store_transfer *t);

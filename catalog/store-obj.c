@@ -42,15 +42,17 @@
  * at gc_sweep below (it differs from the directory's, as objects have no
  * settable mtime and no atomic rename).
  *
- * Chunk existence: a chunk this process has put or seen exist is known;
- * any other is PUT create-only, and a 412 says it was there (a dedup hit
+ * Chunk existence: a chunk this process has put or seen exist is known, and
+ * so is every chunk of a new incremental's parent chain (nj-backup.c tells
+ * them, nj_store_chunk_known); any other is PUT create-only, and a 412 says it was there (a dedup hit
  * that cost the upload, but no HEAD: the common case of new data costs one
  * request per chunk).  Nothing in a local cache is trusted: the known set
  * lives only as long as the store handle.
  *
- * Index files of a staged backup are written by nj-index.c to a private
- * unnamed temporary file (O_TMPFILE, $TMPDIR or /var/tmp) and uploaded at
- * publish; published ones are read through a temporary copy fetched with
+ * Index files of a staged backup are written by nj-index.c (through a
+ * stream) to a private unnamed temporary file (O_TMPFILE, $TMPDIR or
+ * /var/tmp) and uploaded at publish; published ones are read through a
+ * temporary copy fetched with
  * range GETs.  Nothing else is kept locally: a restore needs only the URL
  * and credentials.
  *
@@ -90,6 +92,12 @@
 #define RANGE_STEP (4u << 20)
 #define DELETE_BATCH 1000
 #define INDEX_MAX ((uint64_t)1 << 36) /* 64 GiB: more is damage */
+/* Chunk frames copied for background puts: at most this many, and this
+ * many bytes of them (one frame may pass the byte bound alone), are alive
+ * at once.  Many small chunks (an incremental's scattered writes) keep
+ * requests in flight; big ones keep memory bounded. */
+#define ASYNC_PUTS 16
+#define ASYNC_BYTES (16u << 20)
 
 /* ---- a set of digests (open addressing) ---- */
 
@@ -187,7 +195,14 @@ struct obj_store {
     char host[129], boot[64];
     int64_t ttl;
     pthread_mutex_t lock;
-    struct digest_set known;  /* chunks known to exist */
+    struct digest_set known;  /* chunks known to exist (or being put) */
+    /* Chunk puts run in the background, at most ASYNC_PUTS at once; the
+     * first that fails is kept here, and from then on this handle puts
+     * and publishes nothing (its known set may name a missing chunk). */
+    unsigned async_puts;
+    size_t async_bytes;
+    char *put_error;
+    pthread_cond_t put_done;
     struct digest_set marked; /* gc's marks */
     struct staged_vec staged;
     struct lease_vec leases;
@@ -265,6 +280,11 @@ static void known_add(struct obj_store *st, const struct nj_digest *d)
     pthread_mutex_unlock(&st->lock);
 }
 
+static void obj_chunk_known(struct nj_store *s, const struct nj_digest *d)
+{
+    known_add(to_obj(s), d);
+}
+
 static int obj_chunk_present(struct nj_store *s, const struct nj_digest *d)
 {
     struct obj_store *st = to_obj(s);
@@ -278,20 +298,109 @@ static int obj_chunk_present(struct nj_store *s, const struct nj_digest *d)
     return r;
 }
 
-static int obj_chunk_put(struct nj_store *s, const struct nj_digest *d,
-                        const void *frame, size_t len)
+struct chunk_put {
+    struct obj_store *st;
+    size_t len;
+    char key[256];
+    void (*done)(void *arg, int rc);
+    void *arg;
+};
+
+/* From the namespace's I/O thread (or inline): nothing may call into it. */
+static void chunk_put_done(void *arg, int rc)
+{
+    struct chunk_put *cp = arg;
+    struct obj_store *st = cp->st;
+    if (cp->done)
+        cp->done(cp->arg, rc);
+    pthread_mutex_lock(&st->lock);
+    if (rc < 0 && !st->put_error)
+        st->put_error = nj_asprintf("put '%s': %s", cp->key, nj_error_get());
+    st->async_puts--;
+    st->async_bytes -= cp->len;
+    pthread_cond_broadcast(&st->put_done);
+    pthread_mutex_unlock(&st->lock);
+    free(cp);
+}
+
+/* Wait for every background chunk put: 0, or -1 with the first failure. */
+static int chunks_settled(struct obj_store *st)
+{
+    nj_obj_wait(st->obj);
+    pthread_mutex_lock(&st->lock);
+    while (st->async_puts > 0)
+        pthread_cond_wait(&st->put_done, &st->lock);
+    int r = st->put_error ? nj_error("%s", st->put_error) : 0;
+    pthread_mutex_unlock(&st->lock);
+    return r;
+}
+
+/* A chunk not known to exist is put create-only in the background (a 412
+ * means it was there); it counts as known at once, so a second put of it
+ * meanwhile is a dedup.  A failure makes the next sync and publish fail,
+ * and every later put through this handle. */
+static int obj_chunk_put_async(struct nj_store *s, const struct nj_digest *d,
+                               const void *frame, size_t len,
+                               void (*done)(void *arg, int rc), void *arg)
 {
     struct obj_store *st = to_obj(s);
-    if (obj_chunk_exists(s, d) == 1)
-        return 1;
-    char key[256];
-    chunk_key(st, d, key, sizeof key);
-    int r = nj_obj_put(st->obj, key, frame, len, NJ_OBJ_CREATE | NJ_OBJ_LAZY,
-                       NULL, NULL);
-    if (r < 0)
+    pthread_mutex_lock(&st->lock);
+    if (dset_has(&st->known, d)) {
+        pthread_mutex_unlock(&st->lock);
+        if (done)
+            done(arg, 1);
+        return 0;
+    }
+    while (!st->put_error &&
+           (st->async_puts >= ASYNC_PUTS ||
+            (st->async_puts > 0 && st->async_bytes + len > ASYNC_BYTES)))
+        pthread_cond_wait(&st->put_done, &st->lock);
+    if (st->put_error) {
+        int r = nj_error("%s", st->put_error);
+        pthread_mutex_unlock(&st->lock);
+        return r;
+    }
+    dset_add(&st->known, d);
+    st->async_puts++;
+    st->async_bytes += len;
+    pthread_mutex_unlock(&st->lock);
+    struct chunk_put *cp = nj_malloc(sizeof *cp);
+    *cp = (struct chunk_put){ .st = st, .len = len, .done = done, .arg = arg };
+    chunk_key(st, d, cp->key, sizeof cp->key);
+    if (nj_obj_put_async(st->obj, cp->key, frame, len,
+                         NJ_OBJ_CREATE | NJ_OBJ_LAZY, chunk_put_done,
+                         cp) < 0) {
+        /* Not queued, so its done never runs: fail the handle as if it
+         * had failed, without telling the caller's done. */
+        cp->done = NULL;
+        chunk_put_done(cp, -1);
         return -1;
-    known_add(st, d);
-    return r; /* 0 written, 1 it was there */
+    }
+    return 0;
+}
+
+/* The same, waited for: 0 written, 1 it was there, -1. */
+static void put_waited(void *arg, int rc)
+{
+    *(int *)arg = rc;
+}
+
+static void obj_settle(struct nj_store *s)
+{
+    chunks_settled(to_obj(s));
+}
+
+static int obj_chunk_put(struct nj_store *s, const struct nj_digest *d,
+                         const void *frame, size_t len)
+{
+    int rc = -2;
+    if (obj_chunk_put_async(s, d, frame, len, put_waited, &rc) < 0)
+        return -1;
+    /* rc is set once every put has settled (done runs before the count
+     * drops, under the store's lock); another put's failure is not ours. */
+    if (chunks_settled(to_obj(s)) < 0 && rc < 0)
+        return -1;
+    return rc;
 }
 
 static ssize_t obj_chunk_get(struct nj_store *s, const struct nj_digest *d,
@@ -321,10 +430,12 @@ static ssize_t obj_chunk_get(struct nj_store *s, const struct nj_digest *d,
     return (ssize_t)len;
 }
 
-/* Chunks are put lazily (NJ_OBJ_LAZY): durable from here on. */
+/* Chunks are put in the background and lazily (NJ_OBJ_LAZY): all done
+ * and durable from here on, or the sync fails. */
 static int obj_sync(struct nj_store *s)
 {
-    nj_obj_wait(to_obj(s)->obj);
+    if (chunks_settled(to_obj(s)) < 0)
+        return -1;
     return nj_obj_sync(to_obj(s)->obj);
 }
 
@@ -898,7 +1009,7 @@ static int upload_generation(struct obj_store *st, struct staged *sg,
     if (manifest < 0)
         return nj_error("publish '%s': no manifest staged", id);
     /* Every chunk and index it names durable before the manifest. */
-    if (nj_obj_sync(st->obj) < 0)
+    if (chunks_settled(st) < 0 || nj_obj_sync(st->obj) < 0)
         return nj_error_prefix("publish '%s'", id);
     if (any_lease_lost(st))
         return nj_error("publish '%s': the lock's lease was lost (another "
@@ -1535,6 +1646,9 @@ static int obj_gc_sweep(struct nj_store *s, int64_t cutoff, int64_t tmp_cutoff,
 static void obj_close(struct nj_store *s)
 {
     struct obj_store *st = to_obj(s);
+    /* Background puts call back into st: none may be left. */
+    if (st->obj)
+        chunks_settled(st);
     pthread_mutex_lock(&st->lock);
     st->stopping = true;
     pthread_cond_broadcast(&st->wake);
@@ -1560,6 +1674,8 @@ static void obj_close(struct nj_store *s)
     nj_obj_free(st->obj);
     pthread_mutex_destroy(&st->lock);
     pthread_cond_destroy(&st->wake);
+    pthread_cond_destroy(&st->put_done);
+    free(st->put_error);
     free(st->prefix);
     free(st->base.path);
     free(st);
@@ -1605,6 +1721,9 @@ static const struct nj_store_ops obj_ops = {
     .staging_owner = obj_staging_owner,
     .gc_begin = obj_gc_begin,
     .chunk_present = obj_chunk_present,
+    .chunk_known = obj_chunk_known,
+    .chunk_put_async = obj_chunk_put_async,
+    .settle = obj_settle,
     .transfer_stats = obj_transfer_stats,
 };
 
@@ -1724,6 +1843,7 @@ static struct nj_store *store_open(struct nj_objects *o, const char *url,
     st->obj = o;
     pthread_mutex_init(&st->lock, NULL);
     pthread_cond_init(&st->wake, NULL);
+    pthread_cond_init(&st->put_done, NULL);
     host_identity(st);
     NJ_CLEANUP_FREE char *mkey = key_of(st, "%s", NJ_STORE_MARKER);
     void *text = NULL;

@@ -42,6 +42,19 @@ require() {
     done
 }
 
+# use_test_s3: the test S3 endpoint (NJ_TEST_S3_* as scripts/ceph-start.sh
+# prints them) as the AWS_* settings the S3 store reads, with no
+# credentials file of the machine's; exit 77 saying why without one.
+use_test_s3() {
+    if [ -z "${NJ_TEST_S3_ENDPOINT:-}" ] || [ -z "${NJ_TEST_S3_ACCESS_KEY:-}" ]; then
+        echo "SKIP: no test S3 endpoint: run scripts/ceph-start.sh and export what it prints" >&2
+        exit 77
+    fi
+    export AWS_ENDPOINT_URL=$NJ_TEST_S3_ENDPOINT AWS_REGION=${NJ_TEST_S3_REGION:-us-east-1}
+    export AWS_ACCESS_KEY_ID=$NJ_TEST_S3_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$NJ_TEST_S3_SECRET_KEY
+    export AWS_SHARED_CREDENTIALS_FILE=$T/no-credentials-file
+}
+
 finish() {
     echo "$pass passed, $failures failed"
     [ "$failures" -eq 0 ]

@@ -8,16 +8,10 @@
 . "$(dirname "$0")/lib.sh"
 : "${NIGHTJAR_AGENT:?set by meson}"
 require qemu-img qemu-io qemu-nbd jq cmp python3
-if [ -z "${NJ_TEST_S3_ENDPOINT:-}" ] || [ -z "${NJ_TEST_S3_ACCESS_KEY:-}" ]; then
-    echo "SKIP: no test S3 endpoint: run scripts/ceph-start.sh and export what it prints" >&2
-    exit 77
-fi
+use_test_s3
 A=$NIGHTJAR_AGENT
 R=$NIGHTJAR_RESTORE
 PROXY=$(dirname "$0")/../tools/s3-fault-proxy.py
-export AWS_REGION=${NJ_TEST_S3_REGION:-us-east-1}
-export AWS_ACCESS_KEY_ID=$NJ_TEST_S3_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$NJ_TEST_S3_SECRET_KEY
-export AWS_SHARED_CREDENTIALS_FILE=$T/no-credentials-file
 direct=$NJ_TEST_S3_ENDPOINT
 qio() { qemu-io -f qcow2 "$@" >/dev/null; }
 snap() { qemu-img convert -O raw "$1" "$2"; }

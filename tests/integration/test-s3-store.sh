@@ -7,15 +7,9 @@
 . "$(dirname "$0")/lib.sh"
 : "${NIGHTJAR_AGENT:?set by meson}"
 require qemu-img qemu-io qemu-nbd jq cmp
-if [ -z "${NJ_TEST_S3_ENDPOINT:-}" ] || [ -z "${NJ_TEST_S3_ACCESS_KEY:-}" ]; then
-    echo "SKIP: no test S3 endpoint: run scripts/ceph-start.sh and export what it prints" >&2
-    exit 77
-fi
+use_test_s3
 A=$NIGHTJAR_AGENT
 R=$NIGHTJAR_RESTORE
-export AWS_ENDPOINT_URL=$NJ_TEST_S3_ENDPOINT AWS_REGION=${NJ_TEST_S3_REGION:-us-east-1}
-export AWS_ACCESS_KEY_ID=$NJ_TEST_S3_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$NJ_TEST_S3_SECRET_KEY
-export AWS_SHARED_CREDENTIALS_FILE=$T/no-credentials-file
 U="s3://nj-test/it-$$-$(date +%s)/store"
 qio() { qemu-io -f qcow2 "$@" >/dev/null; }
 snap() { qemu-img convert -O raw "$1" "$2"; }

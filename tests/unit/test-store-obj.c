@@ -12,7 +12,12 @@
  *    starts while gc holds its lease waits for it, and a chunk it then
  *    dedups against survives the next gc;
  *  - a hostile bucket: objects outside the layout are never deleted and
- *    make gc refuse to sweep rather than guess; a newer generation wins.
+ *    make gc refuse to sweep rather than guess; a newer generation wins;
+ *  - an incremental knows its parent chain's chunks exist (no request
+ *    to deduplicate against them), a fresh handle knows none;
+ *  - dir only: an incremental, then a prune merge, killed before each of
+ *    their file-system steps in turn (syscall gates): every committed
+ *    backup restores exactly after every kill, nothing half visible.
  */
 #include "nj-test.h"
 #include "nj-prune.h"
@@ -266,6 +271,242 @@ static void test_killed_writer(struct world *w)
     free(next);
 }
 
+/* ---- the parent's chunks are known without a request ---- */
+
+static void test_parent_known(struct world *w)
+{
+    struct nj_store *s = open_store(w);
+    unsigned char *truth = nj_calloc(1, SIZE);
+    nj_test_fill_random(&w->rng, truth, SIZE);
+    char *full = backup_full(s, w, "known-dom", truth, NULL);
+    nj_store_close(s);
+
+    /* A fresh handle knows nothing: existence is decided by the put. */
+    s = open_store(w);
+    struct nj_catalog *c = nj_catalog_open(s);
+    REQUIRE(c);
+    const struct nj_manifest *m = nj_catalog_find(c, full);
+    REQUIRE(m);
+    struct nj_index_reader *r = nj_manifest_index_open(s, m, &m->disks[0]);
+    REQUIRE(r);
+    struct nj_digest d[2];
+    unsigned nd = 0;
+    struct nj_extent e;
+    while (nd < 2 && nj_index_reader_next(r, &e) == 1)
+        if (e.kind == NJ_EXTENT_DATA &&
+            (nd == 0 || !nj_digest_eq(&d[0], &e.digest)))
+            d[nd++] = e.digest;
+    nj_index_reader_free(r);
+    nj_catalog_free(c);
+    REQUIRE(nd == 2);
+    CHECK(nj_store_chunk_exists(s, &d[0]) == 0);
+    CHECK(nj_store_chunk_exists(s, &d[1]) == 0);
+    /* An incremental on top of it knows every chunk of its parent. */
+    struct nj_backup_params bp = { .domain_name = "s3 'dom' & co",
+                                   .domain_uuid = "known-dom",
+                                   .level = NJ_LEVEL_INC,
+                                   .parent = full };
+    struct nj_backup *b = nj_backup_begin(s, &bp);
+    REQUIRE(b);
+    CHECK(nj_store_chunk_exists(s, &d[0]) == 1);
+    CHECK(nj_store_chunk_exists(s, &d[1]) == 1);
+    nj_backup_free(b); /* abandoned: nothing published */
+    nj_store_close(s);
+    free(full);
+    free(truth);
+}
+
+/* ---- dir only: a backup and a prune killed before each of their steps ---- */
+
+/* A backup (full when parent is NULL, else an incremental of the blocks
+ * dirty marks) of truth into the store at w->url, for a gated child. */
+static char *backup_one(struct nj_store *s, struct world *w, const char *uuid,
+                        const unsigned char *truth, const char *parent,
+                        const struct nj_test_dirty *dirty, const char *id)
+{
+    struct nj_backup_params bp = {
+        .domain_name = "step \"dom\" & co",
+        .domain_uuid = uuid,
+        .level = parent ? NJ_LEVEL_INC : NJ_LEVEL_FULL,
+        .parent = parent,
+        .id = id,
+    };
+    struct nj_backup *b = nj_backup_begin(s, &bp);
+    if (!b) {
+        fprintf(stderr, "begin: %s\n", nj_error_get());
+        return NULL;
+    }
+    if (nj_test_store_disk(b, w->codec, "vda", truth, SIZE, dirty, !parent,
+                           GRID) < 0 ||
+        nj_backup_commit(b) < 0) {
+        fprintf(stderr, "backup: %s\n", nj_error_get());
+        nj_backup_free(b);
+        return NULL;
+    }
+    char *out = nj_strdup(nj_backup_id(b));
+    nj_backup_free(b);
+    return out;
+}
+
+/* Run op in a gated child, killed before its k-th file-system step (k from
+ * 0 up), until a child runs to its end; after each kill, check() looks at
+ * the store.  Returns the number of kills. */
+static unsigned kill_at_every_step(struct world *w, int (*op)(struct world *w,
+                                                            void *arg),
+                                   void (*check)(struct world *w, void *arg,
+                                                 bool finished),
+                                   void *arg)
+{
+    unsigned kills = 0;
+    for (uint64_t k = 0;; k++) {
+        REQUIRE(k < 20000);
+        struct nj_test_gate g;
+        pid_t pid = nj_test_gate_fork(&g, false);
+        if (pid == 0)
+            _exit(op(w, arg) == 0 ? 0 : 1);
+        struct nj_test_call call;
+        int more = 1;
+        for (uint64_t i = 0; i < k && (more = nj_test_gate_next(&g, &call));
+             i++)
+            nj_test_gate_pass(&g, &call);
+        if (more == 1)
+            more = nj_test_gate_next(&g, &call);
+        int st = nj_test_gate_kill(&g);
+        bool finished = more == 0;
+        if (finished) {
+            CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+        } else {
+            CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
+            kills++;
+        }
+        check(w, arg, finished);
+        if (finished)
+            return kills;
+    }
+}
+
+struct step_world {
+    unsigned char *a, *b;     /* the full's and the incremental's truth */
+    struct nj_test_dirty dirty;
+    char *full, *inc;         /* committed ids */
+    char *rid;                /* the id the killed backup would take */
+    unsigned visible;
+};
+
+static int step_backup(struct world *w, void *arg)
+{
+    struct step_world *sw = arg;
+    struct nj_store *s = nj_store_open(w->url, 0);
+    if (!s)
+        return -1;
+    char *id = backup_one(s, w, "step-dom", sw->b, sw->full, &sw->dirty,
+                          sw->rid);
+    nj_store_close(s);
+    free(id);
+    return id ? 0 : -1;
+}
+
+static void step_backup_check(struct world *w, void *arg, bool finished)
+{
+    struct step_world *sw = arg;
+    struct nj_store *s = open_store(w);
+    struct nj_catalog *c = nj_catalog_open(s);
+    REQUIRE(c);
+    CHECK(nj_catalog_broken_count(c) == 0);
+    const struct nj_manifest *m = nj_catalog_find(c, sw->full);
+    CHECK(m && nj_test_restore_compare(s, c, m, "vda", sw->a, SIZE,
+                                       w->scratch) == 0);
+    m = nj_catalog_find(c, sw->rid);
+    CHECK(!finished || m);
+    if (m) {
+        sw->visible++;
+        CHECK(nj_test_restore_compare(s, c, m, "vda", sw->b, SIZE,
+                                      w->scratch) == 0);
+    }
+    nj_catalog_free(c);
+    nj_store_close(s);
+    if (!finished) { /* the next attempt takes a new id */
+        free(sw->rid);
+        sw->rid = nj_backup_id_new();
+    }
+}
+
+static int step_prune(struct world *w, void *arg)
+{
+    struct step_world *sw = arg;
+    struct nj_store *s = nj_store_open(w->url, 0);
+    if (!s)
+        return -1;
+    int r = nj_prune_remove(s, sw->full);
+    if (r < 0)
+        fprintf(stderr, "prune: %s\n", nj_error_get());
+    nj_store_close(s);
+    return r;
+}
+
+static void step_prune_check(struct world *w, void *arg, bool finished)
+{
+    struct step_world *sw = arg;
+    struct nj_store *s = open_store(w);
+    struct nj_catalog *c = nj_catalog_open(s);
+    REQUIRE(c);
+    CHECK(nj_catalog_broken_count(c) == 0);
+    /* The incremental always restores exactly; the full is there and
+     * exact until the prune ends, and gone once it has. */
+    const struct nj_manifest *m = nj_catalog_find(c, sw->inc);
+    CHECK(m && nj_test_restore_compare(s, c, m, "vda", sw->b, SIZE,
+                                       w->scratch) == 0);
+    m = nj_catalog_find(c, sw->full);
+    CHECK(!finished || !m);
+    if (m) {
+        sw->visible++;
+        CHECK(nj_test_restore_compare(s, c, m, "vda", sw->a, SIZE,
+                                      w->scratch) == 0);
+    }
+    nj_catalog_free(c);
+    nj_store_close(s);
+}
+
+static void test_every_step(struct world *w)
+{
+    struct step_world sw = { .a = nj_calloc(1, SIZE), .b = nj_malloc(SIZE) };
+    nj_test_fill_random(&w->rng, sw.a, SIZE / 2);
+    memcpy(sw.b, sw.a, SIZE);
+    nj_test_dirty_init(&sw.dirty, SIZE);
+    nj_test_mutate(&w->rng, sw.b, SIZE, &sw.dirty, 6);
+    struct nj_store *s = open_store(w);
+    sw.full = backup_one(s, w, "step-dom", sw.a, NULL, NULL, NULL);
+    REQUIRE(sw.full);
+    nj_store_close(s);
+
+    sw.rid = nj_backup_id_new();
+    unsigned kills = kill_at_every_step(w, step_backup, step_backup_check,
+                                        &sw);
+    printf("every step: an incremental killed at each of its %u steps (%u "
+           "were committed)\n", kills, sw.visible - 1);
+    CHECK(kills > 10);
+    sw.inc = sw.rid;
+    sw.rid = NULL;
+
+    /* Removing the full merges it into the incremental (a new generation
+     * of it), then deletes the full. */
+    sw.visible = 0;
+    kills = kill_at_every_step(w, step_prune, step_prune_check, &sw);
+    printf("every step: a prune merge killed at each of its %u steps\n",
+           kills);
+    CHECK(kills > 5);
+    s = open_store(w);
+    struct nj_gc_stats gs;
+    CHECK(nj_gc(s, 0, &gs) == 0);
+    check_restores(s, w, sw.inc, sw.b);
+    nj_store_close(s);
+    nj_test_dirty_free(&sw.dirty);
+    free(sw.full);
+    free(sw.inc);
+    free(sw.a);
+    free(sw.b);
+}
+
 /* ---- gc and writers ---- */
 
 static void put_garbage_chunk(struct nj_store *s, struct world *w,
@@ -509,6 +750,9 @@ int main(int argc, char **argv)
     test_killed_writer(&w);
     test_gc_and_writers(&w);
     test_hostile(&w);
+    test_parent_known(&w);
+    if (!s3) /* the gates see file-system steps, not requests */
+        test_every_step(&w);
 
     nj_codec_free(w.codec);
     nj_obj_free(w.obj);
