@@ -97,7 +97,7 @@
  * at once.  Many small chunks (an incremental's scattered writes) keep
  * requests in flight; big ones keep memory bounded. */
 #define ASYNC_PUTS 16
-#define ASYNC_BYTES (16u << 20)
+#define ASYNC_BYTES (8u << 20)
 
 /* ---- a set of digests (open addressing) ---- */
 

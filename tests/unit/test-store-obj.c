@@ -13,6 +13,11 @@
  *    dedups against survives the next gc;
  *  - a hostile bucket: objects outside the layout are never deleted and
  *    make gc refuse to sweep rather than guess; a newer generation wins;
+ *  - tampering: a chunk flipped, truncated or swapped, an index flipped,
+ *    truncated or swapped with another domain's, a manifest swapped with
+ *    another backup's or replayed as a newer generation: restore refuses
+ *    (never other bytes) and verify fails; the other backups still
+ *    restore;
  *  - an incremental knows its parent chain's chunks exist (no request
  *    to deduplicate against them), a fresh handle knows none;
  *  - dir only: an incremental, then a prune merge, killed before each of
@@ -20,12 +25,15 @@
  *    backup restores exactly after every kill, nothing half visible.
  */
 #include "nj-test.h"
+#include "nj-restore.h"
+#include "nj-io.h"
 #include "nj-prune.h"
 #include "nj-object.h"
 #include "nj-s3.h"
 #include "nj-util.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -314,6 +322,189 @@ static void test_parent_known(struct world *w)
     nj_store_close(s);
     free(full);
     free(truth);
+}
+
+/* ---- tampering: any changed object fails restore and verify ---- */
+
+static int verify_quiet(struct nj_store *s, const struct nj_catalog *c)
+{
+    FILE *f = fopen("/dev/null", "w");
+    REQUIRE(f);
+    struct nj_verify_opts vo = { .threads = 2, .out = f };
+    int r = nj_verify(s, c, &vo);
+    fclose(f);
+    return r;
+}
+
+/* Restore id's vda: 0 exact, 1 refused (an error), and a failed check
+ * when it "succeeded" with other bytes: the one outcome never allowed. */
+static int restore_outcome(struct world *w, const char *id,
+                           const unsigned char *truth)
+{
+    struct nj_store *s = open_store(w);
+    struct nj_catalog *c = nj_catalog_open(s);
+    int ret = 1;
+    const struct nj_manifest *m = c ? nj_catalog_find(c, id) : NULL;
+    if (m) {
+        struct nj_output *out = nj_output_open(w->scratch, NJ_OUTPUT_RAW,
+                                               SIZE, true);
+        REQUIRE(out);
+        int r = nj_restore_disk(s, c, m, "vda", out, NULL, NULL);
+        if (nj_output_close(out, r == 0) == 0 && r == 0) {
+            size_t len = 0;
+            NJ_CLEANUP_FREE char *got = nj_read_file(AT_FDCWD, w->scratch,
+                                                     SIZE, &len);
+            CHECK(got && len == SIZE);
+            bool same = got && len == SIZE && memcmp(got, truth, SIZE) == 0;
+            if (!same)
+                fprintf(stderr, "backup %s restored WRONG bytes\n", id);
+            CHECK(same);
+            ret = same ? 0 : 1;
+        }
+        unlink(w->scratch);
+    }
+    if (c)
+        nj_catalog_free(c);
+    nj_store_close(s);
+    return ret;
+}
+
+static int verify_outcome(struct world *w)
+{
+    struct nj_store *s = open_store(w);
+    struct nj_catalog *c = nj_catalog_open(s);
+    int r = c ? verify_quiet(s, c) : 1;
+    if (c)
+        nj_catalog_free(c);
+    nj_store_close(s);
+    return r;
+}
+
+static char *get_obj(struct world *w, const char *key, size_t *len)
+{
+    void *buf = NULL;
+    REQUIRE(nj_obj_get(w->obj, key, 1 << 26, &buf, len) == 0);
+    return buf;
+}
+
+static void put_obj(struct world *w, const char *key, const void *buf,
+                    size_t len)
+{
+    REQUIRE(nj_obj_put(w->obj, key, buf, len, NJ_OBJ_REPLACE, NULL, NULL) ==
+            0);
+}
+
+/* The key of id's generation-1 object name. */
+static char *gen1_key(struct world *w, const char *id, const char *name)
+{
+    return nj_asprintf("%sbackups/%s/g00000001/%s", w->prefix, id, name);
+}
+
+/* The key of a chunk id references (the first data extent's). */
+static char *chunk_of(struct world *w, const char *id)
+{
+    struct nj_store *s = open_store(w);
+    struct nj_catalog *c = nj_catalog_open(s);
+    REQUIRE(c);
+    const struct nj_manifest *m = nj_catalog_find(c, id);
+    REQUIRE(m);
+    struct nj_index_reader *r = nj_manifest_index_open(s, m, &m->disks[0]);
+    REQUIRE(r);
+    struct nj_extent e;
+    char *key = NULL;
+    while (!key && nj_index_reader_next(r, &e) == 1)
+        if (e.kind == NJ_EXTENT_DATA) {
+            char hex[NJ_DIGEST_HEX_LEN + 1];
+            nj_digest_to_hex(&e.digest, hex);
+            key = nj_asprintf("%schunks/%.2s/%s", w->prefix, hex, hex);
+        }
+    nj_index_reader_free(r);
+    nj_catalog_free(c);
+    nj_store_close(s);
+    REQUIRE(key);
+    return key;
+}
+
+static void test_tamper(struct world *w)
+{
+    unsigned char *t1 = nj_calloc(1, SIZE), *t2 = nj_calloc(1, SIZE);
+    nj_test_fill_random(&w->rng, t1, SIZE / 2);
+    nj_test_fill_random(&w->rng, t2 + SIZE / 4, SIZE / 2);
+    struct nj_store *s = open_store(w);
+    char *id1 = backup_full(s, w, "tamper-one", t1, NULL);
+    char *id2 = backup_full(s, w, "tamper-two", t2, NULL);
+    nj_store_close(s);
+    CHECK(restore_outcome(w, id1, t1) == 0 && restore_outcome(w, id2, t2) == 0);
+    CHECK(verify_outcome(w) == 0);
+
+    NJ_CLEANUP_FREE char *c1 = chunk_of(w, id1);
+    NJ_CLEANUP_FREE char *c2 = chunk_of(w, id2);
+    NJ_CLEANUP_FREE char *m1 = gen1_key(w, id1, NJ_MANIFEST_NAME);
+    NJ_CLEANUP_FREE char *m2 = gen1_key(w, id2, NJ_MANIFEST_NAME);
+    NJ_CLEANUP_FREE char *i1 = gen1_key(w, id1, "disk0.idx");
+    NJ_CLEANUP_FREE char *i2 = gen1_key(w, id2, "disk0.idx");
+    REQUIRE(nj_obj_head(w->obj, i1, NULL, NULL, NULL) == 1);
+    size_t lc1, lc2, li1, li2, lm1, lm2;
+    char *oc1 = get_obj(w, c1, &lc1), *oc2 = get_obj(w, c2, &lc2);
+    char *oi1 = get_obj(w, i1, &li1), *oi2 = get_obj(w, i2, &li2);
+    char *om1 = get_obj(w, m1, &lm1), *om2 = get_obj(w, m2, &lm2);
+
+    /* Each damage, then the original bytes back. */
+    struct { const char *what, *key; const char *body; size_t len; }
+        cases[] = {
+            { "chunk byte flipped", c1, NULL, 0 },
+            { "chunk truncated", c1, oc1, lc1 / 2 },
+            { "chunk swapped with another's", c1, oc2, lc2 },
+            { "index byte flipped", i1, NULL, 0 },
+            { "index truncated", i1, oi1, li1 - 1 },
+            { "index swapped with another domain's", i1, oi2, li2 },
+            { "manifest swapped with another backup's", m1, om2, lm2 },
+        };
+    for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+        size_t olen = 0;
+        char *orig = get_obj(w, cases[k].key, &olen);
+        if (cases[k].body) {
+            put_obj(w, cases[k].key, cases[k].body, cases[k].len);
+        } else {
+            orig[olen / 2] ^= 0x20;
+            put_obj(w, cases[k].key, orig, olen);
+            orig[olen / 2] ^= 0x20;
+        }
+        int rr = restore_outcome(w, id1, t1);
+        int vr = verify_outcome(w);
+        if (rr != 1 || vr == 0)
+            fprintf(stderr, "tamper '%s': restore %d, verify %d\n",
+                    cases[k].what, rr, vr);
+        CHECK(rr == 1);  /* refused, never wrong bytes */
+        CHECK(vr != 0);  /* verify names the damage */
+        /* The other domain's backup is untouched by the damage. */
+        if (cases[k].key != m1)
+            CHECK(restore_outcome(w, id2, t2) == 0);
+        put_obj(w, cases[k].key, orig, olen);
+        free(orig);
+    }
+    /* A manifest of another backup under this id's generation: refused
+     * (the id inside does not match), and so is an old manifest replayed
+     * as a newer generation of another backup. */
+    NJ_CLEANUP_FREE char *g2 =
+        nj_asprintf("%sbackups/%s/g00000002/%s", w->prefix, id2,
+                    NJ_MANIFEST_NAME);
+    REQUIRE(nj_obj_put(w->obj, g2, om1, lm1, NJ_OBJ_CREATE, NULL, NULL) == 0);
+    CHECK(restore_outcome(w, id2, t2) == 1);
+    CHECK(verify_outcome(w) != 0);
+    REQUIRE(nj_obj_delete(w->obj, g2) == 0);
+    CHECK(restore_outcome(w, id1, t1) == 0 && restore_outcome(w, id2, t2) == 0);
+    CHECK(verify_outcome(w) == 0);
+    free(oc1);
+    free(oc2);
+    free(oi1);
+    free(oi2);
+    free(om1);
+    free(om2);
+    free(id1);
+    free(id2);
+    free(t1);
+    free(t2);
 }
 
 /* ---- dir only: a backup and a prune killed before each of their steps ---- */
@@ -751,6 +942,7 @@ int main(int argc, char **argv)
     test_gc_and_writers(&w);
     test_hostile(&w);
     test_parent_known(&w);
+    test_tamper(&w);
     if (!s3) /* the gates see file-system steps, not requests */
         test_every_step(&w);
 
