@@ -118,16 +118,14 @@ bool nj_test_store_is_obj(const char *url)
     return strncmp(url, "s3://", 5) == 0 || strncmp(url, "obj+file://", 11) == 0;
 }
 
-void nj_test_obj_chunks(const char *url,
-                        void (*fn)(void *arg, const char *name, uint64_t size,
-                                   int64_t mtime),
-                        void *arg)
+/* The object namespace of an object store's URL, and the store's key
+ * prefix in it ("" or "PREFIX/"). */
+static struct nj_objects *test_objects(const char *url, char **prefix)
 {
     struct nj_objects *o;
-    NJ_CLEANUP_FREE char *prefix = NULL;
     if (strncmp(url, "obj+file://", 11) == 0) {
         o = nj_objects_dir_new(url + 11);
-        prefix = nj_strdup("chunks/");
+        *prefix = nj_strdup("");
     } else {
         REQUIRE(strncmp(url, "s3://", 5) == 0);
         const char *b = url + 5;
@@ -135,13 +133,36 @@ void nj_test_obj_chunks(const char *url,
         NJ_CLEANUP_FREE char *bucket = nj_calloc(1, blen + 1);
         memcpy(bucket, b, blen);
         const char *pre = b[blen] ? b + blen + 1 : "";
-        prefix = nj_asprintf("%s%schunks/", pre, *pre ? "/" : "");
+        *prefix = nj_asprintf("%s%s", pre, *pre ? "/" : "");
         struct nj_s3_config c = { 0 };
         REQUIRE(nj_s3_config_load(&c, NULL) == 0);
         o = nj_objects_s3_new(&c, bucket);
         nj_s3_config_clear(&c);
     }
     REQUIRE(o);
+    return o;
+}
+
+char *nj_test_obj_read(const char *url, const char *key, size_t *len)
+{
+    NJ_CLEANUP_FREE char *prefix = NULL;
+    struct nj_objects *o = test_objects(url, &prefix);
+    NJ_CLEANUP_FREE char *k = nj_asprintf("%s%s", prefix, key);
+    void *buf = NULL;
+    if (nj_obj_get(o, k, 1 << 20, &buf, len) < 0)
+        buf = NULL;
+    nj_obj_free(o);
+    return buf;
+}
+
+void nj_test_obj_chunks(const char *url,
+                        void (*fn)(void *arg, const char *name, uint64_t size,
+                                   int64_t mtime),
+                        void *arg)
+{
+    NJ_CLEANUP_FREE char *base = NULL;
+    struct nj_objects *o = test_objects(url, &base);
+    NJ_CLEANUP_FREE char *prefix = nj_asprintf("%schunks/", base);
     char *token = NULL;
     do {
         struct nj_obj_page page = { 0 };

@@ -103,6 +103,9 @@ void nj_test_referenced(struct nj_store *s, struct digest_vec *out,
  */
 char *nj_test_store_url(const char *local);
 bool nj_test_s3_env(void);
+/* An object of the object store at url (key below its prefix), at most
+ * 1 MiB, NUL-terminated: NULL when absent or unreadable. */
+char *nj_test_obj_read(const char *url, const char *key, size_t *len);
 /* Whether url names an object store (s3:// or obj+file://). */
 bool nj_test_store_is_obj(const char *url);
 /* Call fn for each object under chunks/ of the object store at url (name:

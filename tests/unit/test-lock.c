@@ -26,7 +26,6 @@
 #include "nj-restore.h"
 #include "nj-util.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -190,28 +189,48 @@ static void check_verify(const char *store)
     nj_store_close(s);
 }
 
+/* The staged backups, as the store lists them (-1 when it cannot), and
+ * whether id is one of them. */
+static long staging_scan(const char *store, const char *id, bool *has)
+{
+    struct nj_store *s = nj_store_open(store, 0);
+    REQUIRE(s);
+    char **v = nj_store_staging_list(s);
+    long n = -1;
+    if (v)
+        for (n = 0; v[n]; n++)
+            if (id && strcmp(v[n], id) == 0)
+                *has = true;
+    nj_strv_free(v);
+    nj_store_close(s);
+    return n;
+}
+
 static size_t count_staging(const char *store)
 {
-    NJ_CLEANUP_FREE char *p = nj_asprintf("%s/staging", store);
-    DIR *d = opendir(p);
-    REQUIRE(d);
-    size_t n = 0;
-    struct dirent *de;
-    while ((de = readdir(d)) != NULL)
-        n += strcmp(de->d_name, ".") && strcmp(de->d_name, "..");
-    closedir(d);
-    return n;
+    long n = staging_scan(store, NULL, NULL);
+    REQUIRE(n >= 0);
+    return (size_t)n;
 }
 
 static bool staging_has(const char *store, const char *id)
 {
-    NJ_CLEANUP_FREE char *p = nj_asprintf("%s/staging/%s", store, id);
-    return access(p, F_OK) == 0;
+    bool has = false;
+    REQUIRE(staging_scan(store, id, &has) >= 0);
+    return has;
 }
 
-/* The pid recorded in the domain's lock file (its UUID is the key). */
+/* The pid recorded in the domain's lock (its UUID is the key): the lock
+ * file of a directory store, the lease object of an object store. */
 static long lock_file_pid(const char *store, const char *uuid)
 {
+    if (nj_test_store_is_obj(store)) {
+        NJ_CLEANUP_FREE char *key = nj_asprintf("locks/%s.lease", uuid);
+        size_t len = 0;
+        NJ_CLEANUP_FREE char *text = nj_test_obj_read(store, key, &len);
+        const char *p = text ? strstr(text, "\"pid\":") : NULL;
+        return p ? strtol(p + 6, NULL, 10) : -1;
+    }
     NJ_CLEANUP_FREE char *p = nj_asprintf("%s/locks/%s.lock", store, uuid);
     char buf[32] = "";
     NJ_CLEANUP_CLOSE int fd = open(p, O_RDONLY | O_CLOEXEC);
@@ -426,7 +445,8 @@ static char *seed_str(uint64_t seed)
 
 static void test_two_processes(const char *dir, unsigned *restored)
 {
-    NJ_CLEANUP_FREE char *store = nj_asprintf("%s/procs", dir);
+    NJ_CLEANUP_FREE char *local = nj_asprintf("%s/procs", dir);
+    NJ_CLEANUP_FREE char *store = nj_test_store_url(local);
     NJ_CLEANUP_FREE char *scratch = nj_asprintf("%s/procs.raw", dir);
     struct nj_store *s0 = nj_store_open(store, NJ_STORE_CREATE);
     REQUIRE(s0);
@@ -517,7 +537,8 @@ static void *concurrent_thread(void *p)
 
 static void test_two_threads(const char *dir, unsigned *restored)
 {
-    NJ_CLEANUP_FREE char *store = nj_asprintf("%s/threads", dir);
+    NJ_CLEANUP_FREE char *local = nj_asprintf("%s/threads", dir);
+    NJ_CLEANUP_FREE char *store = nj_test_store_url(local);
     NJ_CLEANUP_FREE char *scratch = nj_asprintf("%s/threads.raw", dir);
     struct nj_store *s0 = nj_store_open(store, NJ_STORE_CREATE);
     REQUIRE(s0);
@@ -550,7 +571,11 @@ static void test_two_threads(const char *dir, unsigned *restored)
 
 static void check_refusal(const char *msg, const char *name, long pid)
 {
-    NJ_CLEANUP_FREE char *want = nj_asprintf("(pid %ld)", pid);
+    /* "(pid N)" from a directory store, "(pid N on host H)" from an
+     * object store's lease. */
+    NJ_CLEANUP_FREE char *want = nj_asprintf("(pid %ld", pid);
+    const char *at = strstr(msg, want);
+    CHECK(at && (at[strlen(want)] == ')' || at[strlen(want)] == ' '));
     if (!strstr(msg, "already being backed up") || !strstr(msg, want) ||
         !strstr(msg, name))
         fprintf(stderr, "refusal '%s' should name '%s' and pid %ld\n", msg,
@@ -562,7 +587,8 @@ static void check_refusal(const char *msg, const char *name, long pid)
 
 static void test_same_domain(const char *dir, unsigned *restored)
 {
-    NJ_CLEANUP_FREE char *store = nj_asprintf("%s/same", dir);
+    NJ_CLEANUP_FREE char *local = nj_asprintf("%s/same", dir);
+    NJ_CLEANUP_FREE char *store = nj_test_store_url(local);
     NJ_CLEANUP_FREE char *scratch = nj_asprintf("%s/same.raw", dir);
     struct dom d;
     dom_init(&d, "epsilon", "e5e5e5e5-0000-4000-8000-000000000005", 55);
@@ -634,8 +660,9 @@ static void test_same_domain(const char *dir, unsigned *restored)
 static void test_dead_writer(const char *dir, enum death how,
                              unsigned *restored)
 {
-    NJ_CLEANUP_FREE char *store = nj_asprintf("%s/dead-%s", dir,
+    NJ_CLEANUP_FREE char *local = nj_asprintf("%s/dead-%s", dir,
                                               death_names[how]);
+    NJ_CLEANUP_FREE char *store = nj_test_store_url(local);
     NJ_CLEANUP_FREE char *scratch = nj_asprintf("%s/dead.raw", dir);
     struct dom d;
     dom_init(&d, "zeta", "f6f6f6f6-0000-4000-8000-000000000006", 66);
@@ -757,7 +784,8 @@ static char *commit_simple(struct nj_store *s, struct dom *d, enum nj_level l,
 
 static void test_parents(const char *dir, unsigned *restored)
 {
-    NJ_CLEANUP_FREE char *store = nj_asprintf("%s/parents", dir);
+    NJ_CLEANUP_FREE char *local = nj_asprintf("%s/parents", dir);
+    NJ_CLEANUP_FREE char *store = nj_test_store_url(local);
     NJ_CLEANUP_FREE char *scratch = nj_asprintf("%s/parents.raw", dir);
     struct nj_store *s = nj_store_open(store, NJ_STORE_CREATE);
     REQUIRE(s);
