@@ -18,6 +18,7 @@
 #include "nj-util.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <json-c/json.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -325,21 +326,24 @@ static void add_u64(uint64_t *p, uint64_t v)
     __atomic_fetch_add(p, v, __ATOMIC_RELAXED);
 }
 
-/* The zstd level a frame was compressed at, or -1 for a raw frame. */
+/* A frame stored raw (zstd levels go below 0: -1 is one of them). */
+#define LEVEL_RAW INT_MIN
+
+/* The zstd level a frame was compressed at, or LEVEL_RAW. */
 static int frame_level(const struct nj_codec *codec, const void *frame)
 {
     int l = nj_codec_level(codec);
     if ((((const unsigned char *)frame)[5] & NJ_CHUNK_FLAG_ZSTD) &&
         l >= NJ_ZSTD_LEVEL_MIN && l <= NJ_ZSTD_LEVEL_MAX)
         return l;
-    return -1;
+    return LEVEL_RAW;
 }
 
 /* Count a new chunk under the level its frame was compressed at. */
 static void count_compression(struct nj_disk_compression *c, int l,
                               size_t len, size_t flen)
 {
-    if (l >= 0) {
+    if (l != LEVEL_RAW) {
         add_u64(&c->chunks[l - NJ_ZSTD_LEVEL_MIN], 1);
         add_u64(&c->bytes[l - NJ_ZSTD_LEVEL_MIN], len);
         add_u64(&c->stored[l - NJ_ZSTD_LEVEL_MIN], flen);
@@ -395,7 +399,7 @@ int nj_backup_put_chunk(struct nj_backup *b, struct nj_backup_disk *d,
     if (r < 0)
         return nj_error_prefix("disk '%s'", d->md.target);
     if (r == 1) {
-        count_put(d, 1, len, 0, -1);
+        count_put(d, 1, len, 0, LEVEL_RAW);
         return 0;
     }
     size_t flen = 0;
