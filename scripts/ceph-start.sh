@@ -10,10 +10,14 @@
 #   NJ_CEPH_MON_PORT  monitor msgr2 port          (default NJ_CEPH_PORT - 4180,
 #                     so 7480 -> 3300 and two clusters on 7480 and 7481 differ)
 #   NJ_CEPH_OSD_GB    memstore size in GiB        (default 4)
+#   NJ_CEPH_TLS_PORT  radosgw's HTTPS port        (default NJ_CEPH_PORT + 363),
+#                     with a certificate for 127.0.0.1 signed by a CA made
+#                     here ($NJ_CEPH_DIR/tls/ca.pem)
 #
 # On success prints shell-sourceable lines (also in $NJ_CEPH_DIR/env):
 #   NJ_TEST_S3_ENDPOINT=... NJ_TEST_S3_REGION=... NJ_TEST_S3_ACCESS_KEY=...
-#   NJ_TEST_S3_SECRET_KEY=...
+#   NJ_TEST_S3_SECRET_KEY=... NJ_TEST_S3_TLS_ENDPOINT=https://...
+#   NJ_TEST_S3_CA_FILE=...
 # When the cluster in NJ_CEPH_DIR already runs and answers, prints them
 # again.  On failure the tails of the daemon logs go to stderr, the
 # daemons are stopped (logs kept) and the exit status is 1.
@@ -24,6 +28,7 @@ dir=${NJ_CEPH_DIR:-/tmp/nightjar-ceph}
 port=${NJ_CEPH_PORT:-7480}
 mon_port=${NJ_CEPH_MON_PORT:-$((port - 4180))}
 osd_gb=${NJ_CEPH_OSD_GB:-4}
+tls_port=${NJ_CEPH_TLS_PORT:-$((port + 363))}
 here=$(cd "$(dirname "$0")" && pwd)
 
 say() { echo "ceph-start: $*" >&2; }
@@ -56,9 +61,9 @@ port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 rgw_answers() { curl -fsS -m 5 -o /dev/null "http://127.0.0.1:$port/"; }
 
-case $port$mon_port$osd_gb in *[!0-9]*) fail "NJ_CEPH_PORT, NJ_CEPH_MON_PORT and NJ_CEPH_OSD_GB must be numbers" ;; esac
+case $port$mon_port$osd_gb$tls_port in *[!0-9]*) fail "NJ_CEPH_PORT, NJ_CEPH_MON_PORT, NJ_CEPH_TLS_PORT and NJ_CEPH_OSD_GB must be numbers" ;; esac
 [ "$(id -u)" = 0 ] || fail "must run as root"
-for p in ceph-mon ceph-osd radosgw radosgw-admin ceph ceph-authtool monmaptool curl; do
+for p in ceph-mon ceph-osd radosgw radosgw-admin ceph ceph-authtool monmaptool curl openssl; do
     command -v "$p" >/dev/null || fail "'$p' not found (scripts/install-deps.sh installs it)"
 done
 
@@ -70,13 +75,28 @@ fi
 
 # Leftovers of a cluster that died: stop what is left, start afresh.
 NJ_CEPH_DIR=$dir "$here/ceph-stop.sh" >/dev/null 2>&1 || true
-for p in "$port" "$mon_port"; do
+for p in "$port" "$mon_port" "$tls_port"; do
     port_busy "$p" && fail "127.0.0.1:$p is in use (another cluster? set NJ_CEPH_PORT, NJ_CEPH_MON_PORT)"
 done
 mkdir -p "$dir"/run "$dir"/log "$dir"/mon "$dir"/osd/0 "$dir"/tmp
 chmod 700 "$dir"
 conf=$dir/ceph.conf
 fsid=$(cat /proc/sys/kernel/random/uuid)
+# A CA of this cluster's own and a certificate for 127.0.0.1 it signs, for
+# radosgw's HTTPS endpoint (clients trust it through the CA file only).
+mkdir -p "$dir/tls"
+(
+    cd "$dir/tls"
+    umask 077
+    openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=nightjar test CA" \
+        -keyout ca.key -out ca.pem >/dev/null 2>&1
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" \
+        -keyout rgw.key -out rgw.csr >/dev/null 2>&1
+    printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' > ext.cnf
+    openssl x509 -req -in rgw.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+        -days 30 -extfile ext.cnf -out rgw.pem >/dev/null 2>&1
+    chmod 0644 ca.pem
+) || fail "openssl: could not make the test certificate"
 access_key=NJTEST$(head -c 7 /dev/urandom | od -An -tx1 | tr -d ' \n' | tr a-f A-F)
 secret_key=$(head -c 48 /dev/urandom | base64 | tr -d '/+=' | head -c 40)
 
@@ -133,7 +153,7 @@ keyring = $dir/rgw.keyring
 # tcp_nodelay: without it radosgw writes a response's header and body in
 # two segments and Nagle holds the second for the client's delayed ACK,
 # 40 ms per small GET (measured here)
-rgw frontends = beast endpoint=127.0.0.1:$port tcp_nodelay=1
+rgw frontends = beast endpoint=127.0.0.1:$port ssl_endpoint=127.0.0.1:$tls_port ssl_certificate=$dir/tls/rgw.pem ssl_private_key=$dir/tls/rgw.key tcp_nodelay=1
 rgw thread pool size = 64
 rgw enable usage log = false
 rgw enable ops log = false
@@ -179,6 +199,8 @@ NJ_TEST_S3_ENDPOINT=http://127.0.0.1:$port
 NJ_TEST_S3_REGION=us-east-1
 NJ_TEST_S3_ACCESS_KEY=$access_key
 NJ_TEST_S3_SECRET_KEY=$secret_key
+NJ_TEST_S3_TLS_ENDPOINT=https://127.0.0.1:$tls_port
+NJ_TEST_S3_CA_FILE=$dir/tls/ca.pem
 EOF
 mv "$dir/env.tmp" "$dir/env"
 cat "$dir/env"

@@ -26,8 +26,9 @@ packages=(
     # systemd-analyze verify of the units (the package, not systemd as init)
     systemd
     # the S3 client (catalog/nj-s3.c) and its tests: libcurl, and a
-    # throw-away single-node Ceph with radosgw (scripts/ceph-start.sh)
-    libcurl4-openssl-dev ceph-mon ceph-osd radosgw ceph-common
+    # throw-away single-node Ceph with radosgw (scripts/ceph-start.sh; openssl
+    # makes its HTTPS endpoint's certificate)
+    libcurl4-openssl-dev ceph-mon ceph-osd radosgw ceph-common openssl
 )
 
 missing=()

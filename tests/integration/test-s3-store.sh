@@ -94,6 +94,35 @@ expect_fail "file:// URL needs an absolute path" "$R" list -s "file://relative/x
 expect_fail "127.0.0.1:1\|connect\|Couldn't" env AWS_ENDPOINT_URL=http://127.0.0.1:1 "$A" import -s "$U" -d bad --disk vda "$img"
 check test "$(nbackups)" -eq "$before"
 
+# --- HTTPS with a private CA: trusted through AWS_CA_BUNDLE (or a
+# credentials profile's ca_bundle) only; otherwise refused, nothing written
+if [ -n "${NJ_TEST_S3_TLS_ENDPOINT:-}" ]; then
+    UT="s3://nj-test/tls-$$-$(date +%s)"
+    AWS_ENDPOINT_URL=$NJ_TEST_S3_TLS_ENDPOINT AWS_CA_BUNDLE=$NJ_TEST_S3_CA_FILE \
+        "$A" import -s "$UT" -d tls --disk vda --json "$img" > "$T/tls.json"
+    check test "$(jq -r .transfer.requests "$T/tls.json")" -gt 0
+    AWS_ENDPOINT_URL=$NJ_TEST_S3_TLS_ENDPOINT AWS_CA_BUNDLE=$NJ_TEST_S3_CA_FILE \
+        "$R" restore -s "$UT" -d tls --disk vda -o "$T/tls.raw"
+    snap "$img" "$T/tls-truth.raw"
+    check cmp "$T/tls.raw" "$T/tls-truth.raw"
+    # the same store over plain HTTP is the same bucket
+    check test "$("$R" list -s "$UT" --json | jq length)" -eq 1
+    # the system's CA store does not know the private CA
+    expect_fail "certificate\|SSL" env AWS_ENDPOINT_URL=$NJ_TEST_S3_TLS_ENDPOINT \
+        AWS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt \
+        "$A" import -s "s3://nj-test/tls-$$-refused" -d tls --disk vda "$img"
+    expect_fail "not a nightjar store" "$R" list -s "s3://nj-test/tls-$$-refused"
+    # a profile's ca_bundle is read too
+    printf '[tls]\naws_access_key_id = %s\naws_secret_access_key = %s\nca_bundle = %s\n' \
+        "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY" "$NJ_TEST_S3_CA_FILE" > "$T/creds"
+    chmod 600 "$T/creds"
+    check env -u AWS_ACCESS_KEY_ID -u AWS_SECRET_ACCESS_KEY -u AWS_CA_BUNDLE \
+        AWS_SHARED_CREDENTIALS_FILE="$T/creds" AWS_PROFILE=tls \
+        AWS_ENDPOINT_URL=$NJ_TEST_S3_TLS_ENDPOINT "$R" verify -s "$UT"
+else
+    fail "no NJ_TEST_S3_TLS_ENDPOINT: scripts/ceph-start.sh prints it"
+fi
+
 # --- file:// names the same directory store a path does
 "$A" import -s "file://$T/dirstore" -d d --disk vda "$img" > /dev/null
 check test "$("$R" list -s "$T/dirstore" --json | jq 'length')" -eq 1
