@@ -66,6 +66,11 @@ NJ_VECTOR(rec_vec, struct rec);
 
 struct world {
     char *dir, *store, *scratch, *restore_bin;
+    /* The store's directory, and where a backup's files sit in it: "" in
+     * a directory store, "g00000001/" in the object store on a directory
+     * (NJ_TEST_STORE=objdir: the same damage to the same files). */
+    char *root;
+    const char *gen;
     char *ids[NPOINTS];
     unsigned char *truth[NPOINTS][NDISKS];
     struct rec_vec recs;
@@ -315,7 +320,7 @@ static char *chunk_path(const struct world *w, const struct nj_digest *d)
 {
     char hex[NJ_DIGEST_HEX_LEN + 1];
     nj_digest_to_hex(d, hex);
-    return nj_asprintf("%s/chunks/%.2s/%s", w->store, hex, hex);
+    return nj_asprintf("%s/chunks/%.2s/%s", w->root, hex, hex);
 }
 
 /* The chunk of (point, disk) at offset off, from the records. */
@@ -370,8 +375,8 @@ static void damage_apply(struct world *w, struct damage *dm)
         nj_digest_to_hex(&dm->d, dm->hex);
         dm->path = chunk_path(w, &dm->d);
     } else {
-        dm->path = nj_asprintf("%s/backups/%s/disk%d.idx", w->store,
-                               w->ids[dm->point], dm->disk);
+        dm->path = nj_asprintf("%s/backups/%s/%sdisk%d.idx", w->root,
+                               w->ids[dm->point], w->gen, dm->disk);
     }
     dm->orig = slurp(dm->path, &dm->orig_len);
     unsigned char *copy = nj_malloc(dm->orig_len);
@@ -406,8 +411,8 @@ static void damage_apply(struct world *w, struct damage *dm)
         spill(dm->path, copy, dm->orig_len);
         break;
     case INDEX_SWAP: {
-        NJ_CLEANUP_FREE char *op = nj_asprintf("%s/backups/%s/disk0.idx",
-                                               w->store, w->ids[1]);
+        NJ_CLEANUP_FREE char *op = nj_asprintf("%s/backups/%s/%sdisk0.idx",
+                                               w->root, w->ids[1], w->gen);
         size_t flen = 0;
         void *other = slurp(op, &flen);
         spill(dm->path, other, flen);
@@ -793,7 +798,10 @@ int main(void)
 {
     struct world w = { 0 };
     w.dir = nj_test_tmpdir("corrupt");
-    w.store = nj_asprintf("%s/store", w.dir);
+    w.root = nj_asprintf("%s/store", w.dir);
+    w.store = nj_test_store_url(w.root);
+    REQUIRE(!nj_store_url_is_remote(w.store)); /* it damages files */
+    w.gen = nj_test_store_is_obj(w.store) ? "g00000001/" : "";
     w.scratch = nj_asprintf("%s/restore.raw", w.dir);
     const char *bin = getenv("NIGHTJAR_RESTORE");
     if (bin && access(bin, X_OK) == 0)
@@ -859,6 +867,7 @@ int main(void)
     nj_test_rmtree(w.dir);
     free(w.dir);
     free(w.store);
+    free(w.root);
     free(w.scratch);
     free(w.restore_bin);
     return nj_test_done("test-corrupt");

@@ -51,6 +51,11 @@ static const char *const targets[2] = { "vda", "vdb" };
 
 struct world {
     char *dir, *pristine, *work, *scratch, *bin;
+    /* The stores' URLs: the paths, or with NJ_TEST_STORE=objdir the
+     * object store on those directories (the same damage to the same
+     * files, where a backup's files sit in generation 1). */
+    char *pristine_url, *work_url;
+    bool obj;
     char *ids[NPTS];
     unsigned char *truth[NPTS][2]; /* NULL: no such disk */
     unsigned cases, restores_failed, restores_exact, cli_runs;
@@ -60,7 +65,7 @@ struct world {
 
 static void build(struct world *w)
 {
-    struct nj_store *s = nj_store_open(w->pristine, NJ_STORE_CREATE);
+    struct nj_store *s = nj_store_open(w->pristine_url, NJ_STORE_CREATE);
     REQUIRE(s);
     struct nj_codec *codec = nj_codec_new(1);
     uint64_t rng = 0x7a3e9;
@@ -135,6 +140,11 @@ static void spill(const char *path, const void *buf, size_t len)
 
 static char *bpath(const struct world *w, int pt, const char *name)
 {
+    if (w->obj)
+        return nj_asprintf("%s/backups/%s/%s%s", w->work, w->ids[pt],
+                           strcmp(name, "protected") == 0 ? "flags/"
+                                                          : "g00000001/",
+                           name);
     return nj_asprintf("%s/backups/%s/%s", w->work, w->ids[pt], name);
 }
 
@@ -552,7 +562,7 @@ static int restore_cli(struct world *w, int pt, int k)
         int nul = open("/dev/null", O_WRONLY | O_CLOEXEC);
         if (e < 0 || nul < 0 || dup2(nul, 1) < 0 || dup2(e, 2) < 0)
             _exit(127);
-        execl(w->bin, w->bin, "restore", "-s", w->work, "-b", w->ids[pt],
+        execl(w->bin, w->bin, "restore", "-s", w->work_url, "-b", w->ids[pt],
               "--disk", targets[k], "-o", w->scratch, (char *)NULL);
         _exit(127);
     }
@@ -593,7 +603,7 @@ static void run_case(struct world *w, enum kind kind)
     nj_test_rmtree(w->work);
     nj_test_copy_store(w->pristine, w->work);
     struct tcase tc = apply(w, kind);
-    struct nj_store *s = nj_store_open(w->work, 0);
+    struct nj_store *s = nj_store_open(w->work_url, 0);
     REQUIRE(s);
     struct nj_catalog *c = nj_catalog_open(s);
     REQUIRE(c);
@@ -669,8 +679,13 @@ static void fail_closed(struct world *w)
     nj_test_rmtree(w->work);
     nj_test_copy_store(w->pristine, w->work);
     NJ_CLEANUP_FREE char *flag = bpath(w, A2, "protected");
+    if (w->obj) { /* flags/ exists only once a flag was set */
+        NJ_CLEANUP_FREE char *fdir = nj_strdup(flag);
+        *strrchr(fdir, '/') = '\0';
+        REQUIRE(mkdir(fdir, 0700) == 0);
+    }
     REQUIRE(symlink("protected", flag) == 0);
-    struct nj_store *s = nj_store_open(w->work, 0);
+    struct nj_store *s = nj_store_open(w->work_url, 0);
     REQUIRE(s);
     CHECK(nj_prune_is_protected(s, w->ids[A2]) != 0);
     struct str_vec before = { 0 }, after = { 0 };
@@ -710,6 +725,8 @@ static void fail_closed(struct world *w)
     NJ_CLEANUP_FREE char *orphan = nj_asprintf(
         "%s/chunks/00/00aa000000000000000000000000000000000000000000000000"
         "000000000000", w->work);
+    NJ_CLEANUP_FREE char *odir = nj_asprintf("%s/chunks/00", w->work);
+    REQUIRE(mkdir(odir, 0700) == 0 || errno == EEXIST); /* objects: none yet */
     spill(orphan, "NJCK", 4);
     struct timespec old[2] = { { 1000000, 0 }, { 1000000, 0 } };
     REQUIRE(utimensat(AT_FDCWD, orphan, old, 0) == 0);
@@ -735,6 +752,10 @@ int main(void)
     w.dir = nj_test_tmpdir("tamper");
     w.pristine = nj_asprintf("%s/pristine", w.dir);
     w.work = nj_asprintf("%s/work", w.dir);
+    w.pristine_url = nj_test_store_url(w.pristine);
+    w.work_url = nj_test_store_url(w.work);
+    w.obj = nj_test_store_is_obj(w.work_url);
+    REQUIRE(!nj_store_url_is_remote(w.work_url)); /* it damages files */
     w.scratch = nj_asprintf("%s/out.raw", w.dir);
     const char *bin = getenv("NIGHTJAR_RESTORE");
     if (bin && access(bin, X_OK) == 0)
@@ -746,7 +767,7 @@ int main(void)
     /* Control: the untouched copy verifies and restores exactly. */
     nj_test_copy_store(w.pristine, w.work);
     {
-        struct nj_store *s = nj_store_open(w.work, 0);
+        struct nj_store *s = nj_store_open(w.work_url, 0);
         REQUIRE(s);
         struct nj_catalog *c = nj_catalog_open(s);
         REQUIRE(c);
@@ -772,6 +793,8 @@ int main(void)
     nj_test_rmtree(w.dir);
     free(w.dir);
     free(w.pristine);
+    free(w.pristine_url);
+    free(w.work_url);
     free(w.work);
     free(w.scratch);
     free(w.bin);
