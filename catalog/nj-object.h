@@ -34,8 +34,9 @@
  * What a caller may not assume: that a listing is a snapshot (keys put or
  * deleted during it may or may not appear), that an object's mtime is
  * settable or ordered across hosts beyond the clock skew the caller
- * allows, that a directory of keys exists apart from its objects, or that
- * a rename exists at all.  Leases (store-obj.c) are built on CREATE and
+ * allows, that a directory of keys exists apart from its objects, that a
+ * key may also be the first segments of another ("a" and "a/b": S3 holds
+ * both, a directory cannot), or that a rename exists at all.  Leases (store-obj.c) are built on CREATE and
  * IF_MATCH alone.
  *
  * Thread safety: every call may be made from several threads at once,
