@@ -73,53 +73,13 @@ static int root_fd(struct obj_dir *d)
 
 /* Open the directory holding key (making it when make), walked without
  * following anything; *last is the key's final segment.  -1 with errno
- * ENOENT when absent (and !make), EINVAL when a segment is not a
+ * ENOENT when absent (and !make), ENOTDIR when a segment is not a
  * directory. */
 static int open_parent(struct obj_dir *d, const char *key, bool make,
                        const char **last)
 {
-    int fd = root_fd(d);
-    if (fd < 0)
-        return -1;
-    fd = dup(fd);
-    if (fd < 0)
-        return nj_error_errno(errno, "dup");
-    const char *seg = key;
-    for (;;) {
-        const char *slash = strchr(seg, '/');
-        if (!slash)
-            break;
-        char comp[NJ_OBJ_KEY_MAX + 1];
-        size_t n = (size_t)(slash - seg);
-        memcpy(comp, seg, n);
-        comp[n] = '\0';
-        int nfd = -1;
-        for (int i = 0; i < ATTEMPTS; i++) {
-            nfd = openat(fd, comp,
-                         O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-            if (nfd >= 0 || errno != ENOENT || !make)
-                break;
-            if (mkdirat(fd, comp, 0700) < 0 && errno != EEXIST)
-                break;
-        }
-        int e = errno;
-        close(fd);
-        if (nfd < 0) {
-            int len = (int)(slash - key);
-            if (e == ENOTDIR || e == ELOOP) {
-                nj_error("'%.*s' is not a directory", len, key);
-                e = EINVAL;
-            } else {
-                nj_error_errno(e, "open '%.*s'", len, key);
-            }
-            errno = e;
-            return -1;
-        }
-        fd = nfd;
-        seg = slash + 1;
-    }
-    *last = seg;
-    return fd;
+    int root = root_fd(d);
+    return root < 0 ? -1 : nj_open_parent(root, key, make, last);
 }
 
 static int open_object(struct obj_dir *d, const char *key)

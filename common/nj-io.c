@@ -156,12 +156,13 @@ int nj_full_pwrite(int fd, const void *buf, size_t len, off_t off)
 
 /*
  * Walk the directories of a relative path below dirfd without following a
- * symlink: returns an fd of the directory holding the last component (dirfd
- * itself when path has one component; *owned says whether to close it)
- * and the last component in *last.  -1 with the last error set.
+ * symlink (making each that is missing, 0700, when make): returns an fd of
+ * the directory holding the last component (dirfd itself when path has
+ * one component; *owned says whether to close it) and the last component
+ * in *last.  -1 with the last error set.
  */
 static int walk_parent(int dirfd, const char *path, const char **last,
-                       bool *owned)
+                       bool *owned, bool make)
 {
     *owned = false;
     *last = path;
@@ -188,8 +189,17 @@ static int walk_parent(int dirfd, const char *path, const char **last,
         }
         memcpy(comp, p, n);
         comp[n] = '\0';
-        int nfd = openat(fd, comp,
+        int nfd = -1;
+        /* Again after a mkdir: a concurrent rmdir of an emptied
+         * directory may take it first. */
+        for (int i = 0; i < 8; i++) {
+            nfd = openat(fd, comp,
                          O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+            if (nfd >= 0 || errno != ENOENT || !make)
+                break;
+            if (mkdirat(fd, comp, 0700) < 0 && errno != EEXIST)
+                break;
+        }
         int e = errno;
         if (*owned)
             close(fd);
@@ -212,11 +222,23 @@ static int walk_parent(int dirfd, const char *path, const char **last,
     return fd;
 }
 
+int nj_open_parent(int dirfd, const char *path, bool make, const char **last)
+{
+    bool owned;
+    int fd = walk_parent(dirfd, path, last, &owned, make);
+    if (fd < 0 || owned)
+        return fd;
+    fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0)
+        return nj_error_errno(errno, "dup");
+    return fd;
+}
+
 int nj_open_regular(int dirfd, const char *path, int flags)
 {
     const char *last;
     bool owned;
-    int pfd = walk_parent(dirfd, path, &last, &owned);
+    int pfd = walk_parent(dirfd, path, &last, &owned, false);
     if (pfd < 0 && pfd != AT_FDCWD)
         return -1;
     int fd = openat(pfd, last, flags | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC,
@@ -265,7 +287,7 @@ int nj_open_dir(int dirfd, const char *path)
 {
     const char *last;
     bool owned;
-    int pfd = walk_parent(dirfd, path, &last, &owned);
+    int pfd = walk_parent(dirfd, path, &last, &owned, false);
     if (pfd < 0 && pfd != AT_FDCWD)
         return -1;
     int fd = openat(pfd, *last ? last : ".",

@@ -81,6 +81,14 @@ int nj_full_pwrite(int fd, const void *buf, size_t len, off_t off);
  */
 int nj_open_regular(int dirfd, const char *path, int flags);
 
+/* The directory holding path's last component, below dirfd (a directory
+ * fd; path relative), walked as nj_open_regular() does: no symlink
+ * followed; with make, missing directories are made (0700).  Returns a
+ * new fd and the last component in *last, or -1 with the last error
+ * (errno ENOENT: a directory is missing; ENOTDIR: a component is not a
+ * directory). */
+int nj_open_parent(int dirfd, const char *path, bool make, const char **last);
+
 /* Open dirfd/path as a directory (O_RDONLY | O_DIRECTORY | O_CLOEXEC),
  * with the same rule as nj_open_regular() for symlinks in path: none is
  * followed when dirfd is a directory fd, the last one never.  Errors as
