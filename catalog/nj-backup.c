@@ -469,9 +469,9 @@ int nj_backup_commit(struct nj_backup *b)
     b->commit_tried = true;
     if (b->ndisks == 0)
         return nj_error("backup '%s' has no disks", b->m.id);
-    /* Every chunk settled (and counted) before the counts are copied. */
-    if (nj_store_sync(b->store) < 0)
-        return -1;
+    /* Every background put answered (and counted) before the counts are
+     * copied; a failed one fails the publish below, which syncs. */
+    nj_store_settle(b->store);
     /* Disks in target order, however they were added. */
     qsort(b->disks, b->ndisks, sizeof *b->disks, cmp_disk);
     b->m.disks = nj_calloc(b->ndisks, sizeof *b->m.disks);

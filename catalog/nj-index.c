@@ -172,13 +172,39 @@ static int decode_header(const unsigned char *p, uint64_t file_len,
     return 0;
 }
 
+/* The SHA-256 of the first len bytes of in, read through buf. */
+static int hash_file(struct nj_stream *in, uint64_t len, struct nj_digest *out,
+                     unsigned char *buf, size_t bufsz)
+{
+    struct nj_sha256_ctx *sha = nj_sha256_new();
+    if (!sha)
+        return -1;
+    uint64_t off = 0;
+    int ret = 0;
+    while (off < len) {
+        size_t n = (size_t)NJ_MIN(len - off, (uint64_t)bufsz);
+        if (nj_stream_pread(in, buf, n, off) < 0) {
+            ret = -1;
+            break;
+        }
+        if (nj_sha256_update(sha, buf, n) < 0) {
+            ret = -1;
+            break;
+        }
+        off += n;
+    }
+    if (ret == 0)
+        ret = nj_sha256_final(sha, out);
+    nj_sha256_free(sha);
+    return ret;
+}
+
 /* ---- writer ---- */
 
 struct nj_index_writer {
     struct nj_stream *out;
     uint64_t pos; /* where the next entries go */
     struct header h;
-    struct nj_sha256_ctx *sha;
     struct nj_extent last; /* pending entry, for merging zeros */
     bool have_last;
     uint64_t end;
@@ -197,12 +223,10 @@ struct nj_index_writer *nj_index_writer_new(struct nj_stream *out,
     w->pos = NJ_INDEX_HEADER_LEN;
     w->h.disk_size = disk_size;
     w->buf = nj_malloc(WINDOW_ENTRIES * NJ_INDEX_ENTRY_LEN);
-    w->sha = nj_sha256_new();
     unsigned char zero[NJ_INDEX_HEADER_LEN] = { 0 };
     /* The header is written last, once the counts are known. */
-    if (!w->sha || nj_stream_pwrite(out, zero, sizeof zero, 0) < 0) {
-        if (w->sha)
-            nj_error_prefix("write index header");
+    if (nj_stream_pwrite(out, zero, sizeof zero, 0) < 0) {
+        nj_error_prefix("write index header");
         nj_index_writer_free(w);
         return NULL;
     }
@@ -275,20 +299,11 @@ int nj_index_writer_finish(struct nj_index_writer *w, struct nj_digest *digest,
     if (nj_stream_pwrite(w->out, hdr, sizeof hdr, 0) < 0)
         return nj_error_prefix("write index header");
     /* Hash the file as written, from the start. */
-    unsigned char *buf = w->buf;
-    size_t bufsz = WINDOW_ENTRIES * NJ_INDEX_ENTRY_LEN;
     uint64_t end = NJ_INDEX_HEADER_LEN + w->h.count * NJ_INDEX_ENTRY_LEN;
-    for (uint64_t off = 0; off < end;) {
-        size_t n = (size_t)NJ_MIN(end - off, (uint64_t)bufsz);
-        if (nj_stream_pread(w->out, buf, n, off) < 0)
-            return nj_error_prefix("reread index");
-        if (nj_sha256_update(w->sha, buf, n) < 0)
-            return -1;
-        off += n;
-    }
     struct nj_digest d;
-    if (nj_sha256_final(w->sha, &d) < 0)
-        return -1;
+    if (hash_file(w->out, end, &d, w->buf,
+                  WINDOW_ENTRIES * NJ_INDEX_ENTRY_LEN) < 0)
+        return nj_error_prefix("reread index");
     if (nj_stream_pwrite(w->out, d.b, NJ_DIGEST_LEN, end) < 0)
         return nj_error_prefix("write index trailer");
     if (nj_stream_flush(w->out) < 0)
@@ -307,7 +322,6 @@ void nj_index_writer_free(struct nj_index_writer *w)
     if (!w)
         return;
     nj_stream_close(w->out);
-    nj_sha256_free(w->sha);
     free(w->buf);
     free(w);
 }
@@ -331,32 +345,6 @@ struct nj_index_reader {
     struct nj_sha256_ctx *sha; /* NULL once the end was checked */
     bool stream_failed;
 };
-
-static int hash_file(struct nj_stream *in, uint64_t len, struct nj_digest *out,
-                     unsigned char *buf, size_t bufsz)
-{
-    struct nj_sha256_ctx *sha = nj_sha256_new();
-    if (!sha)
-        return -1;
-    uint64_t off = 0;
-    int ret = 0;
-    while (off < len) {
-        size_t n = (size_t)NJ_MIN(len - off, (uint64_t)bufsz);
-        if (nj_stream_pread(in, buf, n, off) < 0) {
-            ret = -1;
-            break;
-        }
-        if (nj_sha256_update(sha, buf, n) < 0) {
-            ret = -1;
-            break;
-        }
-        off += n;
-    }
-    if (ret == 0)
-        ret = nj_sha256_final(sha, out);
-    nj_sha256_free(sha);
-    return ret;
-}
 
 static int reader_init(struct nj_index_reader *r, const struct nj_digest *expect,
                        uint64_t disk_size)

@@ -17,7 +17,8 @@
  *
  * Commit.  A backup exists when a generation of it has manifest.json; the
  * manifest is PUT last, create-only (If-None-Match: *), after every chunk
- * (each PUT returned, so durable) and every index of that generation.  A
+ * put has been answered (and nj_obj_sync made them durable) and every
+ * index of that generation is there.  A
  * writer killed or cut off at any moment leaves objects no manifest names:
  * invisible, and removed by gc once a day old.  Readers take the newest
  * generation that has a manifest.  Prune's merge writes generation G+1
@@ -42,18 +43,18 @@
  * at gc_sweep below (it differs from the directory's, as objects have no
  * settable mtime and no atomic rename).
  *
- * Chunk existence: a chunk this process has put or seen exist is known, and
- * so is every chunk of a new incremental's parent chain (nj-backup.c tells
- * them, nj_store_chunk_known); any other is PUT create-only, and a 412 says it was there (a dedup hit
- * that cost the upload, but no HEAD: the common case of new data costs one
- * request per chunk).  Nothing in a local cache is trusted: the known set
+ * Chunk existence: a chunk this process has put or seen exist is known,
+ * and so is every chunk of a new incremental's parent chain (nj-backup.c
+ * tells them, nj_store_chunk_known); any other is PUT create-only, in the
+ * background, and a 412 says it was there (a dedup hit that cost the
+ * upload, but no HEAD: the common case of new data costs one request per
+ * chunk).  Nothing in a local cache is trusted: the known set
  * lives only as long as the store handle.
  *
  * Index files of a staged backup are written by nj-index.c (through a
  * stream) to a private unnamed temporary file (O_TMPFILE, $TMPDIR or
  * /var/tmp) and uploaded at publish; published ones are read through a
- * temporary copy fetched with
- * range GETs.  Nothing else is kept locally: a restore needs only the URL
+ * temporary copy fetched with range GETs.  Nothing else is kept locally: a restore needs only the URL
  * and credentials.
  *
  * Hostile store: every key listed is parsed strictly (anything that is not
