@@ -59,7 +59,12 @@ enum nj_obj_put_mode {
     NJ_OBJ_IF_MATCH, /* only when the key's tag is the one given */
 };
 /* A flag, or-ed into a mode: durable only at the next nj_obj_sync() (bulk
- * data whose names are published only after one: chunks). */
+ * data whose names are published only after one: chunks).  With CREATE a
+ * namespace may also defer making the key visible until then (a directory
+ * does, so that no name ever precedes its data on disk); a second create
+ * of the key meanwhile answers 1, and a handle freed before the sync may
+ * drop it.  Use it only for content-addressed data, where whoever created
+ * a key first wrote the same bytes. */
 #define NJ_OBJ_LAZY 0x100
 
 /* Counters of requests made (remote namespaces; zeros for a directory):

@@ -15,7 +15,14 @@
  *    start again), so that a compare-and-swap never overwrites a put it did
  *    not see; the tag is the SHA-256 of the content, in hex;
  *  - durability: a put fsyncs its file before the link and the directory
- *    after, unless NJ_OBJ_LAZY says a later nj_obj_sync() (syncfs) will;
+ *    after.  A NJ_OBJ_LAZY create (chunks) is written at once (O_DIRECT
+ *    where the buffer allows: no copy through the page cache) but only
+ *    named at the next nj_obj_sync(), or when enough are pending: one
+ *    syncfs makes the whole batch durable, the links follow, and a second
+ *    syncfs makes the names durable.  So no name is ever visible, even
+ *    after a power loss, before its content is on disk (ext4 may keep a
+ *    name whose delayed data never reached the disk: a chunk that a later
+ *    create-only put would take for present);
  *  - nothing followed: every path is walked one component at a time with
  *    O_NOFOLLOW; a symlink, FIFO or device is listed as an object (so that
  *    it is seen) but never opened through or waited on;
@@ -47,11 +54,29 @@
 #define TMP_STALE (24 * 3600)
 #define ATTEMPTS 8
 
+/* Lazy creates written but not yet named. */
+#define PENDING_MAX_COUNT 4096
+#define PENDING_MAX_BYTES (256ull << 20)
+
+struct pending {
+    char *key;
+    char tmp[96]; /* beside the key */
+};
+
 struct obj_dir {
     struct nj_objects base;
     char *path;
     int root; /* -1 until the directory exists */
     pthread_mutex_t lock;
+    /* pending: lazy creates to name at the next flush; flushing: the batch
+     * a flush is naming now (both searched, so that a second create of a
+     * key is seen as existing); flush_active while one runs. */
+    struct pending *pending, *flushing;
+    size_t npending, nflushing, cap_pending, cap_flushing;
+    uint64_t pending_bytes;
+    bool flush_active;
+    int flush_error; /* errno of a failed background flush, for sync */
+    pthread_cond_t flushed;
 };
 
 static struct obj_dir *to_dir(struct nj_objects *o)
@@ -219,7 +244,9 @@ static int write_tmp(int pfd, const char *key, const void *buf, size_t len,
     int fd = nj_tmpfile_open(pfd, "obj", tmp, tmpsize);
     if (fd < 0)
         return -1;
-    if (nj_full_write(fd, buf, len) < 0 || (durable && fsync(fd) < 0)) {
+    int w = durable ? nj_full_write(fd, buf, len)
+                    : nj_write_direct(fd, buf, len);
+    if (w < 0 || (durable && fsync(fd) < 0)) {
         int e = errno;
         close(fd);
         unlinkat(pfd, tmp, 0);
@@ -268,6 +295,127 @@ static int put_in(int pfd, const char *name, const char *key,
     return 0;
 }
 
+/* ---- lazy creates: written now, named at the next flush ---- */
+
+/* Caller holds d->lock. */
+static bool pending_has(const struct obj_dir *d, const char *key)
+{
+    for (size_t i = 0; i < d->npending; i++)
+        if (strcmp(d->pending[i].key, key) == 0)
+            return true;
+    for (size_t i = 0; i < d->nflushing; i++)
+        if (strcmp(d->flushing[i].key, key) == 0)
+            return true;
+    return false;
+}
+
+/* Link (or, with !link, only drop) the temporary file of p; 0 or -1. */
+static int pending_finish(int root, struct pending *p, bool link)
+{
+    const char *name;
+    int ret = 0;
+    /* The directory holds the temporary file: no delete removed it. */
+    int pfd = nj_open_parent(root, p->key, false, &name);
+    if (pfd < 0) {
+        ret = link ? nj_error_prefix("name '%s'", p->key) : -1;
+    } else {
+        if (link && linkat(pfd, p->tmp, pfd, name, 0) < 0 && errno != EEXIST)
+            ret = nj_error_errno(errno, "name '%s'", p->key);
+        unlinkat(pfd, p->tmp, 0);
+        close(pfd);
+    }
+    return ret;
+}
+
+/*
+ * Make the pending creates durable (syncfs), then give them their names;
+ * the names themselves become durable at the syncfs od_sync does next.
+ * Called with d->lock held, dropped meanwhile so that other threads keep
+ * writing into a fresh batch; with wait, a flush already running is
+ * waited for first, so that on return everything put before the call is
+ * named; without, a running flush makes this a no-op.  A failure is also
+ * kept for the next od_sync: creates that answered 0 were lost.
+ */
+static int flush_locked(struct obj_dir *d, bool wait)
+{
+    while (d->flush_active) {
+        if (!wait)
+            return 0;
+        pthread_cond_wait(&d->flushed, &d->lock);
+    }
+    if (d->npending == 0)
+        return 0;
+    struct pending *batch = d->pending;
+    size_t n = d->npending, cap = d->cap_pending;
+    d->pending = d->flushing;
+    d->cap_pending = d->cap_flushing;
+    d->npending = 0;
+    d->flushing = batch;
+    d->cap_flushing = cap;
+    d->nflushing = n;
+    d->pending_bytes = 0;
+    d->flush_active = true;
+    int root = d->root; /* open: the creates needed it */
+    pthread_mutex_unlock(&d->lock);
+
+    int ret = 0;
+    if (syncfs(root) < 0)
+        ret = nj_error_errno(errno, "syncfs '%s'", d->path);
+    for (size_t i = 0; i < n; i++) /* never name what may not be on disk */
+        if (pending_finish(root, &batch[i], ret == 0) < 0 && ret == 0)
+            ret = -1;
+
+    pthread_mutex_lock(&d->lock);
+    if (ret < 0 && !d->flush_error)
+        d->flush_error = errno ? errno : EIO;
+    for (size_t i = 0; i < n; i++) /* other threads search them until now */
+        free(batch[i].key);
+    d->nflushing = 0;
+    d->flush_active = false;
+    pthread_cond_broadcast(&d->flushed);
+    return ret;
+}
+
+/* A NJ_OBJ_LAZY create: 0 written (named at the next flush), 1 the key
+ * exists or is pending, -1. */
+static int put_lazy(struct obj_dir *d, int pfd, const char *name,
+                    const char *key, const void *buf, size_t len)
+{
+    struct stat st;
+    if (fstatat(pfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0)
+        return 1; /* as linkat would find it: create-only */
+    if (errno != ENOENT)
+        return nj_error_errno(errno, "stat '%s'", key);
+    pthread_mutex_lock(&d->lock);
+    bool pend = pending_has(d, key);
+    pthread_mutex_unlock(&d->lock);
+    if (pend)
+        return 1;
+    struct pending p = { 0 };
+    if (write_tmp(pfd, key, buf, len, false, p.tmp, sizeof p.tmp) < 0)
+        return -1;
+    int ret = 0;
+    pthread_mutex_lock(&d->lock);
+    if (pending_has(d, key)) { /* another thread, meanwhile */
+        unlinkat(pfd, p.tmp, 0);
+        ret = 1;
+    } else {
+        p.key = nj_strdup(key);
+        if (d->npending == d->cap_pending) {
+            d->cap_pending = d->cap_pending ? 2 * d->cap_pending : 64;
+            d->pending = nj_realloc_array(d->pending, d->cap_pending,
+                                          sizeof *d->pending);
+        }
+        d->pending[d->npending++] = p;
+        d->pending_bytes += len;
+        if (d->npending >= PENDING_MAX_COUNT ||
+            d->pending_bytes >= PENDING_MAX_BYTES)
+            ret = flush_locked(d, false);
+    }
+    pthread_mutex_unlock(&d->lock);
+    return ret;
+}
+
 static int od_put(struct nj_objects *o, const char *key, const void *buf,
                   size_t len, enum nj_obj_put_mode mode, const char *tag,
                   char *tag_out)
@@ -285,7 +433,10 @@ static int od_put(struct nj_objects *o, const char *key, const void *buf,
         int pfd = open_parent(to_dir(o), key, true, &name);
         if (pfd < 0)
             return -1;
-        r = put_in(pfd, name, key, buf, len, mode, durable, tag);
+        if (!durable && mode == NJ_OBJ_CREATE)
+            r = put_lazy(to_dir(o), pfd, name, key, buf, len);
+        else
+            r = put_in(pfd, name, key, buf, len, mode, durable, tag);
         int e = errno;
         if (r == 0 && durable && fsync(pfd) < 0)
             r = nj_error_errno(errno, "fsync the directory of '%s'", key);
@@ -636,11 +787,23 @@ static int od_list(struct nj_objects *o, const char *prefix,
 
 static int od_sync(struct nj_objects *o)
 {
-    int fd = root_fd(to_dir(o));
+    struct obj_dir *d = to_dir(o);
+    int fd = root_fd(d);
     if (fd < 0)
         return -1;
+    pthread_mutex_lock(&d->lock);
+    int r = flush_locked(d, true);
+    int lost = d->flush_error;
+    pthread_mutex_unlock(&d->lock);
+    if (r < 0)
+        return -1;
+    if (lost) {
+        errno = lost;
+        return nj_error("objects written to '%s' were lost: %s", d->path,
+                        strerror(lost));
+    }
     if (syncfs(fd) < 0)
-        return nj_error_errno(errno, "syncfs '%s'", to_dir(o)->path);
+        return nj_error_errno(errno, "syncfs '%s'", d->path);
     return 0;
 }
 
@@ -655,8 +818,16 @@ static int od_create(struct nj_objects *o)
 static void od_free(struct nj_objects *o)
 {
     struct obj_dir *d = to_dir(o);
+    /* Creates never synced are dropped: nothing published names them. */
+    for (size_t i = 0; i < d->npending; i++) {
+        pending_finish(d->root, &d->pending[i], false);
+        free(d->pending[i].key);
+    }
+    free(d->pending);
+    free(d->flushing);
     if (d->root >= 0)
         close(d->root);
+    pthread_cond_destroy(&d->flushed);
     pthread_mutex_destroy(&d->lock);
     free(d->path);
     free(d);
@@ -683,5 +854,6 @@ struct nj_objects *nj_objects_dir_new(const char *path)
     d->path = nj_strdup(path);
     d->root = -1;
     pthread_mutex_init(&d->lock, NULL);
+    pthread_cond_init(&d->flushed, NULL);
     return &d->base;
 }

@@ -710,6 +710,7 @@ static void put_garbage_chunk(struct nj_store *s, struct world *w,
     const void *frame = nj_codec_encode(w->codec, buf, len, &flen);
     REQUIRE(frame);
     REQUIRE(nj_store_chunk_put(s, d, frame, flen) == 0);
+    REQUIRE(nj_store_sync(s) == 0); /* visible by its name from here on */
 }
 
 static int chunk_present(struct world *w, const struct nj_digest *d)
