@@ -2,6 +2,7 @@
  * nj-store.c: the store front end: argument checks, then the backend.
  */
 #include "nj-store.h"
+#include "nj-io.h"
 #include "nj-util.h"
 #include "store-backend.h"
 
@@ -12,6 +13,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <time.h>
+#include <unistd.h>
 
 bool nj_store_name_valid(const char *name)
 {
@@ -40,6 +42,40 @@ bool nj_store_url_is_remote(const char *url)
     return strncmp(url, "s3://", 5) == 0;
 }
 
+/* The format version a directory's marker states: 1 or 2; 0 when it has
+ * none (or the directory is absent); -1 when the marker is there but
+ * unreadable or invalid (store-dir.c's open then says exactly why). */
+static int local_version(const char *path)
+{
+    NJ_CLEANUP_CLOSE int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    size_t len = 0;
+    NJ_CLEANUP_FREE char *text = nj_read_file(fd, NJ_STORE_MARKER, 65536,
+                                              &len);
+    if (!text)
+        return errno == ENOENT &&
+                       faccessat(fd, NJ_STORE_MARKER, F_OK,
+                                 AT_SYMLINK_NOFOLLOW) < 0
+                   ? 0
+                   : -1;
+    return nj_store_marker_check(text, len, path);
+}
+
+/* A directory store: the object layout (store-obj.c on obj-dir.c) when its
+ * marker says version 2 or when it is created now; store-dir.c for
+ * version 1, for NJ_STORE_CREATE_V1, and to report what is wrong with
+ * anything else. */
+static struct nj_store *open_local(const char *path, const char *name,
+                                   unsigned flags)
+{
+    int v = local_version(path);
+    if (v == NJ_STORE_FORMAT_VERSION ||
+        (v == 0 && (flags & NJ_STORE_CREATE) && !(flags & NJ_STORE_CREATE_V1)))
+        return nj_store_objdir_open_path(path, name, flags);
+    return nj_store_dir_open(path, flags);
+}
+
 struct nj_store *nj_store_open(const char *url, unsigned flags)
 {
     if (nj_store_url_is_remote(url))
@@ -57,14 +93,14 @@ struct nj_store *nj_store_open(const char *url, unsigned flags)
                      "(file:///PATH)", url);
             return NULL;
         }
-        return nj_store_dir_open(p, flags);
+        return open_local(p, url, flags);
     }
     if (strstr(url, "://")) {
         nj_error("'%s': unknown store URL (a path, file://PATH, "
                  "obj+file://PATH or s3://BUCKET[/PREFIX])", url);
         return NULL;
     }
-    return nj_store_dir_open(url, flags);
+    return open_local(url, url, flags);
 }
 
 void nj_store_close(struct nj_store *s)
@@ -341,11 +377,11 @@ char *nj_store_staging_owner(struct nj_store *s, const char *id)
 
 /* ---- shared by the backends (store-backend.h) ---- */
 
-char *nj_store_marker_new(void)
+char *nj_store_marker_new(int version)
 {
     struct json_object *o = json_object_new_object();
     json_object_object_add(o, "format", json_object_new_string(NJ_STORE_FORMAT_NAME));
-    json_object_object_add(o, "version", json_object_new_int(NJ_STORE_FORMAT_VERSION));
+    json_object_object_add(o, "version", json_object_new_int(version));
     json_object_object_add(o, "chunk_id", json_object_new_string("sha256"));
     json_object_object_add(o, "created", json_object_new_int64((int64_t)time(NULL)));
     const char *text = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY);
@@ -376,11 +412,12 @@ int nj_store_marker_check(const char *text, size_t len, const char *path)
     } else if (!json_object_object_get_ex(o, "version", &v) ||
                !json_object_is_type(v, json_type_int)) {
         ret = nj_error("store '%s' has no format version", path);
-    } else if (json_object_get_int64(v) != NJ_STORE_FORMAT_VERSION) {
+    } else if (json_object_get_int64(v) != NJ_STORE_FORMAT_V1 &&
+               json_object_get_int64(v) != NJ_STORE_FORMAT_VERSION) {
         ret = nj_error("store '%s' has format version %lld; this nightjar "
-                       "reads version %d", path,
+                       "reads versions %d and %d", path,
                        (long long)json_object_get_int64(v),
-                       NJ_STORE_FORMAT_VERSION);
+                       NJ_STORE_FORMAT_V1, NJ_STORE_FORMAT_VERSION);
     } else if (json_object_object_get_ex(o, "chunk_id", &c) &&
                (!json_object_is_type(c, json_type_string) ||
                 strcmp(json_object_get_string(c), "sha256") != 0)) {
@@ -392,6 +429,8 @@ int nj_store_marker_check(const char *text, size_t len, const char *path)
         ret = nj_error("store '%s': %s has an invalid \"created\"", path,
                        NJ_STORE_MARKER);
     }
+    if (ret == 0)
+        ret = (int)json_object_get_int64(v);
     json_object_put(o);
     return ret;
 }

@@ -27,22 +27,34 @@
 #include "nj-digest.h"
 #include "nj-stream.h"
 
-#define NJ_STORE_FORMAT_VERSION 1
+/* Format versions (docs/FORMAT.md section 9): 2 is the object layout
+ * (section 13), which every new store gets, on a directory as on S3; 1 is
+ * the directory layout of section 2, still read and written where it
+ * exists. */
+#define NJ_STORE_FORMAT_VERSION 2
+#define NJ_STORE_FORMAT_V1 1
 
 struct nj_store;
 
 enum nj_store_open_flags {
     NJ_STORE_CREATE = 1 << 0, /* create the store when path is absent or
                                  an empty directory */
+    NJ_STORE_CREATE_V1 = 1 << 1, /* with NJ_STORE_CREATE at a path: the
+                                    version-1 directory layout, for tests
+                                    of it and for a store shared with
+                                    nightjar 0.1 hosts */
 };
 
 /* Open the store at a URL: a path or file://PATH for a directory store,
- * s3://BUCKET[/PREFIX] for an S3 store (catalog/store-obj.c; credentials
- * and endpoint the AWS way, nj-s3.h).  For a directory, symlinks in path
- * itself are followed: that is the caller's choice; none inside the store
- * is.  Fails with a clear message when the URL is not a store, has an
- * unknown format version or an invalid nightjar-store.json, or lacks one
- * of its directories. */
+ * s3://BUCKET[/PREFIX] for an S3 store (credentials and endpoint the AWS
+ * way, nj-s3.h).  Both hold the same objects through the same code
+ * (catalog/store-obj.c on nj-object.h); a directory whose marker says
+ * version 1 is opened with the directory layout (catalog/store-dir.c),
+ * and obj+file://PATH insists on the object layout.  For a directory,
+ * symlinks in path itself are followed: that is the caller's choice; none
+ * inside the store is.  Fails with a clear message when the URL is not a
+ * store, has an unknown format version or an invalid nightjar-store.json,
+ * or lacks one of its directories. */
 struct nj_store *nj_store_open(const char *url, unsigned flags);
 /* True when url names an S3 store (not a local path). */
 bool nj_store_url_is_remote(const char *url);

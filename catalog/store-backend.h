@@ -95,6 +95,9 @@ struct nj_store *nj_store_dir_open(const char *path, unsigned flags);
  * "obj+file:///PATH"). */
 struct nj_store *nj_store_s3_open(const char *url, unsigned flags);
 struct nj_store *nj_store_objdir_open(const char *url, unsigned flags);
+/* The same on the directory path, named name in messages. */
+struct nj_store *nj_store_objdir_open_path(const char *path,
+                                           const char *name, unsigned flags);
 /* Release the object store lease whose handle this is: true when it was
  * one. */
 bool nj_store_obj_unlock(int handle);
@@ -105,7 +108,9 @@ bool nj_store_obj_unlock(int handle);
 #define NJ_STORE_FORMAT_NAME "nightjar-store"
 #define NJ_STORE_OWNER_MAX 65536
 #define NJ_STORE_OWNER_STARTED_MAX (INT64_C(1) << 40) /* seconds: year 36812 */
-char *nj_store_marker_new(void);
+/* marker_new: the marker of a new store of that format version; check:
+ * the version (NJ_STORE_FORMAT_V1 or NJ_STORE_FORMAT_VERSION), or -1. */
+char *nj_store_marker_new(int version);
 int nj_store_marker_check(const char *text, size_t len, const char *path);
 /* Parse and validate an owner record (name: for messages): 1 with *o
  * filled, -1 with the last error set. */

@@ -1041,7 +1041,7 @@ static int store_init(int rootfd, const char *path)
     }
     if (nj_fsync_dir(rootfd, "chunks") < 0)
         return -1;
-    NJ_CLEANUP_FREE char *body = nj_store_marker_new();
+    NJ_CLEANUP_FREE char *body = nj_store_marker_new(NJ_STORE_FORMAT_V1);
     /* The marker goes last: a store half created is not yet a store. */
     if (nj_publish_buffer(rootfd, STORE_MARKER, body, strlen(body)) < 0)
         return nj_error_prefix("initialise store '%s'", path);
@@ -1060,7 +1060,12 @@ static int store_check_marker(int rootfd, const char *path)
                             STORE_MARKER);
         return nj_error_prefix("open store '%s'", path);
     }
-    return nj_store_marker_check(text, len, path);
+    int v = nj_store_marker_check(text, len, path);
+    if (v > NJ_STORE_FORMAT_V1)
+        return nj_error("store '%s' has format version %d, the object "
+                        "layout: open it by its path or as obj+file://",
+                        path, v);
+    return v < 0 ? -1 : 0;
 }
 
 struct nj_store *nj_store_dir_open(const char *path, unsigned flags)

@@ -1833,9 +1833,13 @@ static int check_conditional(struct obj_store *st, const char *url)
 }
 
 /* Open the store under prefix ("" or "PREFIX/") of the namespace o (taken
- * over, freed on failure); url names it in messages. */
-static struct nj_store *store_open(struct nj_objects *o, const char *url,
-                                   char *prefix, unsigned flags)
+ * over, freed on failure); url names it in messages.  on_dir: the objects
+ * are files of a directory, where a version-1 marker means the other
+ * layout (an S3 store has only this one: markers written by nightjar
+ * builds before directories took it say 1). */
+static struct nj_store *store_open(struct nj_objects *o, bool on_dir,
+                                   const char *url, char *prefix,
+                                   unsigned flags)
 {
     struct obj_store *st = nj_calloc(1, sizeof *st);
     st->base.ops = &obj_ops;
@@ -1874,7 +1878,8 @@ static struct nj_store *store_open(struct nj_objects *o, const char *url,
             obj_close(&st->base);
             return NULL;
         }
-        NJ_CLEANUP_FREE char *body = nj_store_marker_new();
+        NJ_CLEANUP_FREE char *body =
+            nj_store_marker_new(NJ_STORE_FORMAT_VERSION);
         if (nj_obj_put(st->obj, mkey, body, strlen(body), NJ_OBJ_CREATE,
                        NULL, NULL) < 0) {
             nj_error_prefix("create store '%s'", url);
@@ -1894,6 +1899,10 @@ static struct nj_store *store_open(struct nj_objects *o, const char *url,
     }
     r = nj_store_marker_check(text, len, url);
     free(text);
+    if (r == NJ_STORE_FORMAT_V1 && on_dir) {
+        r = nj_error("store '%s' has format version 1, the directory "
+                     "layout: open it by its path", url);
+    }
     if (r < 0) {
         obj_close(&st->base);
         return NULL;
@@ -1921,7 +1930,7 @@ struct nj_store *nj_store_s3_open(const char *url, unsigned flags)
         nj_error_prefix("store '%s'", url);
         return NULL;
     }
-    return store_open(o, url, prefix, flags);
+    return store_open(o, false, url, prefix, flags);
 }
 
 /* obj+file:///PATH (or obj+file://localhost/PATH): the same objects as
@@ -1936,5 +1945,12 @@ struct nj_store *nj_store_objdir_open(const char *url, unsigned flags)
                  "(obj+file:///PATH)", url);
         return NULL;
     }
-    return store_open(nj_objects_dir_new(p), url, nj_strdup(""), flags);
+    return store_open(nj_objects_dir_new(p), true, url, nj_strdup(""), flags);
+}
+
+struct nj_store *nj_store_objdir_open_path(const char *path,
+                                           const char *name, unsigned flags)
+{
+    return store_open(nj_objects_dir_new(path), true, name, nj_strdup(""),
+                      flags);
 }

@@ -10,6 +10,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <json-c/json.h>
 #include <fcntl.h>
 #include <linux/audit.h>
 #include <linux/filter.h>
@@ -84,6 +85,8 @@ bool nj_test_s3_env(void)
 char *nj_test_store_url(const char *local)
 {
     const char *kind = getenv("NJ_TEST_STORE");
+    if (kind && strcmp(kind, "v1") == 0)
+        return nj_strdup(local); /* created by nj_test_create_flags() */
     if (kind && strcmp(kind, "objdir") == 0) {
         if (local[0] == '/')
             return nj_asprintf("obj+file://%s", local);
@@ -113,9 +116,43 @@ char *nj_test_store_url(const char *local)
                        (long)getpid(), seq++, n ? clean : "store");
 }
 
+unsigned nj_test_create_flags(void)
+{
+    const char *kind = getenv("NJ_TEST_STORE");
+    return NJ_STORE_CREATE |
+           (kind && strcmp(kind, "v1") == 0 ? NJ_STORE_CREATE_V1 : 0);
+}
+
+struct nj_store *nj_test_store_create(const char *url)
+{
+    struct nj_store *s = nj_store_open(url, nj_test_create_flags());
+    if (s) {
+        /* The layout asked for, and no other. */
+        const char *kind = getenv("NJ_TEST_STORE");
+        REQUIRE(nj_test_store_is_obj(url) == !(kind && !strcmp(kind, "v1")));
+    }
+    return s;
+}
+
 bool nj_test_store_is_obj(const char *url)
 {
-    return strncmp(url, "s3://", 5) == 0 || strncmp(url, "obj+file://", 11) == 0;
+    if (strncmp(url, "s3://", 5) == 0 || strncmp(url, "obj+file://", 11) == 0)
+        return true;
+    if (strstr(url, "://"))
+        return false;
+    /* A directory: the object layout unless its marker says version 1. */
+    NJ_CLEANUP_FREE char *m = nj_asprintf("%s/nightjar-store.json", url);
+    FILE *f = fopen(m, "r");
+    REQUIRE(f);
+    char buf[4096];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    struct json_object *j = json_tokener_parse(buf), *v = NULL;
+    REQUIRE(j && json_object_object_get_ex(j, "version", &v));
+    int version = json_object_get_int(v);
+    json_object_put(j);
+    return version != NJ_STORE_FORMAT_V1;
 }
 
 /* The object namespace of an object store's URL, and the store's key
@@ -123,8 +160,8 @@ bool nj_test_store_is_obj(const char *url)
 static struct nj_objects *test_objects(const char *url, char **prefix)
 {
     struct nj_objects *o;
-    if (strncmp(url, "obj+file://", 11) == 0) {
-        o = nj_objects_dir_new(url + 11);
+    if (strncmp(url, "obj+file://", 11) == 0 || !strstr(url, "://")) {
+        o = nj_objects_dir_new(strstr(url, "://") ? url + 11 : url);
         *prefix = nj_strdup("");
     } else {
         REQUIRE(strncmp(url, "s3://", 5) == 0);

@@ -94,7 +94,10 @@ void nj_test_referenced(struct nj_store *s, struct digest_vec *out,
 
 /*
  * Stores on every backend.  nj_test_store_url(local) returns local (a
- * directory path) unless NJ_TEST_STORE says otherwise: "objdir", the
+ * directory path: a new store there has the object layout) unless
+ * NJ_TEST_STORE says otherwise: "v1", local too, and
+ * nj_test_create_flags() then asks for the version-1 directory layout
+ * (tests create their stores with those flags); "objdir", the
  * obj+file:// URL of local (the object store on a directory); "s3", an
  * s3:// URL of a fresh prefix in the bucket "nj-test" of the test S3
  * endpoint (NJ_TEST_S3_*, as scripts/ceph-start.sh prints them; exits 77
@@ -102,11 +105,16 @@ void nj_test_referenced(struct nj_store *s, struct digest_vec *out,
  * backend reads: false when they are unset.
  */
 char *nj_test_store_url(const char *local);
+unsigned nj_test_create_flags(void);
+/* nj_store_open(url, nj_test_create_flags()), checking that the store it
+ * made or found has the layout NJ_TEST_STORE asks for. */
+struct nj_store *nj_test_store_create(const char *url);
 bool nj_test_s3_env(void);
 /* An object of the object store at url (key below its prefix), at most
  * 1 MiB, NUL-terminated: NULL when absent or unreadable. */
 char *nj_test_obj_read(const char *url, const char *key, size_t *len);
-/* Whether url names an object store (s3:// or obj+file://). */
+/* Whether url names a store in the object layout (s3://, obj+file://, or
+ * a directory whose marker is not version 1; it must exist). */
 bool nj_test_store_is_obj(const char *url);
 /* Call fn for each object under chunks/ of the object store at url (name:
  * the 64 hex digits), in key order; fails the test when listing fails. */

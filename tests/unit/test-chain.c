@@ -38,7 +38,7 @@ static void run_chain(const char *storedir, uint64_t seed, uint64_t grid)
         nj_test_mutate(&rng, truth[k], size[k], &since_last[k], 12);
     }
     NJ_CLEANUP_FREE char *url = nj_test_store_url(storedir);
-    struct nj_store *s = nj_store_open(url, NJ_STORE_CREATE);
+    struct nj_store *s = nj_test_store_create(url);
     REQUIRE(s);
     struct nj_codec *codec = nj_codec_new(NJ_ZSTD_LEVEL_DEFAULT);
     char uuid[64];

@@ -138,7 +138,7 @@ static const struct write p2_writes[] = {
 
 static void build_chain(struct world *w)
 {
-    struct nj_store *s = nj_store_open(w->store, NJ_STORE_CREATE);
+    struct nj_store *s = nj_test_store_create(w->store);
     REQUIRE(s);
     struct nj_codec *codec = nj_codec_new(NJ_ZSTD_LEVEL_DEFAULT);
     REQUIRE(codec);
@@ -801,7 +801,6 @@ int main(void)
     w.root = nj_asprintf("%s/store", w.dir);
     w.store = nj_test_store_url(w.root);
     REQUIRE(!nj_store_url_is_remote(w.store)); /* it damages files */
-    w.gen = nj_test_store_is_obj(w.store) ? "g00000001/" : "";
     w.scratch = nj_asprintf("%s/restore.raw", w.dir);
     const char *bin = getenv("NIGHTJAR_RESTORE");
     if (bin && access(bin, X_OK) == 0)
@@ -809,6 +808,7 @@ int main(void)
     else
         printf("NIGHTJAR_RESTORE not set: the program is not checked\n");
     build_chain(&w);
+    w.gen = nj_test_store_is_obj(w.store) ? "g00000001/" : "";
 
     /* Sound to begin with. */
     struct nj_store *s = nj_store_open(w.store, 0);

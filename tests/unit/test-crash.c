@@ -921,7 +921,7 @@ int main(void)
     else
         w.scratch = nj_asprintf("%s/restore.raw", w.dir);
     REQUIRE(mkdir(w.truthdir, 0755) == 0);
-    struct nj_store *s0 = nj_store_open(w.store, NJ_STORE_CREATE);
+    struct nj_store *s0 = nj_store_open(w.store, NJ_STORE_CREATE | NJ_STORE_CREATE_V1);
     REQUIRE(s0);
     nj_store_close(s0);
 

@@ -345,7 +345,7 @@ static void part_exact(const char *dir)
 {
     NJ_CLEANUP_FREE char *store = nj_asprintf("%s/exact", dir);
     NJ_CLEANUP_FREE char *scratch = scratch_path(dir);
-    struct nj_store *s = nj_store_open(store, NJ_STORE_CREATE);
+    struct nj_store *s = nj_store_open(store, NJ_STORE_CREATE | NJ_STORE_CREATE_V1);
     REQUIRE(s);
     struct nj_codec *codec = nj_codec_new(1);
     struct chains ch = { .size = { (1u << 20) + 4321, (768u << 10) + 17 },
@@ -507,7 +507,7 @@ static void part_leftovers(const char *dir)
 {
     NJ_CLEANUP_FREE char *store = nj_asprintf("%s/leftovers", dir);
     NJ_CLEANUP_FREE char *scratch = scratch_path(dir);
-    struct nj_store *s = nj_store_open(store, NJ_STORE_CREATE);
+    struct nj_store *s = nj_store_open(store, NJ_STORE_CREATE | NJ_STORE_CREATE_V1);
     REQUIRE(s);
     struct nj_codec *codec = nj_codec_new(1);
     struct chains ch = { .size = { (512u << 10) + 99, (256u << 10) + 5 },
@@ -693,7 +693,7 @@ static void part_kills(const char *dir)
     NJ_CLEANUP_FREE char *tmpl = nj_asprintf("%s/kill-template", base);
     NJ_CLEANUP_FREE char *work = nj_asprintf("%s/kill-work", base);
     NJ_CLEANUP_FREE char *scratch = scratch_path(dir);
-    struct nj_store *s = nj_store_open(tmpl, NJ_STORE_CREATE);
+    struct nj_store *s = nj_store_open(tmpl, NJ_STORE_CREATE | NJ_STORE_CREATE_V1);
     REQUIRE(s);
     struct nj_codec *codec = nj_codec_new(1);
     struct chains ch = { .size = { (768u << 10) + 3, (512u << 10) + 1 },
@@ -845,7 +845,7 @@ static void part_live_writer(const char *dir)
 {
     NJ_CLEANUP_FREE char *store = nj_asprintf("%s/live", dir);
     NJ_CLEANUP_FREE char *scratch = scratch_path(dir);
-    struct nj_store *s = nj_store_open(store, NJ_STORE_CREATE);
+    struct nj_store *s = nj_store_open(store, NJ_STORE_CREATE | NJ_STORE_CREATE_V1);
     REQUIRE(s);
     struct nj_codec *codec = nj_codec_new(1);
     uint64_t rng = 0x11fe;
@@ -1142,7 +1142,7 @@ static void part_concurrency(const char *dir, unsigned min_sweeps)
     const double failsafe = 600;
     NJ_CLEANUP_FREE char *store = nj_asprintf("%s/concurrent", dir);
     NJ_CLEANUP_FREE char *scratch = scratch_path(dir);
-    struct nj_store *s = nj_store_open(store, NJ_STORE_CREATE);
+    struct nj_store *s = nj_store_open(store, NJ_STORE_CREATE | NJ_STORE_CREATE_V1);
     REQUIRE(s);
     struct nj_codec *codec = nj_codec_new(1);
     uint64_t rng = 0xc0c0;

@@ -368,7 +368,7 @@ static int op_remove(struct world *w, void *arg)
 
 static void build_base(struct world *w)
 {
-    struct nj_store *s = nj_store_open(w->base, NJ_STORE_CREATE);
+    struct nj_store *s = nj_store_open(w->base, NJ_STORE_CREATE | NJ_STORE_CREATE_V1);
     REQUIRE(s);
     for (int p = 0; p < NPOINTS; p++)
         w->truth[p] = nj_malloc(SIZE);
@@ -934,7 +934,7 @@ static void case_values(struct world *w)
         "{\"format\":\"nightjar-store\",\"version\":1,\"created\":\"x\"}",
         "{\"format\":\"nightjar-store\",\"version\":1,\"created\":-3}",
         "{\"format\":\"nightjar-store\",\"version\":1} {\"more\":1}",
-        "{\"format\":\"nightjar-store\",\"version\":2}",
+        "{\"format\":\"nightjar-store\",\"version\":3}",
         "{\"format\":5,\"version\":1}",
     };
     NJ_CLEANUP_FREE char *mp = nj_asprintf("%s/nightjar-store.json", w->store);
@@ -1014,7 +1014,7 @@ static int op_umask_store(struct world *w, void *arg)
     mode_t u = *(mode_t *)arg;
     umask(u);
     nj_test_rmtree(w->store);
-    struct nj_store *s = nj_store_open(w->store, NJ_STORE_CREATE);
+    struct nj_store *s = nj_store_open(w->store, NJ_STORE_CREATE | NJ_STORE_CREATE_V1);
     if (!s)
         return 1;
     char *id = NULL;

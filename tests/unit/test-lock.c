@@ -448,7 +448,7 @@ static void test_two_processes(const char *dir, unsigned *restored)
     NJ_CLEANUP_FREE char *local = nj_asprintf("%s/procs", dir);
     NJ_CLEANUP_FREE char *store = nj_test_store_url(local);
     NJ_CLEANUP_FREE char *scratch = nj_asprintf("%s/procs.raw", dir);
-    struct nj_store *s0 = nj_store_open(store, NJ_STORE_CREATE);
+    struct nj_store *s0 = nj_test_store_create(store);
     REQUIRE(s0);
     nj_store_close(s0);
     struct dom doms[2];
@@ -540,7 +540,7 @@ static void test_two_threads(const char *dir, unsigned *restored)
     NJ_CLEANUP_FREE char *local = nj_asprintf("%s/threads", dir);
     NJ_CLEANUP_FREE char *store = nj_test_store_url(local);
     NJ_CLEANUP_FREE char *scratch = nj_asprintf("%s/threads.raw", dir);
-    struct nj_store *s0 = nj_store_open(store, NJ_STORE_CREATE);
+    struct nj_store *s0 = nj_test_store_create(store);
     REQUIRE(s0);
     nj_store_close(s0);
     struct dom doms[2];
@@ -592,7 +592,7 @@ static void test_same_domain(const char *dir, unsigned *restored)
     NJ_CLEANUP_FREE char *scratch = nj_asprintf("%s/same.raw", dir);
     struct dom d;
     dom_init(&d, "epsilon", "e5e5e5e5-0000-4000-8000-000000000005", 55);
-    struct nj_store *s1 = nj_store_open(store, NJ_STORE_CREATE);
+    struct nj_store *s1 = nj_test_store_create(store);
     struct nj_store *s2 = nj_store_open(store, 0);
     REQUIRE(s1 && s2);
     struct nj_codec *codec = nj_codec_new(1);
@@ -666,7 +666,7 @@ static void test_dead_writer(const char *dir, enum death how,
     NJ_CLEANUP_FREE char *scratch = nj_asprintf("%s/dead.raw", dir);
     struct dom d;
     dom_init(&d, "zeta", "f6f6f6f6-0000-4000-8000-000000000006", 66);
-    struct nj_store *s = nj_store_open(store, NJ_STORE_CREATE);
+    struct nj_store *s = nj_test_store_create(store);
     REQUIRE(s);
     struct nj_codec *codec = nj_codec_new(1);
     /* A committed full first, so that the dead writer was an inc. */
@@ -787,7 +787,7 @@ static void test_parents(const char *dir, unsigned *restored)
     NJ_CLEANUP_FREE char *local = nj_asprintf("%s/parents", dir);
     NJ_CLEANUP_FREE char *store = nj_test_store_url(local);
     NJ_CLEANUP_FREE char *scratch = nj_asprintf("%s/parents.raw", dir);
-    struct nj_store *s = nj_store_open(store, NJ_STORE_CREATE);
+    struct nj_store *s = nj_test_store_create(store);
     REQUIRE(s);
     struct nj_codec *codec = nj_codec_new(1);
     struct dom p, q;

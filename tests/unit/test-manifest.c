@@ -978,7 +978,9 @@ static void damaged_at(int line, struct nj_store *s, const char *storedir,
 static void test_store_damaged_manifest(const char *dir)
 {
     NJ_CLEANUP_FREE char *storedir = nj_asprintf("%s/store", dir);
-    struct nj_store *s = nj_store_open(storedir, NJ_STORE_CREATE);
+    /* The version-1 layout: backups/ID/manifest.json */
+    struct nj_store *s =
+        nj_store_open(storedir, NJ_STORE_CREATE | NJ_STORE_CREATE_V1);
     REQUIRE(s);
     struct nj_codec *codec = nj_codec_new(1);
     REQUIRE(codec);
@@ -1061,10 +1063,14 @@ static void open_refused_at(int line, const char *path, unsigned flags,
 
 #define OPEN_REFUSED(path, flags, want) open_refused_at(__LINE__, path, flags, want)
 
-static void test_store_marker(const char *dir)
+/* The marker's checks, on a store created with create (either layout). */
+static void test_store_marker(const char *top, unsigned create)
 {
+    bool v1 = create & NJ_STORE_CREATE_V1;
+    NJ_CLEANUP_FREE char *dir = nj_asprintf("%s/%s", top, v1 ? "v1" : "v2");
+    REQUIRE(mkdir(dir, 0700) == 0);
     NJ_CLEANUP_FREE char *storedir = nj_asprintf("%s/marker", dir);
-    struct nj_store *s = nj_store_open(storedir, NJ_STORE_CREATE);
+    struct nj_store *s = nj_store_open(storedir, create);
     REQUIRE(s);
     nj_store_close(s);
     NJ_CLEANUP_FREE char *marker =
@@ -1080,9 +1086,9 @@ static void test_store_marker(const char *dir)
     const char *t = json_object_to_json_string(o);
     write_text(marker, t, strlen(t));
     OPEN_REFUSED(storedir, 0, "has format version 99; this nightjar reads "
-                              "version 1");
+                              "versions 1 and 2");
     /* Creating does not paper over it. */
-    OPEN_REFUSED(storedir, NJ_STORE_CREATE, "has format version 99");
+    OPEN_REFUSED(storedir, create, "has format version 99");
     /* No version, or a version of the wrong type. */
     json_object_object_del(o, "version");
     t = json_object_to_json_string(o);
@@ -1115,6 +1121,15 @@ static void test_store_marker(const char *dir)
     s = nj_store_open(storedir, 0);
     CHECK(s != NULL);
     nj_store_close(s);
+    /* Each layout only as itself: obj+file:// insists on the objects. */
+    NJ_CLEANUP_FREE char *ourl = nj_asprintf("obj+file://%s", storedir);
+    if (v1) {
+        OPEN_REFUSED(ourl, 0, "has format version 1, the directory layout");
+    } else {
+        s = nj_store_open(ourl, 0);
+        CHECK(s != NULL);
+        nj_store_close(s);
+    }
 
     /* Directories that are not stores. */
     NJ_CLEANUP_FREE char *empty = nj_asprintf("%s/empty", dir);
@@ -1125,7 +1140,7 @@ static void test_store_marker(const char *dir)
     NJ_CLEANUP_FREE char *file = nj_asprintf("%s/notastore/data", dir);
     write_text(file, "x", 1);
     OPEN_REFUSED(full, 0, "is not a nightjar store (no nightjar-store.json)");
-    OPEN_REFUSED(full, NJ_STORE_CREATE, "is not a nightjar store and not "
+    OPEN_REFUSED(full, create, "is not a nightjar store and not "
                                         "empty; refusing to create");
     /* Still untouched: no store was created there. */
     NJ_CLEANUP_FREE char *m2 = nj_asprintf("%s/nightjar-store.json", full);
@@ -1133,12 +1148,28 @@ static void test_store_marker(const char *dir)
     NJ_CLEANUP_FREE char *missing = nj_asprintf("%s/missing", dir);
     OPEN_REFUSED(missing, 0, "No such file or directory");
     OPEN_REFUSED(file, 0, "Not a directory");
-    OPEN_REFUSED(file, NJ_STORE_CREATE, "Not a directory");
+    OPEN_REFUSED(file, create, v1 ? "Not a directory" : "is not a directory");
+    if (!v1) {
+        /* Without its marker, a store of objects is a directory holding
+         * files: never created over. */
+        REQUIRE(unlink(marker) == 0);
+        NJ_CLEANUP_FREE char *cdir = nj_asprintf("%s/chunks", storedir);
+        NJ_CLEANUP_FREE char *cdir2 = nj_asprintf("%s/chunks/ab", storedir);
+        REQUIRE(mkdir(cdir, 0700) == 0 && mkdir(cdir2, 0700) == 0);
+        NJ_CLEANUP_FREE char *chunk =
+            nj_asprintf("%s/chunks/ab/abcd", storedir);
+        write_text(chunk, "x", 1);
+        OPEN_REFUSED(storedir, 0, "is not a nightjar store (no "
+                                  "nightjar-store.json)");
+        OPEN_REFUSED(storedir, create, "not empty; refusing");
+        CHECK(access(marker, F_OK) < 0);
+        return;
+    }
     /* The store marker missing from an empty skeleton: a creation that
      * was interrupted.  Opening refuses it; creating completes it. */
     REQUIRE(unlink(marker) == 0);
     OPEN_REFUSED(storedir, 0, "is not a nightjar store (no nightjar-store.json)");
-    s = nj_store_open(storedir, NJ_STORE_CREATE);
+    s = nj_store_open(storedir, create);
     CHECK(s != NULL);
     CHECK(access(marker, F_OK) == 0);
     nj_store_close(s);
@@ -1146,11 +1177,11 @@ static void test_store_marker(const char *dir)
     REQUIRE(unlink(marker) == 0);
     NJ_CLEANUP_FREE char *bdir = nj_asprintf("%s/backups/x", storedir);
     REQUIRE(mkdir(bdir, 0755) == 0);
-    OPEN_REFUSED(storedir, NJ_STORE_CREATE, "not empty; refusing");
+    OPEN_REFUSED(storedir, create, "not empty; refusing");
     REQUIRE(rmdir(bdir) == 0);
     NJ_CLEANUP_FREE char *chunk = nj_asprintf("%s/chunks/ab/abcd", storedir);
     write_text(chunk, "x", 1);
-    OPEN_REFUSED(storedir, NJ_STORE_CREATE, "not empty; refusing");
+    OPEN_REFUSED(storedir, create, "not empty; refusing");
     CHECK(access(marker, F_OK) < 0);
 }
 
@@ -1163,7 +1194,8 @@ int main(void)
     test_values();
     char *dir = nj_test_tmpdir("manifest");
     test_store_damaged_manifest(dir);
-    test_store_marker(dir);
+    test_store_marker(dir, NJ_STORE_CREATE);
+    test_store_marker(dir, NJ_STORE_CREATE | NJ_STORE_CREATE_V1);
     nj_test_rmtree(dir);
     free(dir);
     return nj_test_done("test-manifest");

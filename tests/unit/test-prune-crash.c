@@ -161,7 +161,7 @@ static char **chunk_names(const char *store, size_t *n)
 
 static void build_template(struct world *w)
 {
-    struct nj_store *s = nj_store_open(w->template, NJ_STORE_CREATE);
+    struct nj_store *s = nj_store_open(w->template, NJ_STORE_CREATE | NJ_STORE_CREATE_V1);
     REQUIRE(s);
     struct nj_codec *codec = nj_codec_new(1);
     REQUIRE(codec);

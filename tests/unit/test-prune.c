@@ -925,7 +925,7 @@ int main(int argc, char **argv)
     char *local = w.store;
     w.store = nj_test_store_url(local);
     free(local);
-    w.s = nj_store_open(w.store, NJ_STORE_CREATE);
+    w.s = nj_test_store_create(w.store);
     REQUIRE(w.s);
     w.codec = nj_codec_new(1);
     REQUIRE(w.codec);

@@ -65,7 +65,7 @@ struct world {
 
 static void build(struct world *w)
 {
-    struct nj_store *s = nj_store_open(w->pristine_url, NJ_STORE_CREATE);
+    struct nj_store *s = nj_test_store_create(w->pristine_url);
     REQUIRE(s);
     struct nj_codec *codec = nj_codec_new(1);
     uint64_t rng = 0x7a3e9;
@@ -754,7 +754,6 @@ int main(void)
     w.work = nj_asprintf("%s/work", w.dir);
     w.pristine_url = nj_test_store_url(w.pristine);
     w.work_url = nj_test_store_url(w.work);
-    w.obj = nj_test_store_is_obj(w.work_url);
     REQUIRE(!nj_store_url_is_remote(w.work_url)); /* it damages files */
     w.scratch = nj_asprintf("%s/out.raw", w.dir);
     const char *bin = getenv("NIGHTJAR_RESTORE");
@@ -763,6 +762,7 @@ int main(void)
     else
         printf("NIGHTJAR_RESTORE not set: the program is not checked\n");
     build(&w);
+    w.obj = nj_test_store_is_obj(w.pristine_url);
 
     /* Control: the untouched copy verifies and restores exactly. */
     nj_test_copy_store(w.pristine, w.work);
