@@ -55,6 +55,17 @@ use_test_s3() {
     export AWS_SHARED_CREDENTIALS_FILE=$T/no-credentials-file
 }
 
+# nj_manifest_file STORE ID: the file holding backup ID's manifest in a
+# directory store: backups/ID/manifest.json (version-1 layout), or the
+# newest generation's backups/ID/gNNNNNNNN/manifest.json (object layout).
+nj_manifest_file() {
+    if [ -f "$1/backups/$2/manifest.json" ]; then
+        echo "$1/backups/$2/manifest.json"
+    else
+        ls -d "$1/backups/$2"/g[0-9]*[0-9]/manifest.json 2>/dev/null | LC_ALL=C sort | tail -n 1
+    fi
+}
+
 finish() {
     echo "$pass passed, $failures failed"
     [ "$failures" -eq 0 ]

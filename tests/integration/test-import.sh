@@ -105,7 +105,7 @@ zimport() {  # NAME LEVEL-ARG...: import fresh data, JSON in $T/z-NAME.json
         "$T/z-$n.json" > /dev/null || fail "compression record of z-$n: $(jq -c .disks[0] "$T/z-$n.json")"
     # the manifest in the store says the same
     id=$(jq -r .id "$T/z-$n.json")
-    check test "$(jq -c .disks[0].compression "$S/backups/$id/manifest.json")" = "$(jq -c .disks[0].compression "$T/z-$n.json")"
+    check test "$(jq -c .disks[0].compression "$(nj_manifest_file "$S" "$id")")" = "$(jq -c .disks[0].compression "$T/z-$n.json")"
 }
 zimport fixed --zstd-level 7
 check test "$(jq -r '.disks[0].compression | "\(.policy) \(.level_min) \(.level_max) \([.levels[].level] | unique)"' "$T/z-fixed.json")" = "fixed 7 7 [7]"

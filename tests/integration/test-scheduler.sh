@@ -708,8 +708,9 @@ check test "$n" -ge 8
 # every backup the scheduler ran (all but C's, made by hand above)
 # compressed with the configured zstd-level
 nm=0
-for m in "$S"/backups/*/manifest.json; do
-    case " $C_IDS " in *" $(basename "$(dirname "$m")") "*) continue ;; esac
+for id in $(ls "$S/backups"); do
+    m=$(nj_manifest_file "$S" "$id")
+    case " $C_IDS " in *" $id "*) continue ;; esac
     jq -e '[.disks[].compression | .policy == "auto" and .level_min == 2 and .level_max == 4] | all' "$m" > /dev/null \
         || fail "$m: not compressed with zstd-level 2..4: $(jq -c '[.disks[].compression]' "$m")"
     nm=$((nm + 1))
