@@ -396,7 +396,7 @@ struct nj_config *nj_config_load(const char *path)
         nj_config_free(c);
         return NULL;
     }
-    if (!c->state_file && nj_store_url_is_remote(c->store)) {
+    if (!c->state_file && !nj_store_url_path(c->store)) {
         nj_error("%s: 'state-file' is required when the store is not a "
                  "local directory ('%s')", path, c->store);
         nj_config_free(c);
@@ -413,7 +413,8 @@ struct nj_config *nj_config_load(const char *path)
         }
     }
     if (!c->state_file)
-        c->state_file = nj_asprintf("%s.scheduler-state", c->store);
+        c->state_file = nj_asprintf("%s.scheduler-state",
+                                    nj_store_url_path(c->store));
     if (c->concurrency == 0)
         c->concurrency = 1;
     return c;

@@ -76,6 +76,20 @@ static struct nj_store *open_local(const char *path, const char *name,
     return nj_store_dir_open(path, flags);
 }
 
+const char *nj_store_url_path(const char *url)
+{
+    const char *p = url;
+    if (strncmp(p, "obj+", 4) == 0 && strncmp(p + 4, "file://", 7) == 0)
+        p += 4;
+    if (strncmp(p, "file://", 7) == 0) {
+        p += 7;
+        if (strncmp(p, "localhost/", 10) == 0)
+            p += 9;
+        return p[0] == '/' ? p : NULL;
+    }
+    return strstr(url, "://") ? NULL : url;
+}
+
 struct nj_store *nj_store_open(const char *url, unsigned flags)
 {
     if (nj_store_url_is_remote(url))

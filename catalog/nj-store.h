@@ -2,9 +2,10 @@
  * nj-store.h: a nightjar store, the place backups land in.
  *
  * The store is reached only through these calls; a backend ops table
- * behind them (catalog/store-dir.c today) keeps the callers unchanged when
- * an object-storage backend follows.  The layout, the version file and the
- * publication rules are in docs/FORMAT.md.
+ * behind them keeps the callers unchanged: catalog/store-obj.c on object
+ * primitives (S3, and every new directory store), catalog/store-dir.c for
+ * directories of the version-1 layout.  The layouts, the version file and
+ * the publication rules are in docs/FORMAT.md.
  *
  * Thread safety: after nj_store_open() every call may be made from several
  * threads at once, except nj_store_close().
@@ -58,6 +59,9 @@ enum nj_store_open_flags {
 struct nj_store *nj_store_open(const char *url, unsigned flags);
 /* True when url names an S3 store (not a local path). */
 bool nj_store_url_is_remote(const char *url);
+/* The directory a local store's URL names (a path, file:///PATH,
+ * obj+file:///PATH; borrowed from url), or NULL for any other URL. */
+const char *nj_store_url_path(const char *url);
 
 void nj_store_close(struct nj_store *s);
 /* Borrowed: the path or URL the store was opened with. */

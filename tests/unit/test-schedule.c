@@ -421,6 +421,20 @@ static void test_config_defaults(void)
     CHECK(c->status_file == NULL);
     CHECK(!strcmp(c->state_file, "/s.scheduler-state"));
     nj_config_free(c);
+    /* A store named by URL: the state file beside its directory. */
+    static const char *const urls[][2] = {
+        { "file:///srv/st", "/srv/st.scheduler-state" },
+        { "file://localhost/srv/st", "/srv/st.scheduler-state" },
+        { "obj+file:///srv/o", "/srv/o.scheduler-state" },
+    };
+    for (size_t i = 0; i < NJ_ARRAY_SIZE(urls); i++) {
+        NJ_CLEANUP_FREE char *text =
+            nj_asprintf("store=%s\nschedule=daily 02:00\n", urls[i][0]);
+        NJ_CLEANUP_FREE char *p2 = write_conf("url.conf", text);
+        c = nj_config_load(p2);
+        CHECK(c && !strcmp(c->state_file, urls[i][1]));
+        nj_config_free(c);
+    }
 
     /* concurrency 0 means 1; a key given twice: the last one counts */
     NJ_CLEANUP_FREE char *p2 = write_conf("twice.conf",
