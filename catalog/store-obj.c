@@ -66,6 +66,7 @@
 #include "nj-digest.h"
 #include "nj-io.h"
 #include "nj-manifest.h"
+#include "nj-marks.h"
 #include "nj-object.h"
 #include "nj-s3.h"
 #include "nj-store.h"
@@ -204,7 +205,7 @@ struct obj_store {
     size_t async_bytes;
     char *put_error;
     pthread_cond_t put_done;
-    struct digest_set marked; /* gc's marks */
+    struct nj_marks *marks; /* gc's marks, NULL outside a gc */
     struct staged_vec staged;
     struct lease_vec leases;
     struct gen_vec gens;
@@ -1442,7 +1443,9 @@ static int obj_chunk_mark(struct nj_store *s, const struct nj_digest *d)
 {
     struct obj_store *st = to_obj(s);
     pthread_mutex_lock(&st->lock);
-    dset_add(&st->marked, d);
+    if (!st->marks)
+        st->marks = nj_marks_new();
+    nj_marks_add(st->marks, d);
     pthread_mutex_unlock(&st->lock);
     return 0;
 }
@@ -1609,7 +1612,7 @@ static int obj_gc_sweep(struct nj_store *s, int64_t cutoff, int64_t tmp_cutoff,
             if (!parse_chunk_key(page.objects[i].key + plen, &d))
                 continue; /* not a chunk: left alone, uncounted */
             pthread_mutex_lock(&st->lock);
-            bool marked = dset_has(&st->marked, &d);
+            bool marked = st->marks && nj_marks_has(st->marks, &d);
             pthread_mutex_unlock(&st->lock);
             uint64_t size = page.objects[i].size;
             if (marked || page.objects[i].mtime >= cutoff) {
@@ -1637,7 +1640,13 @@ static int obj_gc_sweep(struct nj_store *s, int64_t cutoff, int64_t tmp_cutoff,
         fprintf(stderr, "nightjar: gc: backups are running; no chunk was "
                         "removed (run gc again when none is)\n");
     pthread_mutex_lock(&st->lock);
-    dset_free(&st->marked);
+    if (ret == 0 && !sw.stopped && st->marks && !nj_marks_exact(st->marks))
+        fprintf(stderr, "nightjar: gc: %zu chunks referenced: marked in a "
+                        "filter of %zu KiB, which keeps about 1%% of the "
+                        "garbage for a later run\n",
+                nj_marks_count(st->marks), nj_marks_bytes(st->marks) >> 10);
+    nj_marks_free(st->marks);
+    st->marks = NULL;
     pthread_mutex_unlock(&st->lock);
     return ret;
 }
@@ -1671,7 +1680,7 @@ static void obj_close(struct nj_store *s)
         staged_free(st->staged.ptr[i]);
     staged_vec_reset(&st->staged);
     dset_free(&st->known);
-    dset_free(&st->marked);
+    nj_marks_free(st->marks);
     nj_obj_free(st->obj);
     pthread_mutex_destroy(&st->lock);
     pthread_cond_destroy(&st->wake);
