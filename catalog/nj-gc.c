@@ -47,7 +47,11 @@
 #include <string.h>
 #include <time.h>
 
-#define MARK_CACHE_SLOTS (1u << 18) /* 8 MiB of digests */
+/* Digests marked lately, so that a chunk referenced again and again is
+ * marked once: on a directory each mark is a utimensat, so 8 MiB; an
+ * object store's marks (nj-marks.h) fold repeats themselves, so little. */
+#define MARK_CACHE_SLOTS (1u << 18)
+#define MARK_CACHE_SLOTS_OBJ (1u << 12)
 #define START_MARGIN 60             /* seconds of clock slack */
 #define MARK_ATTEMPTS 3
 
@@ -95,7 +99,8 @@ static int oldest_running(struct nj_store *s, int64_t t0, int64_t *oldest)
 }
 
 static int mark_backup(struct nj_store *s, const struct nj_manifest *m,
-                       struct nj_digest *cache, struct nj_gc_stats *st)
+                       struct nj_digest *cache, uint32_t slots,
+                       struct nj_gc_stats *st)
 {
     for (size_t k = 0; k < m->ndisks; k++) {
         const struct nj_manifest_disk *d = &m->disks[k];
@@ -110,7 +115,7 @@ static int mark_backup(struct nj_store *s, const struct nj_manifest *m,
             st->referenced++;
             uint32_t slot;
             memcpy(&slot, e.digest.b, sizeof slot);
-            slot &= MARK_CACHE_SLOTS - 1;
+            slot &= slots - 1;
             if (nj_digest_eq(&cache[slot], &e.digest))
                 continue;
             if (nj_store_chunk_mark(s, &e.digest) < 0) {
@@ -158,7 +163,9 @@ int nj_gc(struct nj_store *s, int64_t grace, struct nj_gc_stats *st)
      * the mark is then started again on a new listing, which is still
      * after t0, up to MARK_ATTEMPTS times; marks already set stay valid.
      * Persistent damage fails every attempt and nothing is swept. */
-    struct nj_digest *cache = nj_calloc(MARK_CACHE_SLOTS, sizeof *cache);
+    uint32_t slots = nj_store_takes_known(s) ? MARK_CACHE_SLOTS_OBJ
+                                             : MARK_CACHE_SLOTS;
+    struct nj_digest *cache = nj_calloc(slots, sizeof *cache);
     int ret = count_only ? 0 : -1;
     for (int attempt = 0; ret < 0 && attempt < MARK_ATTEMPTS; attempt++) {
         struct nj_catalog *c = nj_catalog_open(s);
@@ -171,7 +178,7 @@ int nj_gc(struct nj_store *s, int64_t grace, struct nj_gc_stats *st)
                            nj_catalog_broken_id(c, 0),
                            nj_catalog_broken_error(c, 0));
         for (size_t i = 0; ret == 0 && i < nj_catalog_count(c); i++)
-            ret = mark_backup(s, nj_catalog_get(c, i), cache, st);
+            ret = mark_backup(s, nj_catalog_get(c, i), cache, slots, st);
         nj_catalog_free(c);
     }
     free(cache);

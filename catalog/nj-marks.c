@@ -75,10 +75,35 @@ void nj_marks_free(struct nj_marks *m)
     free(m);
 }
 
-static int cmp_u64(const void *a, const void *b)
+static void sift_down(uint64_t *a, size_t i, size_t n)
 {
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= n)
+            return;
+        if (c + 1 < n && a[c + 1] > a[c])
+            c++;
+        if (a[i] >= a[c])
+            return;
+        uint64_t t = a[i];
+        a[i] = a[c];
+        a[c] = t;
+        i = c;
+    }
+}
+
+/* Heapsort: in place (glibc's qsort may allocate a copy of the array,
+ * doubling the peak this set exists to bound). */
+static void sort_u64(uint64_t *a, size_t n)
+{
+    for (size_t i = n / 2; i-- > 0;)
+        sift_down(a, i, n);
+    for (size_t end = n; end-- > 1;) {
+        uint64_t t = a[0];
+        a[0] = a[end];
+        a[end] = t;
+        sift_down(a, 0, end);
+    }
 }
 
 /* Sort and deduplicate the fingerprints. */
@@ -86,7 +111,7 @@ static void compact(struct nj_marks *m)
 {
     if (m->sorted == m->nfp)
         return;
-    qsort(m->fp, m->nfp, sizeof *m->fp, cmp_u64);
+    sort_u64(m->fp, m->nfp);
     size_t n = 0;
     for (size_t i = 0; i < m->nfp; i++)
         if (n == 0 || m->fp[n - 1] != m->fp[i])

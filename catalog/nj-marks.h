@@ -30,7 +30,7 @@
 
 #include "nj-digest.h"
 
-#define NJ_MARKS_EXACT (512u * 1024) /* fingerprints: 4 MiB */
+#define NJ_MARKS_EXACT (256u * 1024) /* fingerprints: 2 to 4 MiB */
 
 struct nj_marks;
 
