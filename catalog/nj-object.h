@@ -128,6 +128,10 @@ struct nj_objects *nj_objects_s3_new(const struct nj_s3_config *c,
 /* A directory (catalog/obj-dir.c): the root is opened now (it need not
  * exist until nj_obj_create). */
 struct nj_objects *nj_objects_dir_new(const char *path);
+/* Emulate the conditional puts an S3 server ignores (obj-s3.c: look, put,
+ * wait settle_ms, look again): weaker, for servers that cannot do better.
+ * false when o is not an S3 namespace. */
+bool nj_objects_s3_emulate(struct nj_objects *o, unsigned settle_ms);
 
 void nj_obj_free(struct nj_objects *o);
 

@@ -35,9 +35,12 @@
  * of this host (same host id and boot id, no such pid), and deleted on
  * release.  A writer whose lease could not be renewed before it expired
  * refuses to publish.  For a server that ignores If-None-Match the lease
- * is not exclusive: this backend requires the conditional PUT and checks
- * for it when it creates a store (check_conditional); there is no weaker
- * fallback.
+ * is not exclusive: this backend checks for conditional PUT when it
+ * creates a store (check_conditional) and refuses a server without it,
+ * unless NIGHTJAR_S3_NO_CONDITIONAL=1 asks for the weaker fallback: the
+ * marker then records "s3_conditional": false, and every host opening the
+ * store emulates the conditions (obj-s3.c: look, put, settle, look again;
+ * NIGHTJAR_S3_SETTLE_MS, 5 s by default).
  *
  * Why gc never deletes a chunk a running backup relies on: see the argument
  * at gc_sweep below (it differs from the directory's, as objects have no
@@ -1834,11 +1837,41 @@ static int check_conditional(struct obj_store *st, const char *url)
         errno = e;
         return nj_error_prefix("create store '%s'", url);
     }
-    if (r1 != 0 || r2 != 1 || r3 != 1)
+    if (r1 != 0 || r2 != 1 || r3 != 1) {
+        const char *opt = getenv("NIGHTJAR_S3_NO_CONDITIONAL");
+        if (opt && (strcmp(opt, "1") == 0 || strcmp(opt, "force") == 0))
+            return 1;
         return nj_error("'%s': the server does not honour conditional PUT "
                         "(If-None-Match: *, If-Match); leases and commits "
-                        "would not be safe, so no store is made there", url);
+                        "would not be safe, so no store is made there "
+                        "(NIGHTJAR_S3_NO_CONDITIONAL=1 makes one with "
+                        "emulated, weaker conditions)", url);
+    }
     return 0;
+}
+
+/* The settle time of emulated conditional puts: NIGHTJAR_S3_SETTLE_MS, or
+ * 5 s. */
+static unsigned settle_ms(void)
+{
+    const char *v = getenv("NIGHTJAR_S3_SETTLE_MS");
+    char *end = NULL;
+    unsigned long ms = v ? strtoul(v, &end, 10) : 0;
+    return v && *v && !*end && ms >= 1 && ms <= 600000 ? (unsigned)ms : 5000;
+}
+
+/* Whether a marker says the store's server ignores conditional puts. */
+static bool marker_unconditional(const char *text, size_t len)
+{
+    struct json_tokener *tok = json_tokener_new();
+    struct json_object *o = json_tokener_parse_ex(tok, text, (int)len);
+    json_tokener_free(tok);
+    struct json_object *c = NULL;
+    bool r = o && json_object_object_get_ex(o, "s3_conditional", &c) &&
+             json_object_is_type(c, json_type_boolean) &&
+             !json_object_get_boolean(c);
+    json_object_put(o);
+    return r;
 }
 
 /* Open the store under prefix ("" or "PREFIX/") of the namespace o (taken
@@ -1883,12 +1916,28 @@ static struct nj_store *store_open(struct nj_objects *o, bool on_dir,
             obj_close(&st->base);
             return NULL;
         }
-        if (check_conditional(st, url) < 0) {
+        const char *force = getenv("NIGHTJAR_S3_NO_CONDITIONAL");
+        int cond = on_dir ? 0
+                   : force && strcmp(force, "force") == 0
+                       ? 1
+                       : check_conditional(st, url);
+        if (cond < 0) {
             obj_close(&st->base);
             return NULL;
         }
         NJ_CLEANUP_FREE char *body =
             nj_store_marker_new(NJ_STORE_FORMAT_VERSION);
+        if (cond == 1) {
+            /* Recorded, so that every host opening the store emulates. */
+            struct json_object *m = json_tokener_parse(body);
+            json_object_object_add(m, "s3_conditional",
+                                   json_object_new_boolean(0));
+            free(body);
+            body = nj_asprintf("%s\n", json_object_to_json_string_ext(
+                                          m, JSON_C_TO_STRING_PRETTY));
+            json_object_put(m);
+            nj_objects_s3_emulate(st->obj, settle_ms());
+        }
         if (nj_obj_put(st->obj, mkey, body, strlen(body), NJ_OBJ_CREATE,
                        NULL, NULL) < 0) {
             nj_error_prefix("create store '%s'", url);
@@ -1907,6 +1956,8 @@ static struct nj_store *store_open(struct nj_objects *o, bool on_dir,
         return NULL;
     }
     r = nj_store_marker_check(text, len, url);
+    if (r > 0 && !on_dir && marker_unconditional(text, len))
+        nj_objects_s3_emulate(st->obj, settle_ms());
     free(text);
     if (r == NJ_STORE_FORMAT_V1 && on_dir) {
         r = nj_error("store '%s' has format version 1, the directory "

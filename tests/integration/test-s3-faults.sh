@@ -68,6 +68,28 @@ start_proxy --ignore-conditions
 expect_fail "does not honour conditional PUT" "$A" import -s "$U" -d "faults nc" --disk vda "$img"
 stop_proxy
 expect_fail "not a nightjar store" "$R" list -s "$U"
+# ... unless the weaker fallback is asked for: conditions emulated (HEAD,
+# PUT, settle, HEAD), recorded in the marker for every later opener
+start_proxy --ignore-conditions
+qio -c "write -P 0x5c 0 3M" "$img"
+NIGHTJAR_S3_NO_CONDITIONAL=1 NIGHTJAR_S3_SETTLE_MS=300 \
+    "$A" import -s "$U" -d "faults nc" --disk vda "$img" > /dev/null
+snap "$img" "$T/nc1.raw"
+qio -c "write -P 0x5d 1M 1M" "$img"
+NIGHTJAR_S3_SETTLE_MS=300 "$A" import -s "$U" -d "faults nc" --disk vda "$img" > /dev/null
+snap "$img" "$T/nc2.raw"
+check test "$("$R" list -s "$U" --json | jq length)" = 2
+"$R" restore -s "$U" -d "faults nc" --disk vda -o "$T/rnc.raw"
+check cmp "$T/rnc.raw" "$T/nc2.raw"
+first=$("$R" list -s "$U" --json | jq -r '.[0].id')
+"$R" restore -s "$U" -d "faults nc" -b "$first" --disk vda -o "$T/rnc1.raw"
+check cmp "$T/rnc1.raw" "$T/nc1.raw"
+# each commit was emulated: a HEAD of the manifest before its PUT (a
+# create-only PUT needs none), and no condition for the server to ignore
+check test "$(grep -c 'HEAD .*/g00000001/manifest.json' "$T/proxy.log")" -ge 2
+# (but the probe's, which found out that the server ignores them)
+check test "$(grep '412-as-200' "$T/proxy.log" | grep -vc '/locks/probe\.')" = 0
+stop_proxy
 
 # --- a server that fails every request: one line, nothing half visible
 U="s3://nj-test/faults-$$-1"
