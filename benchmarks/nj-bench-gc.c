@@ -67,16 +67,7 @@
 #define PROG "nj-bench-gc"
 #define MAX_RSS_MIB_DEFAULT 24
 
-#if defined(__SANITIZE_ADDRESS__)
-#define UNDER_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define UNDER_ASAN 1
-#endif
-#endif
-#ifndef UNDER_ASAN
-#define UNDER_ASAN 0
-#endif
+#define UNDER_ASAN NJ_UNDER_ASAN
 
 NJ_PRINTF(1, 2) static void die(const char *fmt, ...)
 {

@@ -25,6 +25,19 @@
 
 #define NJ_PRINTF(f, a) __attribute__((format(printf, f, a)))
 
+/* 1 in an AddressSanitizer build, whose shadow memory and quarantine make
+ * a process's RSS meaningless as a measure of its own memory. */
+#if defined(__SANITIZE_ADDRESS__)
+#define NJ_UNDER_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define NJ_UNDER_ASAN 1
+#endif
+#endif
+#ifndef NJ_UNDER_ASAN
+#define NJ_UNDER_ASAN 0
+#endif
+
 /* Set the thread's last error.  Always returns -1 for tail calls. */
 int nj_error(const char *fmt, ...) NJ_PRINTF(1, 2);
 /* Same, appending ": strerror(errnum)". */

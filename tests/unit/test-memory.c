@@ -185,11 +185,17 @@ int main(void)
     long rss = run_measured(do_restore, &c, &status);
     CHECK(status == 0);
     printf("test-memory: restore of a 64 GiB sparse disk: peak RSS %ld KiB\n", rss);
-    CHECK(rss < RSS_LIMIT_KIB);
+    /* Under ASan the child inherits the parent's quarantine of freed
+     * buffers (the store it just built): the bound is enforced by the
+     * ordinary build, which the suite also runs. */
+    if (NJ_UNDER_ASAN)
+        printf("test-memory: AddressSanitizer build: the %d KiB bound is "
+               "not enforced\n", RSS_LIMIT_KIB);
+    CHECK(NJ_UNDER_ASAN || rss < RSS_LIMIT_KIB);
     long vrss = run_measured(do_verify, &c, &status);
     CHECK(status == 0);
     printf("test-memory: verify of the store: peak RSS %ld KiB\n", vrss);
-    CHECK(vrss < RSS_LIMIT_KIB);
+    CHECK(NJ_UNDER_ASAN || vrss < RSS_LIMIT_KIB);
 
     /* Content: every write's range holds the newest write's bytes. */
     int fd = open(outpath, O_RDONLY);
