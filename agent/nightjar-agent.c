@@ -7,6 +7,7 @@
  * Exit status: 0 success, 1 failure, 2 usage.
  */
 #include "nj-agent.h"
+#include "nj-key.h"
 #include "nj-prune.h"
 #include "nj-schedule.h"
 #include "nj-sync.h"
@@ -38,6 +39,12 @@ static void usage(FILE *f)
         "       %s run --config FILE [--once]\n"
         "       %s protect -s STORE -b ID [--off]\n"
         "       %s sync -s STORE --to STORE [-d DOMAIN]... [--json]\n"
+        "       %s key create --key-file FILE [--passphrase-file F | --no-passphrase]\n"
+        "       %s key show --key-file FILE [--json]\n"
+        "       %s key passwd --key-file FILE [--passphrase-file F]\n"
+        "                       [--new-passphrase-file F | --no-passphrase]\n"
+        "  passphrases: from the file given, else NIGHTJAR_PASSPHRASE (the new one\n"
+        "    of passwd: NIGHTJAR_NEW_PASSPHRASE), else the terminal; never argv\n"
         "       %s import -s STORE -d NAME --disk TARGET [-l full|inc]\n"
         "                        [--format raw|qcow2] [--bitmap NAME] [--json] SOURCE\n"
         "  SOURCE is a qcow2 or raw image file, or an nbd:// or nbd+unix:// URI\n"
@@ -47,7 +54,8 @@ static void usage(FILE *f)
         "  tuning: [--threads N] [--connections N] [--requests N]\n"
         "          [--grid BYTES] [--zstd-level auto|N|LO..HI] [--max-inflight BYTES]\n"
         "       %s --version\n",
-        prog, prog, prog, prog, prog, prog, prog, prog, prog);
+        prog, prog, prog, prog, prog, prog, prog, prog, prog, prog, prog,
+        prog);
 }
 
 NJ_PRINTF(1, 2) static int usage_error(const char *fmt, ...)
@@ -267,7 +275,9 @@ static int cmd_estimate(int argc, char **argv)
 }
 
 enum { OPT_KEEP = 512, OPT_DRY = OPT_KEEP + 6, OPT_GRACE, OPT_OFF,
-       OPT_CONFIG, OPT_ONCE, OPT_SIM_FROM, OPT_SIM_RUNS, OPT_TO };
+       OPT_CONFIG, OPT_ONCE, OPT_SIM_FROM, OPT_SIM_RUNS, OPT_TO,
+       OPT_KEY_FILE, OPT_PASS_FILE, OPT_NEW_PASS_FILE, OPT_NO_PASS,
+       OPT_KEY_JSON };
 
 static int cmd_run(int argc, char **argv)
 {
@@ -592,6 +602,132 @@ static int cmd_protect(int argc, char **argv)
     return ret < 0 ? 1 : 0;
 }
 
+/* nightjar-agent key create|show|passwd (catalog/nj-key.h). */
+static int cmd_key(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "key-file", required_argument, NULL, OPT_KEY_FILE },
+        { "passphrase-file", required_argument, NULL, OPT_PASS_FILE },
+        { "new-passphrase-file", required_argument, NULL, OPT_NEW_PASS_FILE },
+        { "no-passphrase", no_argument, NULL, OPT_NO_PASS },
+        { "json", no_argument, NULL, OPT_KEY_JSON },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    if (argc < 2)
+        return usage_error("key needs create, show or passwd");
+    const char *sub = argv[1];
+    bool create = !strcmp(sub, "create"), show = !strcmp(sub, "show"),
+         passwd = !strcmp(sub, "passwd");
+    if (!create && !show && !passwd)
+        return usage_error("unknown key command '%s'", sub);
+    const char *file = NULL, *pass_file = NULL, *new_pass_file = NULL;
+    bool no_pass = false, json = false;
+    int c;
+    argc--;
+    argv++;
+    while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
+        switch (c) {
+        case OPT_KEY_FILE: file = optarg; break;
+        case OPT_PASS_FILE: pass_file = optarg; break;
+        case OPT_NEW_PASS_FILE: new_pass_file = optarg; break;
+        case OPT_NO_PASS: no_pass = true; break;
+        case OPT_KEY_JSON: json = true; break;
+        case 'h': usage(stdout); return 0;
+        default: return bad_option(c, argv, ":h");
+        }
+    }
+    if (optind < argc)
+        return usage_error("unexpected argument '%s' (a passphrase is never "
+                           "taken from the command line)", argv[optind]);
+    if (!file)
+        return usage_error("key %s needs --key-file FILE", sub);
+    if ((show && (pass_file || new_pass_file || no_pass)) ||
+        (create && new_pass_file) || (!show && json))
+        return usage_error("key %s: option not for this command", sub);
+    if (no_pass && (create ? pass_file != NULL : new_pass_file != NULL))
+        return usage_error("--no-passphrase and a passphrase file exclude "
+                           "each other");
+    int ret = 0;
+    if (create) {
+        char *p = no_pass ? NULL
+                          : nj_passphrase_get(pass_file, "NIGHTJAR_PASSPHRASE",
+                                              "passphrase for the new key: ",
+                                              true);
+        struct nj_key k;
+        ret = !no_pass && !p ? -1 : nj_key_create(file, p, NULL, &k);
+        nj_passphrase_free(p);
+        if (ret == 0)
+            printf("created %s: fingerprint %s, %s\n", file, k.fingerprint,
+                   no_pass ? "not protected by a passphrase"
+                           : "protected by a passphrase (scrypt)");
+        nj_key_clear(&k);
+    } else if (show) {
+        struct nj_key_info in;
+        ret = nj_key_info(file, &in);
+        if (ret == 0 && json) {
+            struct json_object *o = json_object_new_object();
+            json_object_object_add(o, "fingerprint",
+                                   json_object_new_string(in.fingerprint));
+            json_object_object_add(o, "protection", json_object_new_string(
+                                                        in.wrapped ? "scrypt"
+                                                                   : "none"));
+            struct json_object *s = NULL;
+            if (in.wrapped) {
+                s = json_object_new_object();
+                json_object_object_add(s, "n",
+                                       json_object_new_int64((int64_t)in.kdf.n));
+                json_object_object_add(s, "r", json_object_new_int64(in.kdf.r));
+                json_object_object_add(s, "p", json_object_new_int64(in.kdf.p));
+            }
+            json_object_object_add(o, "scrypt", s);
+            json_object_object_add(o, "created",
+                                   json_object_new_int64(in.created));
+            printf("%s\n", json_object_to_json_string(o));
+            json_object_put(o);
+        } else if (ret == 0) {
+            printf("fingerprint: %s\n", in.fingerprint);
+            if (in.wrapped)
+                printf("protection: passphrase (scrypt N=%llu r=%u p=%u)\n",
+                       (unsigned long long)in.kdf.n, in.kdf.r, in.kdf.p);
+            else
+                printf("protection: none (the key is in the clear)\n");
+        }
+    } else {
+        struct nj_key_info in;
+        char *old = NULL, *neu = NULL;
+        struct nj_key k;
+        memset(&k, 0, sizeof k);
+        ret = nj_key_info(file, &in);
+        if (ret == 0 && in.wrapped) {
+            old = nj_passphrase_get(pass_file, "NIGHTJAR_PASSPHRASE",
+                                    "current passphrase: ", false);
+            if (!old)
+                ret = -1;
+        }
+        if (ret == 0)
+            ret = nj_key_load(file, old, &k);
+        if (ret == 0 && !no_pass) {
+            neu = nj_passphrase_get(new_pass_file, "NIGHTJAR_NEW_PASSPHRASE",
+                                    "new passphrase: ", true);
+            if (!neu)
+                ret = -1;
+        }
+        if (ret == 0)
+            ret = nj_key_rewrap(file, &k, neu, NULL);
+        if (ret == 0)
+            printf("%s: fingerprint %s, now %s\n", file, k.fingerprint,
+                   neu ? "protected by the new passphrase"
+                       : "not protected by a passphrase");
+        nj_key_clear(&k);
+        nj_passphrase_free(old);
+        nj_passphrase_free(neu);
+    }
+    if (ret < 0)
+        nj_error_print(prog);
+    return ret < 0 ? 1 : 0;
+}
+
 static int cmd_import(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -693,5 +829,7 @@ int main(int argc, char **argv)
         return cmd_protect(argc - 1, argv + 1);
     if (!strcmp(cmd, "sync"))
         return cmd_sync(argc - 1, argv + 1);
+    if (!strcmp(cmd, "key"))
+        return cmd_key(argc - 1, argv + 1);
     return usage_error("unknown command '%s'", cmd);
 }
