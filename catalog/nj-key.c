@@ -2,6 +2,7 @@
  * nj-key.c: key files and passphrases (nj-key.h; docs/FORMAT.md 14).
  */
 #include "nj-key.h"
+#include "nj-digest.h"
 #include "nj-io.h"
 #include "nj-util.h"
 
@@ -35,34 +36,6 @@
  * class: within the backup's memory target, still costly to guess. */
 const struct nj_key_kdf nj_key_kdf_default = { .n = 1u << 15, .r = 8, .p = 4 };
 
-static void hex_of(const unsigned char *b, size_t n, char *out)
-{
-    static const char digits[] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = digits[b[i] >> 4];
-        out[2 * i + 1] = digits[b[i] & 15];
-    }
-    out[2 * n] = '\0';
-}
-
-/* Exactly n bytes of lowercase hex: 0, or -1. */
-static int hex_to(const char *s, unsigned char *b, size_t n)
-{
-    if (!s || strlen(s) != 2 * n)
-        return -1;
-    for (size_t i = 0; i < 2 * n; i++) {
-        char c = s[i];
-        int v = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-        if (v < 0)
-            return -1;
-        if (i % 2 == 0)
-            b[i / 2] = (unsigned char)(v << 4);
-        else
-            b[i / 2] |= (unsigned char)v;
-    }
-    return 0;
-}
-
 static int fingerprint_of(struct nj_key *k)
 {
     unsigned char mac[32];
@@ -71,7 +44,7 @@ static int fingerprint_of(struct nj_key *k)
               (const unsigned char *)FPR_LABEL, strlen(FPR_LABEL), mac, &len) ||
         len != sizeof mac)
         return nj_error("key fingerprint: HMAC-SHA256 failed");
-    hex_of(mac, NJ_KEY_FPR_HEX / 2, k->fingerprint);
+    nj_hex_encode(mac, NJ_KEY_FPR_HEX / 2, k->fingerprint);
     return 0;
 }
 
@@ -136,7 +109,7 @@ static char *key_text(const struct nj_key *k, const char *pass,
     bool ok = true;
     if (!pass) {
         json_object_object_add(o, "protection", json_object_new_string("none"));
-        hex_of(k->master, NJ_KEY_LEN, hex);
+        nj_hex_encode(k->master, NJ_KEY_LEN, hex);
         json_object_object_add(o, "key", json_object_new_string(hex));
     } else {
         unsigned char salt[SALT_LEN], nonce[NONCE_LEN], kek[NJ_KEY_LEN];
@@ -144,7 +117,7 @@ static char *key_text(const struct nj_key *k, const char *pass,
         char salt_hex[2 * SALT_LEN + 1];
         ok = RAND_bytes(salt, sizeof salt) == 1 &&
              RAND_bytes(nonce, sizeof nonce) == 1;
-        hex_of(salt, SALT_LEN, salt_hex);
+        nj_hex_encode(salt, SALT_LEN, salt_hex);
         NJ_CLEANUP_FREE char *aad = aad_of(f, salt_hex, k->fingerprint);
         ok = ok && derive(pass, salt, f, kek) == 0 &&
              gcm(true, kek, nonce, aad, k->master, NJ_KEY_LEN, wrapped, tag) == 0;
@@ -156,11 +129,11 @@ static char *key_text(const struct nj_key *k, const char *pass,
         json_object_object_add(s, "p", json_object_new_int64(f->p));
         json_object_object_add(s, "salt", json_object_new_string(salt_hex));
         json_object_object_add(o, "scrypt", s);
-        hex_of(nonce, NONCE_LEN, hex);
+        nj_hex_encode(nonce, NONCE_LEN, hex);
         json_object_object_add(o, "nonce", json_object_new_string(hex));
-        hex_of(wrapped, NJ_KEY_LEN, hex);
+        nj_hex_encode(wrapped, NJ_KEY_LEN, hex);
         json_object_object_add(o, "wrapped", json_object_new_string(hex));
-        hex_of(tag, TAG_LEN, hex);
+        nj_hex_encode(tag, TAG_LEN, hex);
         json_object_object_add(o, "tag", json_object_new_string(hex));
     }
     char *text = ok ? nj_asprintf("%s\n", json_object_to_json_string_ext(
@@ -287,7 +260,7 @@ static int parse_file(const char *path, struct parsed *p)
     const char *fpr = str_field(p->o, "fingerprint");
     const char *prot = str_field(p->o, "protection");
     unsigned char fb[NJ_KEY_FPR_HEX / 2];
-    if (!fpr || hex_to(fpr, fb, sizeof fb) < 0 || !prot ||
+    if (!fpr || nj_hex_decode(fpr, fb, sizeof fb) < 0 || !prot ||
         !int_field(p->o, "created", &p->info.created))
         return nj_error("key file '%s' is damaged (fingerprint, protection "
                         "or created)", path);
@@ -339,7 +312,7 @@ int nj_key_load(const char *path, const char *passphrase, struct nj_key *out)
     struct nj_key k;
     memset(&k, 0, sizeof k);
     if (r == 0 && !p.info.wrapped) {
-        if (hex_to(p.key_hex, k.master, NJ_KEY_LEN) < 0)
+        if (nj_hex_decode(p.key_hex, k.master, NJ_KEY_LEN) < 0)
             r = nj_error("key file '%s' is damaged (key)", path);
     } else if (r == 0 && !passphrase) {
         r = nj_error("key file '%s' is protected by a passphrase; none was "
@@ -347,10 +320,10 @@ int nj_key_load(const char *path, const char *passphrase, struct nj_key *out)
     } else if (r == 0) {
         unsigned char salt[SALT_LEN], nonce[NONCE_LEN], tag[TAG_LEN];
         unsigned char wrapped[NJ_KEY_LEN], kek[NJ_KEY_LEN];
-        if (hex_to(p.salt_hex, salt, SALT_LEN) < 0 ||
-            hex_to(p.nonce_hex, nonce, NONCE_LEN) < 0 ||
-            hex_to(p.wrapped_hex, wrapped, NJ_KEY_LEN) < 0 ||
-            hex_to(p.tag_hex, tag, TAG_LEN) < 0) {
+        if (nj_hex_decode(p.salt_hex, salt, SALT_LEN) < 0 ||
+            nj_hex_decode(p.nonce_hex, nonce, NONCE_LEN) < 0 ||
+            nj_hex_decode(p.wrapped_hex, wrapped, NJ_KEY_LEN) < 0 ||
+            nj_hex_decode(p.tag_hex, tag, TAG_LEN) < 0) {
             r = nj_error("key file '%s' is damaged (wrapped key)", path);
         } else {
             NJ_CLEANUP_FREE char *aad = aad_of(&p.info.kdf, p.salt_hex,

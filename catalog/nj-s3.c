@@ -37,6 +37,7 @@
  * Stats count every HTTP attempt in requests, the repeated ones also in
  * retries, and body bytes both ways.
  */
+#include "nj-digest.h"
 #include "nj-s3.h"
 #include "nj-util.h"
 
@@ -152,23 +153,13 @@ static void global_init(void)
 
 /* ---- small helpers ---------------------------------------------------- */
 
-static void hex_encode(const unsigned char *b, size_t n, char *out)
-{
-    static const char digits[] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = digits[b[i] >> 4];
-        out[2 * i + 1] = digits[b[i] & 15];
-    }
-    out[2 * n] = '\0';
-}
-
 static int sha256_hex(const void *buf, size_t len, char *out)
 {
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned mdlen = 0;
     if (!EVP_Digest(buf, len, md, &mdlen, EVP_sha256(), NULL) || mdlen != 32)
         return nj_error("s3: SHA-256 failed");
-    hex_encode(md, 32, out);
+    nj_hex_encode(md, 32, out);
     return 0;
 }
 
@@ -1120,7 +1111,7 @@ static int put_was_ours(struct nj_s3 *s3, const char *key, const void *buf,
     if (!EVP_Digest(buf ? buf : "", len, md, &mdlen, EVP_md5(), NULL) ||
         mdlen != 16)
         return 1;
-    hex_encode(md, 16, mine);
+    nj_hex_encode(md, 16, mine);
     if (nj_s3_head(s3, key, NULL, NULL, there) != 1 ||
         strcasecmp(there, mine) != 0)
         return 1;

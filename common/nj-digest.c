@@ -70,14 +70,20 @@ void nj_sha256_free(struct nj_sha256_ctx *c)
     free(c);
 }
 
-void nj_digest_to_hex(const struct nj_digest *d, char *out)
+void nj_hex_encode(const void *buf, size_t n, char *out)
 {
     static const char hexd[] = "0123456789abcdef";
-    for (int i = 0; i < NJ_DIGEST_LEN; i++) {
-        out[2 * i] = hexd[d->b[i] >> 4];
-        out[2 * i + 1] = hexd[d->b[i] & 15];
+    const unsigned char *b = buf;
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = hexd[b[i] >> 4];
+        out[2 * i + 1] = hexd[b[i] & 15];
     }
-    out[NJ_DIGEST_HEX_LEN] = '\0';
+    out[2 * n] = '\0';
+}
+
+void nj_digest_to_hex(const struct nj_digest *d, char *out)
+{
+    nj_hex_encode(d->b, NJ_DIGEST_LEN, out);
 }
 
 static int hexval(char c)
@@ -91,16 +97,22 @@ static int hexval(char c)
     return -1;
 }
 
-int nj_digest_from_hex(const char *hex, struct nj_digest *out)
+int nj_hex_decode(const char *hex, void *buf, size_t n)
 {
-    for (int i = 0; i < NJ_DIGEST_LEN; i++) {
+    unsigned char *out = buf;
+    for (size_t i = 0; i < n; i++) {
         int hi = hexval(hex[2 * i]);
         int lo = hi < 0 ? -1 : hexval(hex[2 * i + 1]);
         if (hi < 0 || lo < 0)
             return -1;
-        out->b[i] = (unsigned char)(hi << 4 | lo);
+        out[i] = (unsigned char)(hi << 4 | lo);
     }
-    return hex[NJ_DIGEST_HEX_LEN] == '\0' ? 0 : -1;
+    return hex[2 * n] == '\0' ? 0 : -1;
+}
+
+int nj_digest_from_hex(const char *hex, struct nj_digest *out)
+{
+    return nj_hex_decode(hex, out->b, NJ_DIGEST_LEN);
 }
 
 int nj_digest_cmp(const struct nj_digest *a, const struct nj_digest *b)

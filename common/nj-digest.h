@@ -27,6 +27,11 @@ int nj_sha256_update(struct nj_sha256_ctx *ctx, const void *buf, size_t len);
 int nj_sha256_final(struct nj_sha256_ctx *ctx, struct nj_digest *out);
 void nj_sha256_free(struct nj_sha256_ctx *ctx);
 
+/* n bytes as 2n lowercase hex digits and a NUL (out: 2n + 1 bytes). */
+void nj_hex_encode(const void *b, size_t n, char *out);
+/* Exactly 2n lowercase hex digits and the string's end, into n bytes:
+ * 0, or -1 on anything else. */
+int nj_hex_decode(const char *hex, void *out, size_t n);
 /* Lowercase hex; out must hold NJ_DIGEST_HEX_LEN + 1 bytes. */
 void nj_digest_to_hex(const struct nj_digest *d, char *out);
 /* Parse exactly 64 hex digits; -1 on anything else. */
