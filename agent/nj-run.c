@@ -267,44 +267,6 @@ static void load_state(struct service *sv)
     json_object_put(o);
 }
 
-/*
- * Replace path with text durably (see the note above); the new file has
- * the given mode whatever the umask.  On failure the old file is left as
- * it was and no temporary file is left behind.
- */
-static int replace_file(const char *path, const char *text, mode_t mode)
-{
-    NJ_CLEANUP_FREE char *copy = nj_strdup(path);
-    char *slash = strrchr(copy, '/');
-    const char *dir = slash ? (slash == copy ? "/" : copy) : ".";
-    const char *base = slash ? slash + 1 : copy;
-    if (slash)
-        *slash = '\0';
-    if (!*base)
-        return nj_error("'%s' names no file", path);
-    NJ_CLEANUP_CLOSE int dfd =
-        open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd < 0)
-        return nj_error_errno(errno, "open directory '%s'", dir);
-    char tmp[64];
-    NJ_CLEANUP_CLOSE int fd = nj_tmpfile_open(dfd, "nightjar", tmp, sizeof tmp);
-    if (fd < 0)
-        return nj_error_prefix("write '%s'", path);
-    int e = 0;
-    if (fchmod(fd, mode) < 0 || nj_full_write(fd, text, strlen(text)) < 0 ||
-        fsync(fd) < 0)
-        e = errno;
-    else if (renameat(dfd, tmp, dfd, base) < 0)
-        e = errno;
-    if (e) {
-        unlinkat(dfd, tmp, 0);
-        return nj_error_errno(e, "write '%s'", path);
-    }
-    if (fsync(dfd) < 0)
-        return nj_error_errno(errno, "fsync directory '%s'", dir);
-    return 0;
-}
-
 static void save_state(struct service *sv)
 {
     struct json_object *o = json_object_new_object();
@@ -321,7 +283,8 @@ static void save_state(struct service *sv)
     NJ_CLEANUP_FREE char *text = nj_asprintf("%s\n", json_object_to_json_string(o));
     json_object_put(o);
     /* 0600: it names the domains, and only the service reads it */
-    if (replace_file(sv->cfg->state_file, text, 0600) < 0)
+    if (nj_write_file_atomic(sv->cfg->state_file, text, strlen(text), 0600,
+                             true) < 0)
         logline("warning: state file: %s", nj_error_get());
 }
 
@@ -400,7 +363,8 @@ static void write_status(struct service *sv)
         return;
     }
     /* 0644: a textfile collector running as another user reads it */
-    if (replace_file(sv->cfg->status_file, text, 0644) < 0)
+    if (nj_write_file_atomic(sv->cfg->status_file, text, strlen(text), 0644,
+                             true) < 0)
         logline("warning: status file: %s", nj_error_get());
     free(text);
 }

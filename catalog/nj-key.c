@@ -9,7 +9,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <json-c/json.h>
-#include <libgen.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -146,33 +145,14 @@ static char *key_text(const struct nj_key *k, const char *pass,
     return text;
 }
 
-/* Write text as path: replace, or create-only (EEXIST: 1). */
+/* Write text as path: replace, or create-only (never overwriting). */
 static int write_key_file(const char *path, const char *text, bool replace)
 {
-    NJ_CLEANUP_FREE char *copy1 = nj_strdup(path), *copy2 = nj_strdup(path);
-    const char *dir = dirname(copy1), *base = basename(copy2);
-    NJ_CLEANUP_CLOSE int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd < 0)
-        return nj_error_errno(errno, "key file '%s'", path);
-    char tmp[96];
-    NJ_CLEANUP_CLOSE int fd = nj_tmpfile_open(dfd, "key", tmp, sizeof tmp);
-    if (fd < 0)
-        return nj_error_prefix("key file '%s'", path);
-    int r = 0;
-    if (nj_full_write(fd, text, strlen(text)) < 0 || fsync(fd) < 0)
-        r = nj_error_errno(errno, "write key file '%s'", path);
-    else if (replace && renameat(dfd, tmp, dfd, base) < 0)
-        r = nj_error_errno(errno, "replace key file '%s'", path);
-    else if (!replace && linkat(dfd, tmp, dfd, base, 0) < 0)
-        r = errno == EEXIST
-                ? nj_error("'%s' exists; a key file is never overwritten "
-                           "(key passwd changes its passphrase)", path)
-                : nj_error_errno(errno, "create key file '%s'", path);
-    if (r < 0 || !replace)
-        unlinkat(dfd, tmp, 0);
-    if (r == 0 && fsync(dfd) < 0)
-        r = nj_error_errno(errno, "fsync the directory of '%s'", path);
-    return r;
+    int r = nj_write_file_atomic(path, text, strlen(text), 0600, replace);
+    if (r == 1)
+        return nj_error("'%s' exists; a key file is never overwritten "
+                        "(key passwd changes its passphrase)", path);
+    return r < 0 ? nj_error_prefix("key file") : 0;
 }
 
 int nj_key_create(const char *path, const char *passphrase,

@@ -76,6 +76,8 @@ static struct nj_store *open_local(const char *path, const char *name,
     return nj_store_dir_open(path, flags);
 }
 
+/* file://PATH with an absolute path (file:///srv/store), or
+ * file://localhost/PATH; no other host. */
 const char *nj_store_url_path(const char *url)
 {
     const char *p = url;
@@ -94,20 +96,19 @@ struct nj_store *nj_store_open(const char *url, unsigned flags)
 {
     if (nj_store_url_is_remote(url))
         return nj_store_s3_open(url, flags);
-    if (strncmp(url, "obj+file://", 11) == 0)
-        return nj_store_objdir_open(url, flags);
-    if (strncmp(url, "file://", 7) == 0) {
-        /* file://PATH with an absolute path (file:///srv/store), or
-         * file://localhost/PATH; no other host. */
-        const char *p = url + 7;
-        if (strncmp(p, "localhost/", 10) == 0)
-            p += 9;
-        if (p[0] != '/') {
-            nj_error("'%s': a file:// URL needs an absolute path "
-                     "(file:///PATH)", url);
+    bool objects = strncmp(url, "obj+file://", 11) == 0;
+    if (objects || strncmp(url, "file://", 7) == 0) {
+        const char *p = nj_store_url_path(url);
+        if (!p) {
+            nj_error("'%s': a%s URL needs an absolute path (%s:///PATH)",
+                     url, objects ? "n obj+file://" : " file://",
+                     objects ? "obj+file" : "file");
             return NULL;
         }
-        return open_local(p, url, flags);
+        /* obj+file:// insists on the object layout (a version-1 marker
+         * is refused there); file:// is a path. */
+        return objects ? nj_store_objdir_open_path(p, url, flags)
+                       : open_local(p, url, flags);
     }
     if (strstr(url, "://")) {
         nj_error("'%s': unknown store URL (a path, file://PATH, "

@@ -91,11 +91,9 @@ struct nj_store {
 
 struct nj_store *nj_store_dir_open(const char *path, unsigned flags);
 /* The object store of catalog/store-obj.c, on an S3 bucket (url:
- * "s3://BUCKET" or "s3://BUCKET/PREFIX") or on a directory (url:
- * "obj+file:///PATH"). */
+ * "s3://BUCKET" or "s3://BUCKET/PREFIX") or on a directory (path; name
+ * names the store in messages: the path or the URL it came from). */
 struct nj_store *nj_store_s3_open(const char *url, unsigned flags);
-struct nj_store *nj_store_objdir_open(const char *url, unsigned flags);
-/* The same on the directory path, named name in messages. */
 struct nj_store *nj_store_objdir_open_path(const char *path,
                                            const char *name, unsigned flags);
 /* Release the object store lease whose handle this is: true when it was

@@ -1818,9 +1818,15 @@ static int parse_url(const char *url, char **bucket, char **prefix)
  * rest on: a second create-only put of a key fails, and so does a put
  * that names the wrong tag.  A server that ignores If-None-Match (some
  * S3 look-alikes do) would let two writers both "create" one lease and
- * let a commit overwrite a backup: such a store is refused, never made. */
+ * let a commit overwrite a backup: such a store is refused, never made,
+ * unless NIGHTJAR_S3_NO_CONDITIONAL=1 asks for emulated conditions ("force":
+ * emulated without asking the server).  0 honoured; 1 to be emulated; -1
+ * refused or failed. */
 static int check_conditional(struct obj_store *st, const char *url)
 {
+    const char *opt = getenv("NIGHTJAR_S3_NO_CONDITIONAL");
+    if (opt && strcmp(opt, "force") == 0)
+        return 1;
     NJ_CLEANUP_FREE char *key = key_of(st, "locks/probe.%s.%ld", st->host,
                                        (long)getpid());
     char tag[NJ_OBJ_TAG_MAX];
@@ -1838,8 +1844,7 @@ static int check_conditional(struct obj_store *st, const char *url)
         return nj_error_prefix("create store '%s'", url);
     }
     if (r1 != 0 || r2 != 1 || r3 != 1) {
-        const char *opt = getenv("NIGHTJAR_S3_NO_CONDITIONAL");
-        if (opt && (strcmp(opt, "1") == 0 || strcmp(opt, "force") == 0))
+        if (opt && strcmp(opt, "1") == 0)
             return 1;
         return nj_error("'%s': the server does not honour conditional PUT "
                         "(If-None-Match: *, If-Match); leases and commits "
@@ -1916,11 +1921,7 @@ static struct nj_store *store_open(struct nj_objects *o, bool on_dir,
             obj_close(&st->base);
             return NULL;
         }
-        const char *force = getenv("NIGHTJAR_S3_NO_CONDITIONAL");
-        int cond = on_dir ? 0
-                   : force && strcmp(force, "force") == 0
-                       ? 1
-                       : check_conditional(st, url);
+        int cond = on_dir ? 0 : check_conditional(st, url);
         if (cond < 0) {
             obj_close(&st->base);
             return NULL;
@@ -1993,21 +1994,8 @@ struct nj_store *nj_store_s3_open(const char *url, unsigned flags)
     return store_open(o, false, url, prefix, flags);
 }
 
-/* obj+file:///PATH (or obj+file://localhost/PATH): the same objects as
- * files under PATH, which may be a copy of a bucket. */
-struct nj_store *nj_store_objdir_open(const char *url, unsigned flags)
-{
-    const char *p = url + strlen("obj+file://");
-    if (strncmp(p, "localhost/", 10) == 0)
-        p += 9;
-    if (p[0] != '/') {
-        nj_error("'%s': an obj+file:// URL needs an absolute path "
-                 "(obj+file:///PATH)", url);
-        return NULL;
-    }
-    return store_open(nj_objects_dir_new(p), true, url, nj_strdup(""), flags);
-}
-
+/* The same objects as files under path (a path, file:// or obj+file://
+ * URL; the directory may be a copy of a bucket). */
 struct nj_store *nj_store_objdir_open_path(const char *path,
                                            const char *name, unsigned flags)
 {

@@ -401,6 +401,48 @@ int nj_publish_buffer(int dirfd, const char *name, const void *buf, size_t len)
     return nj_fsync_dir(dirfd, ".");
 }
 
+int nj_write_file_atomic(const char *path, const void *buf, size_t len,
+                         mode_t mode, bool replace)
+{
+    NJ_CLEANUP_FREE char *copy = nj_strdup(path);
+    char *slash = strrchr(copy, '/');
+    const char *dir = slash ? (slash == copy ? "/" : copy) : ".";
+    const char *base = slash ? slash + 1 : copy;
+    if (slash)
+        *slash = '\0';
+    if (!*base)
+        return nj_error("'%s' names no file", path);
+    NJ_CLEANUP_CLOSE int dfd =
+        open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0)
+        return nj_error_errno(errno, "open directory '%s'", dir);
+    char tmp[64];
+    NJ_CLEANUP_CLOSE int fd = nj_tmpfile_open(dfd, "nightjar", tmp, sizeof tmp);
+    if (fd < 0)
+        return nj_error_prefix("write '%s'", path);
+    int e = 0, exists = 0;
+    if (fchmod(fd, mode) < 0 || nj_full_write(fd, buf, len) < 0 ||
+        fsync(fd) < 0)
+        e = errno;
+    else if (replace && renameat(dfd, tmp, dfd, base) < 0)
+        e = errno;
+    else if (!replace && linkat(dfd, tmp, dfd, base, 0) < 0) {
+        if (errno == EEXIST)
+            exists = 1;
+        else
+            e = errno;
+    }
+    if (e || !replace)
+        unlinkat(dfd, tmp, 0);
+    if (e)
+        return nj_error_errno(e, "write '%s'", path);
+    if (exists)
+        return 1;
+    if (fsync(dfd) < 0)
+        return nj_error_errno(errno, "fsync directory '%s'", dir);
+    return 0;
+}
+
 int nj_fsync_dir(int dirfd, const char *path)
 {
     NJ_CLEANUP_CLOSE int fd = nj_open_dir(dirfd, path);

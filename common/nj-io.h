@@ -117,6 +117,16 @@ int nj_publish_tmpfile(int fd, int dirfd, const char *tmpname, const char *name)
  * directory fsync).  Fails with EEXIST if name exists. */
 int nj_publish_buffer(int dirfd, const char *name, const void *buf, size_t len);
 
+/* Write buf as the file path durably, mode mode whatever the umask: a
+ * temporary file beside it, fsynced, then renamed over path (replace) or
+ * linked without replacing (!replace), then the directory fsynced.
+ * Returns 0; 1 when !replace and path exists (nothing written); -1 with
+ * the last error.  On failure the old file is as it was and no temporary
+ * file is left behind.  path itself is the caller's: symlinks in its
+ * directory part are followed. */
+int nj_write_file_atomic(const char *path, const void *buf, size_t len,
+                         mode_t mode, bool replace);
+
 /* fsync a directory by path relative to dirfd (opened with nj_open_dir). */
 int nj_fsync_dir(int dirfd, const char *path);
 
