@@ -215,6 +215,7 @@ struct obj_store {
     pthread_t renewer;
     bool renewer_running, stopping;
     pthread_cond_t wake;
+    pthread_cond_t renewed; /* a lease's renewal came back */
 };
 
 struct lease {
@@ -224,6 +225,7 @@ struct lease {
     char etag[NJ_OBJ_TAG_MAX];
     int64_t expires;
     bool lost;
+    bool renewing;       /* a renewal's put is in flight (store's lock) */
 };
 
 static struct obj_store *to_obj(struct nj_store *s)
@@ -651,19 +653,25 @@ static void *renewer_main(void *arg)
             char old[NJ_OBJ_TAG_MAX];
             snprintf(old, sizeof old, "%s", l->etag);
             NJ_CLEANUP_FREE char *key = nj_strdup(l->key);
+            l->renewing = true;
             pthread_mutex_unlock(&st->lock);
             int r = nj_obj_put(st->obj, key, body, strlen(body),
                               NJ_OBJ_IF_MATCH, old, etag);
             pthread_mutex_lock(&st->lock);
             free(body);
-            if (i >= st->leases.len || st->leases.ptr[i] != l)
-                break; /* released meanwhile; the next round sees the rest */
+            /* l stays alive while renewing, even if released meanwhile:
+             * the release waits, so that it deletes the lease by the ETag
+             * this renewal gave it rather than leave it to expire. */
             if (r == 0) {
                 snprintf(l->etag, sizeof l->etag, "%s", etag);
                 l->expires = now + st->ttl;
             } else if (r == 1 || now >= l->expires) {
                 l->lost = true;
             }
+            l->renewing = false;
+            pthread_cond_broadcast(&st->renewed);
+            if (i >= st->leases.len || st->leases.ptr[i] != l)
+                break; /* released meanwhile; the next round sees the rest */
         }
     }
     pthread_mutex_unlock(&st->lock);
@@ -712,6 +720,8 @@ bool nj_store_obj_unlock(int handle)
                 st->leases.len--;
                 break;
             }
+        while (l->renewing)
+            pthread_cond_wait(&st->renewed, &st->lock);
         pthread_mutex_unlock(&st->lock);
         lease_release(st, l);
     }
@@ -1687,6 +1697,7 @@ static void obj_close(struct nj_store *s)
     nj_obj_free(st->obj);
     pthread_mutex_destroy(&st->lock);
     pthread_cond_destroy(&st->wake);
+    pthread_cond_destroy(&st->renewed);
     pthread_cond_destroy(&st->put_done);
     free(st->put_error);
     free(st->prefix);
@@ -1895,6 +1906,7 @@ static struct nj_store *store_open(struct nj_objects *o, bool on_dir,
     st->obj = o;
     pthread_mutex_init(&st->lock, NULL);
     pthread_cond_init(&st->wake, NULL);
+    pthread_cond_init(&st->renewed, NULL);
     pthread_cond_init(&st->put_done, NULL);
     host_identity(st);
     NJ_CLEANUP_FREE char *mkey = key_of(st, "%s", NJ_STORE_MARKER);

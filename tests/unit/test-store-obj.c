@@ -1008,6 +1008,18 @@ int main(int argc, char **argv)
         int l = nj_backup_lock_domain(s2, UUID, "settle");
         CHECK(l >= 0 && nj_mono_sec() - t0 >= 0.4);
         nj_store_unlock_domain(l);
+        /* A release while a renewal is in flight (each holds a settle
+         * time, 400 ms of every second here) deletes the lease by the
+         * ETag that renewal gave it: released is gone, whenever. */
+        NJ_CLEANUP_FREE char *lkey = nj_asprintf("%slocks/%s.lease",
+                                                 w.prefix, UUID);
+        for (int i = 0; i < 6; i++) {
+            l = nj_backup_lock_domain(s2, UUID, "renewed");
+            REQUIRE(l >= 0);
+            usleep((useconds_t)(700000 + 150000 * i));
+            nj_store_unlock_domain(l);
+            CHECK(nj_obj_head(w.obj, lkey, NULL, NULL, NULL) == 0);
+        }
         nj_store_close(s2);
         nj_store_close(s);
         test_leases(&w);
